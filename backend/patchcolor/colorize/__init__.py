@@ -1,0 +1,95 @@
+"""Step 4 — colorize: the Zhang et al. networks, loaded once, run in batches.
+
+``load_colorizer`` builds the network and loads the official ``.pth`` state_dict with ``weights_only=True``
+and a strict key/shape check (files with or without ``num_batches_tracked`` are accepted).
+``predict_ab`` turns a list of 256×256 L* inputs into a/b maps, chunked to bound memory.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import WeightsCorrupt, WeightsMissing
+from .eccv16 import ECCVGenerator
+from .siggraph17 import SIGGRAPHGenerator
+
+NET_SIZE = 256  # both networks see 256×256 inputs (the seed's stretch)
+ARCHITECTURES = {"eccv16": ECCVGenerator, "siggraph17": SIGGRAPHGenerator}
+
+
+def load_colorizer(name: str, path: Path, device: torch.device) -> torch.nn.Module:
+    """Build ``name`` and load its official state_dict from ``path``; eval mode, no grad, on ``device``."""
+    model = ARCHITECTURES[name]()
+    if not path.is_file():
+        raise WeightsMissing(f"the {name} weights {path.name} are not in {path.parent}: run `python3 install.py`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, non-tensor objects refused by weights_only
+        raise WeightsCorrupt(f"cannot read {path}: {e}. Run `python3 install.py --verify`") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    check_state_dict(model, state, path)
+    model.load_state_dict(state, strict=False)  # strictness already enforced (num_batches_tracked is optional)
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+def check_state_dict(model: torch.nn.Module, state: object, path: Path) -> None:
+    """Exact keys and shapes, except that ``*.num_batches_tracked`` may be absent."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsCorrupt(f"{path.name} is not a state_dict of tensors. Run `python3 install.py --verify`")
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    optional = {k for k in expected if k.endswith("num_batches_tracked")}
+    missing = sorted(set(expected) - set(state) - optional)
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k])
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise WeightsCorrupt(f"{path.name} does not match the {type(model).__name__} network ({'; '.join(parts)}). "
+                             "Run `python3 install.py --verify`")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """fp32: nothing; bf16/fp16: torch autocast on the model's device type (CPU supports bf16 only)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" or device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))
+
+
+def predict_ab(model: torch.nn.Module, l_inputs: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]],
+               precision: str = "fp32", batch_size: int = 8, on_batch=None) -> list[np.ndarray]:
+    """Colorize a batch of lightness maps.
+
+    l_inputs: each (256, 256) float32 L* in [0, 100].
+    sizes:    each (h, w): the a/b map is resized to it (bilinear, align_corners=False, as the seed).
+    Returns a list of (2, h, w) float32 a/b maps. ``on_batch(done, total)`` is called after each chunk
+    (progress and cancellation point).
+    """
+    device = next(model.parameters()).device
+    out: list[np.ndarray] = []
+    with torch.inference_mode():
+        for sl in chunks(len(l_inputs), batch_size):
+            x = torch.from_numpy(np.stack(l_inputs[sl])[:, None]).to(device)
+            with autocast(device, precision):
+                ab = model(x)
+            ab = ab.float()
+            for i, (h, w) in zip(range(ab.shape[0]), sizes[sl]):
+                item = ab[i:i + 1]
+                if (h, w) != tuple(item.shape[2:]):
+                    item = F.interpolate(item, size=(h, w), mode="bilinear", align_corners=False)
+                out.append(item[0].cpu().numpy())
+            if on_batch is not None:
+                on_batch(len(out), len(l_inputs))
+    return out

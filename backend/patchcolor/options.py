@@ -1,0 +1,89 @@
+"""User-facing options and the two presets.
+
+``seed`` reproduces PatchColorization as written; ``default`` is the best we can do.
+Every field can be overridden after a preset is applied (CLI flags, service requests).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+Preset = Literal["seed", "default"]
+FusionMode = Literal["seed", "feather"]
+
+
+@dataclass(frozen=True)
+class Options:
+    preset: Preset = "default"
+    colorizer: str = "eccv16"            # "eccv16" | "siggraph17"
+    detector: str = "r101"               # "r101" | "detectron2" | "torchvision-v2" | "none"
+    max_side: int = 1280                 # working-copy long side (detector, networks, fusion)
+    full_resolution: bool = True         # output at the input's size (seed: output at working size)
+    fusion: FusionMode = "feather"
+    feather: float = 0.02                # feather width as a fraction of the instance box diagonal
+    order: Literal["score", "area"] = "area"   # seed: score order, later (lower score) wins
+    seed_desaturate: bool = True         # the seed's luminance-parabola desaturation
+    finish: Literal["seed", "keep-l"] = "keep-l"   # seed: lab2rgb clip + HSV; keep-l: chroma-only, L* kept
+    context: float = 0.15                # crop margin around each box (fraction of its size); seed: 0
+    square_crops: bool = True            # grow crops toward square so the 256² stretch distorts less
+    saturation: float = 1.0              # extra HSV saturation gain applied after it
+    score_thresh: float = 0.3
+    nms_thresh: float = 0.3
+    min_area_frac: float = 0.001         # keep boxes with area > frac * W * H (int-truncated box)
+    max_instances: int = 100
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    net_size: int = 256                  # the networks' input side (the method's 256; multiple of 8)
+    batch_size: int = 8                  # colorizer inputs per forward (bounds memory)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SEED = Options(
+    preset="seed", full_resolution=False, fusion="seed", order="score", seed_desaturate=True,
+    finish="seed", context=0.0, square_crops=False, saturation=1.0, precision="fp32",
+)
+DEFAULT = Options()
+PRESETS: dict[str, Options] = {"seed": SEED, "default": DEFAULT}
+
+
+def make_options(preset: str = "default", **overrides: Any) -> Options:
+    """Start from ``preset`` and apply the non-None ``overrides``. Raises ValueError on bad values."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    names = {f.name for f in fields(Options)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    opts = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    validate(opts)
+    return opts
+
+
+def validate(o: Options) -> None:
+    if o.colorizer not in ("eccv16", "siggraph17"):
+        raise ValueError(f"unknown colorizer {o.colorizer!r} (eccv16, siggraph17)")
+    if o.detector not in ("r101", "detectron2", "torchvision-v2", "none"):
+        raise ValueError(f"unknown detector {o.detector!r} (r101, detectron2, torchvision-v2, none)")
+    if not 64 <= o.max_side <= 8192:
+        raise ValueError("max_side must be between 64 and 8192")
+    if o.fusion not in ("seed", "feather"):
+        raise ValueError("fusion must be 'seed' or 'feather'")
+    if not 0.0 <= o.feather <= 0.5:
+        raise ValueError("feather must be between 0 and 0.5 (fraction of the box diagonal)")
+    if not 0.0 <= o.saturation <= 4.0:
+        raise ValueError("saturation must be between 0 and 4")
+    if not 0.0 <= o.score_thresh <= 1.0 or not 0.0 < o.nms_thresh <= 1.0:
+        raise ValueError("score_thresh must be in [0, 1] and nms_thresh in (0, 1]")
+    if not 0 <= o.max_instances <= 100:
+        raise ValueError("max_instances must be between 0 and 100")
+    if o.finish not in ("seed", "keep-l"):
+        raise ValueError("finish must be 'seed' or 'keep-l'")
+    if not 0.0 <= o.context <= 1.0:
+        raise ValueError("context must be between 0 and 1")
+    if o.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError("precision must be fp32, bf16 or fp16")
+    if not 64 <= o.net_size <= 1024 or o.net_size % 8:
+        raise ValueError("net_size must be a multiple of 8 between 64 and 1024")
+    if not 1 <= o.batch_size <= 64:
+        raise ValueError("batch_size must be between 1 and 64")

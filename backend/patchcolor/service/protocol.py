@@ -1,0 +1,343 @@
+"""Server side of the wire protocol (docs/protocol.md): request parsing + validation, reply encoding.
+
+The constants and framing shared with the client live in ``patchcolor_client.protocol`` (stdlib only, runs in
+GIMP); this module re-exports them and adds what needs numpy or patchcolor: strict request validation *before*
+anything is allocated, Options from JSON, and Result -> frames without copying the pixels.
+
+Frames on the ROUTER socket: ``[identity, (b"" if the peer is a REQ socket), header, data...]``. The envelope
+(identity and optional delimiter) is split off by :func:`split_envelope` and put back in front of every reply.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one definition of the protocol)
+    ACCEPTED, ACK, CANCEL, CANCELLED, COLORIZE, DEFAULT_ENDPOINT, ERROR, ERROR_CODES, FINAL_TYPES, INFO,
+    MAX_HEADER_BYTES, MAX_INSTANCES, PING, PIXEL_FORMATS, PONG, PROGRESS, PROTOCOL_VERSION, REFUSE, REPLY_TYPES,
+    REQUEST_TYPES, RESULT, RESULT_FORMATS, STAGE_WEIGHTS, STAGES, SUPPORTED_VERSIONS, ProtocolError, decode_header,
+    encode_header, frame_size, overall_fraction, valid_id,
+)
+
+from ..options import DEFAULT, Options, make_options
+from ..prepare import PIXEL_FORMATS as NUMPY_PIXEL_FORMATS
+from ..prepare import SourceImage
+from ..result import Result
+
+# The client's stdlib table and prepare.py's numpy table must describe the same formats.
+assert {k: (ch, dt.itemsize) for k, (ch, dt) in NUMPY_PIXEL_FORMATS.items()} == PIXEL_FORMATS
+
+Buffer = Union[bytes, memoryview]
+
+
+# ----------------------------------------------------------------------------------------------------- requests
+@dataclass(frozen=True)
+class InfoRequest:
+    id: str
+
+
+@dataclass(frozen=True)
+class PingRequest:
+    id: str
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    id: str
+    job: str
+
+
+@dataclass
+class ColorizeRequest:
+    """``pixels`` is a zero-copy view of the received frame (keeps the ZeroMQ message alive)."""
+
+    id: str
+    job: str
+    width: int
+    height: int
+    format: str
+    options: Options
+    pixels: memoryview = field(repr=False)
+
+
+@dataclass
+class RefuseRequest:
+    """Re-fuse job ``base_job`` with edited masks (full output-size gray8 frames, one per instance).
+
+    ``options`` is None when the request kept the base job's options. Mask sizes are checked against the kept
+    job by :func:`check_refuse` (they depend on the base job's output size)."""
+
+    id: str
+    job: str
+    base_job: str
+    options: Options | None
+    masks: list[memoryview] = field(repr=False)
+
+
+Request = Union[InfoRequest, PingRequest, CancelRequest, ColorizeRequest, RefuseRequest]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the server accepts. ``max_pixels`` bounds width x height of a request image."""
+
+    max_pixels: int = 100_000_000
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """Largest legitimate frame (an rgba16 image at ``max_pixels``); used for ZMQ_MAXMSGSIZE."""
+        return max(self.max_pixels * 8, MAX_HEADER_BYTES)
+
+
+def split_envelope(frames: Sequence[Any]) -> tuple[list[bytes], list[Any]]:
+    """ROUTER frames -> (envelope to echo back, message body). A REQ peer adds an empty delimiter frame."""
+    identity = bytes(frames[0])
+    if len(frames) > 2 and len(frames[1]) == 0:
+        return [identity, b""], list(frames[2:])
+    return [identity], list(frames[1:])
+
+
+def _buf(frame: Any) -> memoryview:
+    """Zero-copy view of a received frame (zmq.Frame, bytes or memoryview)."""
+    b = getattr(frame, "buffer", None)
+    return b if b is not None else memoryview(frame)
+
+
+def _int(h: dict[str, Any], key: str, req_id: str | None, job: str | None) -> int:
+    v = h.get(key)
+    if type(v) is not int:   # bool is an int subclass: refused too
+        raise ProtocolError("bad_request", f"{key!r} must be an integer", req_id, job)
+    return v
+
+
+def _job_id(h: dict[str, Any], key: str, req_id: str | None) -> str:
+    v = h.get(key)
+    if not valid_id(v):
+        raise ProtocolError("bad_request", f"{key!r} must be a string of 1-64 characters [A-Za-z0-9_.:-]", req_id)
+    return v
+
+
+_OPTION_TYPES: dict[str, type] = {f.name: type(getattr(DEFAULT, f.name)) for f in fields(Options)}
+
+
+def parse_options(obj: Any) -> Options:
+    """JSON options (the CLI's option names) -> validated Options. Raises ProtocolError(bad_options).
+
+    ``preset`` picks the starting point; every other key overrides one field. Types are strict: bools must be
+    JSON true/false, ints must be integers, floats may be integers."""
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_options", "'options' must be a JSON object")
+    obj = dict(obj)
+    preset = obj.pop("preset", "default")
+    if not isinstance(preset, str):
+        raise ProtocolError("bad_options", "option 'preset' must be a string")
+    clean: dict[str, Any] = {}
+    for key, value in obj.items():
+        want = _OPTION_TYPES.get(key)
+        if want is None:
+            raise ProtocolError("bad_options", f"unknown option {key[:64]!r}")
+        if value is None:
+            continue
+        if want is bool:
+            ok = isinstance(value, bool)
+        elif want is int:
+            ok = type(value) is int
+        elif want is float:
+            ok = type(value) in (int, float)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, want)
+        if not ok:
+            raise ProtocolError("bad_options", f"option {key!r} must be of type {want.__name__}")
+        clean[key] = value
+    try:
+        return make_options(preset, **clean)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ProtocolError("bad_options", str(e)) from None
+
+
+def parse_request(body: Sequence[Any], limits: Limits) -> Request:
+    """Validate a request body (header + data frames) and return its dataclass.
+
+    Every check happens before anything is allocated: header size, JSON, version, type, ids, dimensions against
+    ``limits``, frame count and each frame's byte size. Raises ProtocolError with the request/job id when known.
+    """
+    if not body:
+        raise ProtocolError("bad_request", "empty message")
+    h = decode_header(_buf(body[0]))
+    data = body[1:]
+    req_id = h.get("id") if valid_id(h.get("id")) else None
+    job = h.get("job") if valid_id(h.get("job")) else None
+    v = h.get("v")
+    if type(v) is not int or v not in SUPPORTED_VERSIONS:
+        raise ProtocolError("version", f"protocol version {v!r} is not supported (this server speaks "
+                            f"{', '.join(map(str, SUPPORTED_VERSIONS))})", req_id, job)
+    kind = h.get("type")
+    if kind not in REQUEST_TYPES:
+        raise ProtocolError("bad_request", f"unknown request type {str(kind)[:32]!r} "
+                            f"(one of {', '.join(REQUEST_TYPES)})", req_id, job)
+    if req_id is None:
+        raise ProtocolError("bad_request", "'id' must be a string of 1-64 characters [A-Za-z0-9_.:-]", None, job)
+
+    if kind in (INFO, PING):
+        _expect_frames(data, 0, req_id, job)
+        return InfoRequest(req_id) if kind == INFO else PingRequest(req_id)
+    if kind == CANCEL:
+        _expect_frames(data, 0, req_id, job)
+        return CancelRequest(req_id, _job_id(h, "job", req_id))
+
+    job = _job_id(h, "job", req_id)
+    if kind == COLORIZE:
+        width, height = _int(h, "width", req_id, job), _int(h, "height", req_id, job)
+        fmt = h.get("format")
+        if not isinstance(fmt, str) or fmt not in PIXEL_FORMATS:
+            raise ProtocolError("bad_request", f"'format' must be one of {', '.join(PIXEL_FORMATS)}", req_id, job)
+        if width <= 0 or height <= 0:
+            raise ProtocolError("bad_request", "width and height must be positive", req_id, job)
+        if width * height > limits.max_pixels:
+            raise ProtocolError("image_too_large", f"image is {width}x{height} = {width * height / 1e6:.1f} MP, "
+                                f"over this server's limit of {limits.max_pixels / 1e6:g} MP", req_id, job)
+        _expect_frames(data, 1, req_id, job)
+        need = frame_size(fmt, width, height)
+        if len(data[0]) != need:
+            raise ProtocolError("bad_request", f"pixel frame is {len(data[0])} bytes; {fmt} {width}x{height} "
+                                f"needs {need}", req_id, job)
+        opts = _options(h, req_id, job)
+        return ColorizeRequest(req_id, job, width, height, fmt, opts, _buf(data[0]))
+
+    # REFUSE
+    base = _job_id(h, "base_job", req_id)
+    if len(data) > MAX_INSTANCES:
+        raise ProtocolError("bad_request", f"at most {MAX_INSTANCES} mask frames", req_id, job)
+    opts = _options(h, req_id, job) if h.get("options") is not None else None
+    return RefuseRequest(req_id, job, base, opts, [_buf(f) for f in data])
+
+
+def _options(h: dict[str, Any], req_id: str, job: str) -> Options:
+    try:
+        return parse_options(h.get("options"))
+    except ProtocolError as e:
+        e.req_id, e.job = req_id, job
+        raise
+
+
+def _expect_frames(data: Sequence[Any], n: int, req_id: str | None, job: str | None) -> None:
+    if len(data) != n:
+        raise ProtocolError("bad_request", f"expected {n} data frame(s) after the header, got {len(data)}",
+                            req_id, job)
+
+
+# ------------------------------------------------------------------------------------------- kept job state
+@dataclass
+class JobRecord:
+    """What the server keeps of a finished job so that ``refuse`` can re-fuse it (LRU-cached by job id).
+
+    ``pixels`` is the request's source frame (a view; nothing is copied to keep it)."""
+
+    width: int
+    height: int
+    format: str
+    pixels: memoryview = field(repr=False)
+    options: Options
+    state: Any            # patchcolor.result.FusionState
+    out_width: int
+    out_height: int
+    n_instances: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixels.nbytes + getattr(self.state, "nbytes", 0) + 1024)
+
+    def source(self) -> SourceImage:
+        return SourceImage.from_buffer(self.pixels, self.width, self.height, self.format)
+
+
+def check_refuse(req: RefuseRequest, rec: JobRecord) -> list[np.ndarray]:
+    """Mask frames of ``req`` against the kept job -> (H, W) uint8 views (no copy). Raises ProtocolError."""
+    if len(req.masks) != rec.n_instances:
+        raise ProtocolError("bad_request", f"job {req.base_job} has {rec.n_instances} instance(s); got "
+                            f"{len(req.masks)} mask frame(s)", req.id, req.job)
+    need = rec.out_width * rec.out_height
+    for i, m in enumerate(req.masks):
+        if m.nbytes != need:
+            raise ProtocolError("bad_request", f"mask {i} is {m.nbytes} bytes; a {rec.out_width}x{rec.out_height} "
+                                f"gray8 mask needs {need}", req.id, req.job)
+    return [np.frombuffer(m, np.uint8).reshape(rec.out_height, rec.out_width) for m in req.masks]
+
+
+# ------------------------------------------------------------------------------------------------------ replies
+def error_header(code: str, message: str, req_id: str | None = None, job: str | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    h: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": ERROR, "id": req_id, "code": code, "message": message}
+    if job is not None:
+        h["job"] = job
+    h.update(extra)
+    return h
+
+
+def progress_header(req_id: str, job: str, stage: str, fraction: float, overall: float) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "type": PROGRESS, "id": req_id, "job": job, "stage": stage,
+            "fraction": round(float(fraction), 4), "overall": round(float(overall), 4)}
+
+
+def image_to_wire(image: np.ndarray) -> tuple[str, np.ndarray]:
+    """(H, W) / (H, W, 1..4) uint8/uint16 array -> (format, C-contiguous little-endian array).
+
+    No copy when the array is already contiguous and little-endian (the usual case)."""
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"result image has dtype {image.dtype}, expected uint8 or uint16")
+    ch = 1 if image.ndim == 2 else int(image.shape[2])
+    name = {1: "gray", 2: "graya", 3: "rgb", 4: "rgba"}.get(ch)
+    if name is None:
+        raise ValueError(f"result image has {ch} channels")
+    depth = 16 if image.dtype == np.uint16 else 8
+    little = image.dtype.byteorder == "<" or (image.dtype.byteorder == "=" and sys.byteorder == "little")
+    if depth == 16 and not little:
+        image = image.astype("<u2")
+    return f"{name}{depth}", np.ascontiguousarray(image)
+
+
+def image_from_wire(data: Buffer, width: int, height: int, fmt: str) -> np.ndarray:
+    """Raw frame -> (H, W, C) array view (native byte order; a copy only on big-endian machines)."""
+    ch, dt = NUMPY_PIXEL_FORMATS[fmt]
+    arr = np.frombuffer(data, dtype=dt).reshape(height, width, ch)
+    return arr.astype(dt.newbyteorder("="), copy=False)
+
+
+def source_to_wire(src: SourceImage) -> tuple[str, np.ndarray]:
+    """SourceImage -> (request format, interleaved array). Copies only to interleave alpha."""
+    color = src.color
+    if src.alpha is not None:
+        color = np.dstack([color if color.ndim == 3 else color[..., None], src.alpha])
+    return image_to_wire(color)
+
+
+def mask_to_wire(mask: np.ndarray) -> np.ndarray:
+    """(h, w) bool mask -> (h, w) uint8 0/255 (small: one per instance, cropped to its box)."""
+    return np.ascontiguousarray(mask, dtype=bool).view(np.uint8) * np.uint8(255)
+
+
+def result_message(req_id: str, job: str, result: Result) -> tuple[dict[str, Any], list[Any]]:
+    """Result -> (header dict, [pixels, mask_0, ...]). The pixels go out as they are (no copy); the caller
+    encodes the header (it may add fields first) and sends ``[encode_header(header), *frames]``."""
+    fmt, pixels = image_to_wire(result.image)
+    height, width = int(pixels.shape[0]), int(pixels.shape[1])
+    instances: list[dict[str, Any]] = []
+    frames: list[Any] = [pixels]
+    for inst in result.instances:
+        m = mask_to_wire(inst.mask)
+        frames.append(m)
+        instances.append({
+            "class_id": int(inst.class_id), "class_name": str(inst.class_name), "score": float(inst.score),
+            "box": [float(x) for x in inst.box], "mask_origin": [int(inst.mask_origin[0]), int(inst.mask_origin[1])],
+            "mask_size": [int(m.shape[1]), int(m.shape[0])],
+        })
+    header = {"v": PROTOCOL_VERSION, "type": RESULT, "id": req_id, "job": job, "width": width, "height": height,
+              "format": fmt, "instances": instances,
+              "timings": {str(k): float(v) for k, v in (result.timings or {}).items()}}
+    return header, frames

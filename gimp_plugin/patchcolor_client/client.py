@@ -1,0 +1,352 @@
+"""Client of the PatchColor service (docs/protocol.md). Standard library + pyzmq only: GIMP's Python runs it.
+
+    from patchcolor_client import Client, BackendUnavailable
+    with Client("tcp://127.0.0.1:5555", timeout_s=10) as c:
+        c.ping(2.0)                                   # BackendUnavailable if nothing answers within 2 s
+        res = c.colorize(w, h, "rgb8", pixels, {"preset": "default"},
+                         progress=lambda stage, frac, overall: ...,   # called on every progress event
+                         should_cancel=lambda: False)                 # polled about every 0.1 s
+        res.pixels          # memoryview, res.fmt ("rgb8" for gray8/rgb8 input, ...), res.width x res.height
+        res.instances[0].mask, .mask_origin, .mask_size, .box, .class_name, .score
+        res2 = c.refuse(res.job_id, edited_full_size_masks)
+
+A ``Client`` is not thread-safe: use it from one thread (pass ``should_cancel`` to cancel from a UI).
+
+Reliability: ZeroMQ's ``connect`` to a dead endpoint does not fail, so every job starts with a ``ping`` that must be
+answered within ``timeout_s``; while a job runs, ``timeout_s`` of silence triggers another ping, and an unanswered
+one means the server is gone. After any timeout the socket is closed and a fresh one is made (the ZeroMQ guide's
+*Lazy Pirate* pattern), so a late reply to an abandoned request can never be mistaken for a new one.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import zmq
+import zmq.auth
+
+from . import protocol as P
+
+BufferLike = Union[bytes, bytearray, memoryview]
+ProgressFn = Callable[[str, float, float], None]   # (stage, fraction within the stage, overall fraction 0..1)
+CancelFn = Callable[[], bool]
+
+#: Time slice of the wait loop: ``should_cancel`` is polled (and a UI can pulse) this often.
+POLL_S = 0.1
+
+
+class BackendError(Exception):
+    """The server answered with an error. ``code`` is stable (protocol.ERROR_CODES); ``message`` is for people."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+        self.message = message
+
+
+class BackendUnavailable(Exception):
+    """Nothing (or nothing that speaks this protocol, or not with our keys) answered in time."""
+
+
+class JobCancelled(Exception):
+    """The job ended because it was cancelled (by us, or by the server shutting down)."""
+
+
+@dataclass
+class Instance:
+    """A detected object. Coordinates are result pixels; ``mask`` is ``mask_size[0] * mask_size[1]`` bytes
+    (0 outside, 255 inside), cropped to the rectangle at ``mask_origin`` of that size."""
+
+    class_id: int
+    class_name: str
+    score: float
+    box: tuple[float, float, float, float]
+    mask_origin: tuple[int, int]
+    mask_size: tuple[int, int]
+    mask: BufferLike = field(repr=False)
+
+    def full_mask(self, width: int, height: int) -> bytearray:
+        """The mask pasted into a ``width`` x ``height`` gray8 image (what ``refuse`` takes)."""
+        out = bytearray(width * height)
+        x0, y0 = self.mask_origin
+        mw, mh = self.mask_size
+        src = memoryview(self.mask)
+        cx0, cx1 = max(0, x0), min(width, x0 + mw)
+        if cx1 <= cx0:
+            return out
+        for row in range(max(0, y0), min(height, y0 + mh)):
+            s = (row - y0) * mw
+            out[row * width + cx0: row * width + cx1] = src[s + cx0 - x0: s + cx1 - x0]
+        return out
+
+
+@dataclass
+class ColorizeResult:
+    """``pixels``: ``width`` x ``height`` in format ``fmt`` (a zero-copy view of the received frame)."""
+
+    job_id: str
+    width: int
+    height: int
+    fmt: str
+    pixels: BufferLike = field(repr=False)
+    instances: list[Instance]
+    timings: dict[str, float] = field(default_factory=dict)
+    refusable: bool = True     # False when the server could not keep this job's state (refuse -> unknown_job)
+
+
+def load_public_key(key: str | bytes | os.PathLike[str]) -> bytes:
+    """A CURVE public key: 40-character Z85 text/bytes, or the path of a ``.key`` / ``.key_secret`` file."""
+    if isinstance(key, bytes) and len(key) == 40:
+        return key
+    if isinstance(key, str) and len(key) == 40 and not os.path.exists(key):
+        return key.encode("ascii")
+    public, _ = zmq.auth.load_certificate(os.fspath(key))
+    if not public:
+        raise ValueError(f"{key}: no public key in this file")
+    return public
+
+
+class Client:
+    """One connection to a PatchColor server.
+
+    endpoint:          e.g. ``tcp://127.0.0.1:5555`` (``tcp://host:port`` for a remote server).
+    timeout_s:         how long a request may go unanswered (and the silence allowed during a job before a
+                       liveness ping) before BackendUnavailable.
+    server_public_key: the server's CURVE public key (Z85 or a key file) to talk to a CURVE server.
+    client_secret_key: a ``.key_secret`` file for servers that only admit listed clients; otherwise a fresh
+                       key pair is made for each connection.
+    retries:           extra attempts for ``ping``/``info`` (idempotent) after a timeout, each on a new socket.
+    """
+
+    def __init__(self, endpoint: str, timeout_s: float = 10.0, server_public_key: Any = None,
+                 client_secret_key: str | os.PathLike[str] | None = None, retries: int = 1):
+        self.endpoint = endpoint
+        self.timeout_s = float(timeout_s)
+        self.retries = max(0, int(retries))
+        self._server_key = load_public_key(server_public_key) if server_public_key is not None else None
+        self._client_keys: tuple[bytes, bytes] | None = None
+        if client_secret_key is not None:
+            pub, sec = zmq.auth.load_certificate(os.fspath(client_secret_key))
+            if not sec:
+                raise ValueError(f"{client_secret_key}: not a secret key file")
+            self._client_keys = (pub, sec)
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket | None = None
+        self._poller = zmq.Poller()
+        self._open()
+
+    # ---------------------------------------------------------------------------------------------- socket
+    def _open(self) -> None:
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        if self._server_key is not None:
+            pub, sec = self._client_keys or zmq.curve_keypair()
+            s.curve_serverkey = self._server_key
+            s.curve_publickey = pub
+            s.curve_secretkey = sec
+        if "[" in self.endpoint:
+            s.setsockopt(zmq.IPV6, 1)
+        try:
+            s.connect(self.endpoint)
+        except zmq.ZMQError as e:
+            s.close(0)
+            raise BackendUnavailable(f"cannot connect to {self.endpoint!r}: {e}") from None
+        self._sock = s
+        self._poller = zmq.Poller()
+        self._poller.register(s, zmq.POLLIN)
+
+    def _reset(self) -> None:
+        """Lazy Pirate: drop the socket (and anything queued on it) and connect a fresh one."""
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        self._open()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        self._ctx.term()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _send(self, header: dict[str, Any], data: Sequence[Any] = (), track: bool = False) -> Any:
+        assert self._sock is not None, "client is closed"
+        return self._sock.send_multipart([P.encode_header(header), *data], copy=False, track=track)
+
+    def _recv(self, timeout_s: float) -> tuple[dict[str, Any], list[Any]] | None:
+        """One reply (header, data frames) or None after ``timeout_s``. A malformed reply is BackendError."""
+        if not self._poller.poll(max(0, int(timeout_s * 1000))):
+            return None
+        assert self._sock is not None
+        frames = self._sock.recv_multipart(copy=False)
+        try:
+            header = P.decode_header(frames[0].buffer)
+        except P.ProtocolError as e:
+            raise BackendError("bad_reply", f"the server sent a malformed reply: {e.message}") from None
+        if header.get("v") != P.PROTOCOL_VERSION or header.get("type") not in P.REPLY_TYPES:
+            raise BackendError("bad_reply", f"unexpected reply (v={header.get('v')!r}, "
+                                            f"type={str(header.get('type'))[:32]!r})")
+        return header, frames[1:]
+
+    def _request(self, header: dict[str, Any], timeout_s: float, retries: int) -> dict[str, Any]:
+        """Send a one-reply request and wait for the reply carrying its id (Lazy Pirate retries)."""
+        for attempt in range(retries + 1):
+            self._send(header)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                msg = self._recv(left)
+                if msg is None:
+                    break
+                reply, _ = msg
+                if reply.get("id") != header["id"]:
+                    continue     # late event of an abandoned job: not ours
+                if reply["type"] == P.ERROR:
+                    raise BackendError(str(reply.get("code")), str(reply.get("message")))
+                return reply
+            self._reset()
+        raise BackendUnavailable(f"no answer from {self.endpoint} within {timeout_s:g} s "
+                                 f"({retries + 1} attempt(s)): is `patchcolor serve` running there"
+                                 f"{' and is the server key right' if self._server_key else ''}?")
+
+    # ----------------------------------------------------------------------------------------- requests
+    def ping(self, deadline_s: float | None = None) -> float:
+        """Round-trip time in seconds; BackendUnavailable if no pong within ``deadline_s`` (default timeout_s)."""
+        t0 = time.monotonic()
+        self._request({"type": P.PING, "id": P.new_id()}, self.timeout_s if deadline_s is None else deadline_s, 0)
+        return time.monotonic() - t0
+
+    def info(self) -> dict[str, Any]:
+        """Server description: protocol and package versions, devices, colorizers/detectors and their weights."""
+        return self._request({"type": P.INFO, "id": P.new_id()}, self.timeout_s, self.retries)
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job (from any client). Returns "cancelled" (was queued) or "cancelling" (stops at the
+        next stage boundary). BackendError("unknown_job") if it is not queued or running."""
+        return str(self._request({"type": P.CANCEL, "id": P.new_id(), "job": job_id}, self.timeout_s, 0)["state"])
+
+    def colorize(self, width: int, height: int, fmt: str, pixels: BufferLike, options: dict[str, Any] | None = None,
+                 progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+                 job_id: str | None = None) -> ColorizeResult:
+        """Colorize raw pixels (``fmt`` one of protocol.PIXEL_FORMATS, 16-bit little-endian).
+
+        ``options``: the CLI's option names (``{"preset": "seed", "detector": "none", ...}``). ``pixels`` is sent
+        without copying: do not modify it until this returns. Raises BackendError, BackendUnavailable,
+        JobCancelled."""
+        if fmt not in P.PIXEL_FORMATS:
+            raise ValueError(f"unknown pixel format {fmt!r} (one of {', '.join(P.PIXEL_FORMATS)})")
+        need = P.frame_size(fmt, width, height)
+        if memoryview(pixels).nbytes != need:
+            raise ValueError(f"{fmt} {width}x{height} needs {need} bytes, got {memoryview(pixels).nbytes}")
+        job_id = job_id or P.new_id()
+        header = {"type": P.COLORIZE, "id": P.new_id(), "job": job_id, "width": int(width), "height": int(height),
+                  "format": fmt, "options": dict(options or {})}
+        return self._job(header, [pixels], progress, should_cancel)
+
+    def refuse(self, job_id: str, masks: Sequence[BufferLike], options: dict[str, Any] | None = None,
+               progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> ColorizeResult:
+        """Re-fuse an earlier job with edited masks: one full result-size gray8 mask per instance of that job's
+        result, in result order (nonzero = inside; all zero = drop the instance). Instance colours kept on the
+        server are reused. BackendError("unknown_job") means the server no longer has that job: colorize again.
+        ``options`` (optional) overrides the earlier job's options. Returns a new job (its own ``job_id``)."""
+        header: dict[str, Any] = {"type": P.REFUSE, "id": P.new_id(), "job": P.new_id(), "base_job": job_id}
+        if options is not None:
+            header["options"] = dict(options)
+        return self._job(header, list(masks), progress, should_cancel)
+
+    # --------------------------------------------------------------------------------------------- jobs
+    def _job(self, header: dict[str, Any], data: list[Any], progress: ProgressFn | None,
+             should_cancel: CancelFn | None) -> ColorizeResult:
+        self.ping()     # fail fast on a dead endpoint before queueing megabytes on the socket
+        req_id, job_id = header["id"], header["job"]
+        tracker = self._send(header, data, track=True)
+        last_heard = time.monotonic()
+        # Replies cannot come before the upload is out; allow it at least 1 MB/s on top of the timeout.
+        upload_deadline = last_heard + self.timeout_s + sum(memoryview(d).nbytes for d in data) / 1e6
+        ping_id: str | None = None
+        ping_sent = 0.0
+        cancel_id: str | None = None
+        try:
+            while True:
+                if should_cancel is not None and cancel_id is None and should_cancel():
+                    cancel_id = P.new_id()
+                    self._send({"type": P.CANCEL, "id": cancel_id, "job": job_id})
+                msg = self._recv(POLL_S)
+                now = time.monotonic()
+                if msg is None:
+                    if not tracker.done and now < upload_deadline:
+                        last_heard = now      # still uploading: the server cannot answer yet
+                    elif ping_id is not None and now - ping_sent > self.timeout_s:
+                        self._reset()
+                        raise BackendUnavailable(f"{self.endpoint} stopped answering during job {job_id}")
+                    elif ping_id is None and now - last_heard > self.timeout_s:
+                        ping_id, ping_sent = P.new_id(), now
+                        self._send({"type": P.PING, "id": ping_id})
+                    continue
+                last_heard = now
+                reply, frames = msg
+                kind, rid = reply["type"], reply.get("id")
+                if kind == P.PONG:
+                    if rid == ping_id:
+                        ping_id = None
+                    continue
+                if rid == cancel_id and cancel_id is not None:
+                    continue          # ack, or unknown_job when the job had just ended: its final reply follows
+                if rid != req_id:
+                    continue          # not this job (late events of an abandoned one)
+                if kind == P.PROGRESS:
+                    if progress is not None:
+                        progress(str(reply.get("stage")), float(reply.get("fraction", 0.0)),
+                                 float(reply.get("overall", 0.0)))
+                elif kind == P.RESULT:
+                    if cancel_id is not None:
+                        raise JobCancelled(f"job {job_id} was cancelled")
+                    return _decode_result(reply, frames)
+                elif kind == P.CANCELLED:
+                    raise JobCancelled(str(reply.get("reason") or f"job {job_id} was cancelled"))
+                elif kind == P.ERROR:
+                    raise BackendError(str(reply.get("code")), str(reply.get("message")))
+        except KeyboardInterrupt:
+            if cancel_id is None and self._sock is not None:
+                try:
+                    self._send({"type": P.CANCEL, "id": P.new_id(), "job": job_id})
+                except zmq.ZMQError:
+                    pass
+            raise
+
+
+def _decode_result(h: dict[str, Any], frames: list[Any]) -> ColorizeResult:
+    """Check a ``result`` reply's frame sizes against its header before handing anything out."""
+    try:
+        width, height, fmt = int(h["width"]), int(h["height"]), str(h["format"])
+        if fmt not in P.PIXEL_FORMATS:
+            raise ValueError(f"unknown format {fmt!r}")
+        metas = list(h.get("instances") or [])
+        if len(frames) != 1 + len(metas):
+            raise ValueError(f"{len(frames)} data frames for {len(metas)} instance(s)")
+        if len(frames[0]) != P.frame_size(fmt, width, height):
+            raise ValueError("pixel frame size does not match the header")
+        instances = []
+        for meta, fr in zip(metas, frames[1:]):
+            mw, mh = (int(v) for v in meta["mask_size"])
+            if len(fr) != mw * mh:
+                raise ValueError("mask frame size does not match the header")
+            instances.append(Instance(
+                int(meta["class_id"]), str(meta["class_name"]), float(meta["score"]),
+                tuple(float(v) for v in meta["box"]),  # type: ignore[arg-type]
+                tuple(int(v) for v in meta["mask_origin"]),  # type: ignore[arg-type]
+                (mw, mh), fr.buffer))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BackendError("bad_reply", f"malformed result from the server: {e}") from None
+    return ColorizeResult(str(h["job"]), width, height, fmt, frames[0].buffer, instances,
+                          {str(k): float(v) for k, v in (h.get("timings") or {}).items()},
+                          bool(h.get("refusable", True)))

@@ -1,0 +1,148 @@
+"""Run a real GIMP 3 headless for the plug-in tests: natively (Debian 13 / any system with gimp-console-3.0 and a
+Python with gi + pyzmq at /usr/bin/python3) or inside the trixie chroot made by ../shared/gimp3/setup-gimp3.sh at
+``$GIMP3_ROOT`` (default /var/cache/gimp3-root).
+
+    gimp = find_gimp()               # None + reason when no GIMP 3 is usable -> the tests skip with that reason
+    work = gimp.workdir("case")      # a throw-away folder the GIMP process can see (host path + path inside)
+    gimp.install_plugin(work, backend_cmd=[...], endpoint=..., log_path=...)
+    proc = gimp.run_batch(work, "batch.py", timeout=300)
+
+Isolation (see ../shared/reference/gimp3.md): GIMP3_DIRECTORY points to a fresh profile inside the work folder, the
+profile holds interpreters/python.interp (python3 = /usr/bin/python3), and GIMP runs under ``env -i`` with a plain
+PATH, so a pyenv shim or a venv on the host PATH can never become the plug-ins' interpreter.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN_SRC = REPO / "gimp_plugin"
+GIMP_CONSOLE = "gimp-console-3.0"
+CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+PYTHON_INTERP = (
+    "python=/usr/bin/python3\n"
+    "python3=/usr/bin/python3\n"
+    "/usr/bin/python=/usr/bin/python3\n"
+    "/usr/bin/python3=/usr/bin/python3\n"
+    ":Python:E::py::python3:\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Workdir:
+    host: Path       # path on this machine
+    inner: str       # the same folder as GIMP sees it (inside the chroot, or == host natively)
+
+    @property
+    def profile(self) -> Path:
+        return self.host / "profile"
+
+    def inner_path(self, *parts: str) -> str:
+        return "/".join([self.inner.rstrip("/"), *parts])
+
+
+@dataclass
+class Gimp3:
+    mode: str                 # "native" | "chroot"
+    root: Path | None         # chroot folder (None natively)
+
+    def describe(self) -> str:
+        return "native GIMP 3" if self.mode == "native" else f"GIMP 3 in the chroot {self.root}"
+
+    # ---- folders --------------------------------------------------------------------------------------------------
+    def workdir(self, name: str = "t") -> Workdir:
+        if self.mode == "chroot":
+            inner = f"/tmp/patchcolor-gimp-{name}-{uuid.uuid4().hex[:8]}"
+            host = self.root / inner.lstrip("/")
+            host.mkdir(parents=True)
+        else:
+            host = Path(tempfile.mkdtemp(prefix=f"patchcolor-gimp-{name}-"))
+            inner = str(host)
+        for sub in ("home/.config", "home/.cache", "home/.local/share", "profile/interpreters", "out"):
+            (host / sub).mkdir(parents=True, exist_ok=True)
+        (host / "profile/interpreters/python.interp").write_text(PYTHON_INTERP)
+        return Workdir(host, inner)
+
+    def install_plugin(self, work: Workdir, *, backend_cmd: list[str] | None, endpoint: str,
+                       log_path: str | None = None, extra_config: dict | None = None) -> Path:
+        """Install the plug-in into the work folder's profile with the project's own installer code."""
+        sys.path.insert(0, str(PLUGIN_SRC))
+        try:
+            import gimp_install
+        finally:
+            sys.path.remove(str(PLUGIN_SRC))
+        dest = gimp_install.install_plugin(work.profile, backend_cmd or [], endpoint, log_path,
+                                           pyzmq="skip", extra_config=extra_config)
+        return Path(dest)
+
+    # ---- running --------------------------------------------------------------------------------------------------
+    def command(self, work: Workdir, batch_inner: str) -> list[str]:
+        env = [
+            f"HOME={work.inner_path('home')}",
+            f"GIMP3_DIRECTORY={work.inner_path('profile')}",
+            f"XDG_CONFIG_HOME={work.inner_path('home/.config')}",
+            f"XDG_CACHE_HOME={work.inner_path('home/.cache')}",
+            f"XDG_DATA_HOME={work.inner_path('home/.local/share')}",
+            f"TMPDIR={work.inner_path('out')}",
+            f"PATH={CLEAN_PATH}",
+            "LANG=C.UTF-8",
+        ]
+        code = f'exec(open("{batch_inner}").read())'
+        gimp = [GIMP_CONSOLE, "-i", "--batch-interpreter=python-fu-eval", "-b", code, "--quit"]
+        prefix = ["chroot", str(self.root)] if self.mode == "chroot" else []
+        return prefix + ["env", "-i", *env] + gimp
+
+    def run_batch(self, work: Workdir, batch_name: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(work, work.inner_path(batch_name)), capture_output=True, text=True,
+                              errors="replace", timeout=timeout)
+
+    def cleanup(self, work: Workdir):
+        shutil.rmtree(work.host, ignore_errors=True)
+
+
+def _python_ok(prefix: list[str]) -> bool:
+    try:
+        r = subprocess.run(prefix + ["env", "-i", f"PATH={CLEAN_PATH}", "/usr/bin/python3", "-c",
+                                     'import zmq, gi; gi.require_version("Gimp", "3.0"); '
+                                     "from gi.repository import Gimp"],
+                           capture_output=True, timeout=60)
+        return r.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def find_gimp() -> tuple[Gimp3 | None, str]:
+    """The GIMP 3 to test with, or (None, why not)."""
+    reasons = []
+    if shutil.which(GIMP_CONSOLE, path=CLEAN_PATH):
+        if _python_ok([]):
+            return Gimp3("native", None), "native"
+        reasons.append(f"{GIMP_CONSOLE} is installed but /usr/bin/python3 cannot import gi (Gimp 3.0) and zmq "
+                       "(install python3-gi, gir1.2-gimp-3.0, python3-zmq)")
+    root = Path(os.environ.get("GIMP3_ROOT", "/var/cache/gimp3-root"))
+    if (root / "usr/bin" / GIMP_CONSOLE).exists():
+        if os.geteuid() != 0:
+            reasons.append(f"a GIMP 3 chroot exists at {root} but running it needs root")
+        elif not (root / ".gimp3-ready").exists():
+            reasons.append(f"the GIMP 3 chroot at {root} is incomplete (no .gimp3-ready; re-run setup-gimp3.sh)")
+        elif _python_ok(["chroot", str(root)]):
+            return Gimp3("chroot", root), f"chroot:{root}"
+        else:
+            reasons.append(f"the GIMP 3 chroot at {root} has no working python3-gi/python3-zmq")
+    else:
+        reasons.append(f"no {GIMP_CONSOLE} on this system and no chroot at {root}")
+    return None, "; ".join(reasons) + " (run `sudo bash ../shared/gimp3/setup-gimp3.sh` to get one)"

@@ -1,0 +1,896 @@
+"""The GIMP 3 plug-in in a real, headless GIMP 3 against the real backend (random official-format weights).
+
+One GIMP start runs every case (each start costs ~6 s): the batch code below calls the two procedures through the
+PDB and writes result.json plus raw pixel dumps; the tests assert on those, comparing with what the same backend
+returns to a direct client call from this process.  Skipped, with the reason printed, when no GIMP 3 is available
+(natively, or in the chroot at $GIMP3_ROOT that ../shared/gimp3/setup-gimp3.sh makes).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gimp_harness import REPO, find_gimp, free_port  # noqa: E402
+
+GIMP, WHY = find_gimp()
+if GIMP is None:
+    print(f"\n[test_gimp_plugin] skipped: {WHY}", file=sys.stderr)
+needs_gimp = pytest.mark.skipif(GIMP is None, reason=f"no GIMP 3: {WHY}")
+
+PATCHCOLOR = REPO / ".venv" / "bin" / "patchcolor"
+PLUGIN_FILE = REPO / "gimp_plugin" / "colorize-patch" / "colorize-patch.py"
+DET = os.environ.get("DEVDET", "r101")
+OPTIONS = {"preset": "default", "colorizer": "eccv16", "detector": DET, "score_thresh": 0.3,
+           "max_instances": 8, "saturation": 1.0, "feather": 0.02}
+DIALOG_ARGS = {"preset": "default", "colorizer": "eccv16", "detector": DET, "score-threshold": 0.3,
+               "max-instances": 8, "saturation": 1.0, "feather": 0.02}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+def write_png(path: Path, a: np.ndarray) -> None:
+    """Minimal PNG writer (gray / RGB / RGBA, 8 or 16 bit) so the inputs do not depend on an imaging library."""
+    a = np.ascontiguousarray(a)
+    h, w = a.shape[:2]
+    ch = 1 if a.ndim == 2 else a.shape[2]
+    depth = 16 if a.dtype == np.uint16 else 8
+    ctype = {1: 0, 2: 4, 3: 2, 4: 6}[ch]
+    rows = a.astype(">u2" if depth == 16 else np.uint8).reshape(h, -1).tobytes()
+    stride = len(rows) // h
+    raw = b"".join(b"\0" + rows[i * stride:(i + 1) * stride] for i in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def photo(h: int, w: int, rgb: bool = False) -> np.ndarray:
+    """A real photograph (scikit-image's astronaut), resized; float in [0, 1]."""
+    from skimage import data, transform
+    from skimage.color import rgb2gray
+    img = data.astronaut().astype(np.float32) / 255
+    img = transform.resize(img, (h, w), anti_aliasing=True)
+    return img if rgb else rgb2gray(img)
+
+
+# A stand-in backend run *inside* GIMP's environment by the plug-in's auto-start: answers ping, refuses jobs with a
+# weights_missing error, records each start in a marker file, and exits after 60 s.
+FAKE_BACKEND = r'''
+import json, sys, time, zmq
+marker, endpoint = sys.argv[1], sys.argv[sys.argv.index("--endpoint") + 1]
+open(marker, "a").write("started\n")
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.bind(endpoint)
+end = time.time() + 60
+while time.time() < end:
+    if not s.poll(200):
+        continue
+    frames = s.recv_multipart()
+    ident, h = frames[0], json.loads(frames[1])
+    if h.get("type") == "ping":
+        r = {"v": 1, "type": "pong", "id": h.get("id")}
+    else:
+        r = {"v": 1, "type": "error", "id": h.get("id"), "code": "weights_missing",
+             "message": "fake backend: the colorizer weights are missing; run: python3 install.py"}
+    s.send_multipart([ident, json.dumps(r).encode()])
+'''
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# batch code run by GIMP (python-fu-eval): everything GIMP does in this test module
+# ---------------------------------------------------------------------------------------------------------------------
+
+BATCH = r'''
+import json, sys, traceback
+from gi.repository import Gimp, Gegl, Gio, GLib, GObject
+P = json.load(open(PARAMS_PATH))
+OUT = P["out"]
+R = {"cases": {}, "errors": {}}
+pdb = Gimp.get_pdb()
+BABL = {"gray8": "Y' u8", "graya8": "Y'A u8", "rgb8": "R'G'B' u8", "rgba8": "R'G'B'A u8",
+        "gray16": "Y' u16", "graya16": "Y'A u16", "rgb16": "R'G'B' u16", "rgba16": "R'G'B'A u16"}
+RESULT = {"gray8": "rgb8", "graya8": "rgba8", "gray16": "rgb16", "graya16": "rgba16"}
+
+def save():
+    with open(OUT + "/result.json", "w") as f:
+        json.dump(R, f, indent=1, default=str)
+
+def dump(d, fmt, name):
+    data = d.get_buffer().get(Gegl.Rectangle.new(0, 0, d.get_width(), d.get_height()), 1.0, fmt,
+                              Gegl.AbyssPolicy.NONE)
+    with open(OUT + "/" + name, "wb") as f:
+        f.write(bytes(data))
+    return name
+
+def wire_format(image, layer):
+    u8 = image.get_precision() in (Gimp.Precision.U8_LINEAR, Gimp.Precision.U8_NON_LINEAR,
+                                   Gimp.Precision.U8_PERCEPTUAL)
+    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+    return ("gray" if gray else "rgb") + ("a" if layer.has_alpha() else "") + ("8" if u8 else "16")
+
+def call(name, image, drawables, **props):
+    proc = pdb.lookup_procedure(name)
+    cfg = proc.create_config()
+    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    cfg.set_property("image", image)
+    cfg.set_core_object_array("drawables", drawables)
+    for k, v in props.items():
+        cfg.set_property(k, v)
+    res = proc.run(cfg)
+    vals = [res.index(i) for i in range(1, res.length())]
+    return res.index(0).value_nick, vals, pdb.get_last_error()
+
+def describe(it):
+    d = {"name": it.get_name(), "group": it.is_group_layer(), "visible": it.get_visible(),
+         "offsets": list(it.get_offsets()[1:]), "size": [it.get_width(), it.get_height()],
+         "alpha": it.has_alpha(), "has_mask": (not it.is_group_layer()) and it.get_mask() is not None}
+    if it.is_group_layer():
+        d["children"] = [describe(c) for c in it.get_children()]
+    return d
+
+def tree(image):
+    return [describe(l) for l in image.get_layers()]
+
+def visible(image, name):
+    tmp = Gimp.Image.new(image.get_width(), image.get_height(), Gimp.ImageBaseType.RGB)
+    v = Gimp.Layer.new_from_visible(image, tmp, "v")
+    tmp.insert_layer(v, None, 0)
+    dump(v, "R'G'B'A u8", name)
+    tmp.delete()
+
+def new_image(w, h, base, precision, layers):
+    """layers: list of (name, raw path, babl fmt, w, h, offx, offy, alpha)."""
+    img = Gimp.Image.new_with_precision(w, h, base, precision)
+    out = []
+    for (name, raw, fmt, lw, lh, ox, oy, alpha) in layers:
+        gray = base == Gimp.ImageBaseType.GRAY
+        t = {(True, False): Gimp.ImageType.GRAY_IMAGE, (True, True): Gimp.ImageType.GRAYA_IMAGE,
+             (False, False): Gimp.ImageType.RGB_IMAGE, (False, True): Gimp.ImageType.RGBA_IMAGE}[(gray, alpha)]
+        l = Gimp.Layer.new(img, name, lw, lh, t, 100.0, Gimp.LayerMode.NORMAL)
+        img.insert_layer(l, None, 0)
+        l.set_offsets(ox, oy)
+        buf = l.get_buffer()
+        buf.set(Gegl.Rectangle.new(0, 0, lw, lh), fmt, open(raw, "rb").read())
+        buf.flush()
+        out.append(l)
+    return img, out
+
+def colorize_case(key, image, src, **props):
+    c = R["cases"][key] = {}
+    fmt = wire_format(image, src)
+    c["wire_format"] = fmt
+    c["src_size"] = [src.get_width(), src.get_height()]
+    c["src_offsets"] = list(src.get_offsets()[1:])
+    c["src_parent"] = src.get_parent().get_name() if src.get_parent() else None
+    c["src_pos_before"] = image.get_item_position(src)
+    c["tree_before"] = tree(image)
+    c["base_before"] = image.get_base_type().value_nick
+    c["precision_before"] = image.get_precision().value_nick
+    dump(src, BABL[fmt], key + "_src.raw")
+    args = dict(P["dialog_args"]); args.update(endpoint=P["endpoint"], **props)
+    status, vals, err = call("plug-in-colorize-patch", image, [src], **args)
+    c["status"], c["error"] = status, err
+    if status != "success":
+        return None
+    group, n = vals[0], vals[1]
+    c["n"] = n
+    c["group"] = describe(group)
+    c["group_parent"] = group.get_parent().get_name() if group.get_parent() else None
+    c["group_pos"] = image.get_item_position(group)
+    c["src_pos_after"] = image.get_item_position(src)
+    c["src_parent_after"] = src.get_parent().get_name() if src.get_parent() else None
+    c["base_after"] = image.get_base_type().value_nick
+    c["precision_after"] = image.get_precision().value_nick
+    c["selected_after"] = [l.get_name() for l in image.get_selected_layers()]
+    c["meta"] = json.loads(bytes(group.get_parasite("colorize-patch").get_data()).decode())
+    kids = group.get_children()
+    rfmt = RESULT.get(fmt, fmt)
+    dump(kids[0], BABL[rfmt], key + "_colorized.raw")
+    if kids[0].get_mask() is not None:
+        dump(kids[0].get_mask(), "Y' u8", key + "_colmask.raw")
+    for i, ml in enumerate(kids[1:]):
+        dump(ml, "Y' u8", "%s_mask%d.raw" % (key, i))
+    return group
+
+def refuse_case(key, image, group, k, select_layer=None):
+    """Clear mask layer k to black and re-fuse."""
+    c = R["cases"][key]
+    kids = group.get_children()
+    ml = kids[1 + k]
+    w, h = ml.get_width(), ml.get_height()
+    ml.get_buffer().set(Gegl.Rectangle.new(0, 0, w, h), "Y' u8", bytes(w * h))
+    ml.update(0, 0, w, h)
+    c["refuse_k"] = k
+    ok, *sel_before = Gimp.Selection.bounds(image)
+    status, vals, err = call("plug-in-colorize-patch-refuse", image, [select_layer or ml], endpoint="")
+    c["refuse_status"], c["refuse_error"] = status, err
+    if status == "success":
+        c["refuse_n"] = vals[1]
+        c["refuse_layer"] = vals[0].get_name()
+    ok, *sel_after = Gimp.Selection.bounds(image)
+    c["selection_before_refuse"], c["selection_after_refuse"] = sel_before, sel_after
+    rfmt = RESULT.get(c["wire_format"], c["wire_format"])
+    dump(kids[0], BABL[rfmt], key + "_refused.raw")
+    c["tree_after_refuse"] = tree(image)
+
+def step(key, fn):
+    try:
+        fn()
+    except Exception:
+        R["errors"][key] = traceback.format_exc()
+    save()
+
+# ---- registration
+def registration():
+    c = R["cases"]["registration"] = {}
+    for name in ("plug-in-colorize-patch", "plug-in-colorize-patch-refuse"):
+        proc = pdb.lookup_procedure(name)
+        c[name] = None if proc is None else {
+            "menu_label": proc.get_menu_label(), "menu_paths": list(proc.get_menu_paths()),
+            "image_types": proc.get_image_types(),
+            "args": [a.get_name() for a in proc.get_arguments()],
+            "return_values": [a.get_name() for a in proc.get_return_values()],
+        }
+    cfg = pdb.lookup_procedure("plug-in-colorize-patch").create_config()
+    c["defaults"] = {k: cfg.get_property(k) for k in ("preset", "colorizer", "detector", "score-threshold",
+                     "max-instances", "saturation", "feather", "endpoint", "auto-start")}
+step("registration", registration)
+
+# ---- errors: nothing may change
+def errors():
+    c = R["cases"]["errors"] = {}
+    img, (l,) = new_image(32, 24, Gimp.ImageBaseType.GRAY, Gimp.Precision.U8_NON_LINEAR,
+                          [("gray", P["inputs"]["small_gray"], "Y' u8", 32, 24, 0, 0, False)])
+    before = tree(img)
+    s, v, e = call("plug-in-colorize-patch", img, [l], endpoint=P["dead_endpoint"], **{"auto-start": False})
+    c["dead"] = {"status": s, "error": e, "tree_same": tree(img) == before, "base": img.get_base_type().value_nick}
+    s, v, e = call("plug-in-colorize-patch", img, [l], endpoint=P["remote_endpoint"], **{"auto-start": True})
+    c["remote"] = {"status": s, "error": e, "tree_same": tree(img) == before}
+    g = Gimp.GroupLayer.new(img, "G")
+    img.insert_layer(g, None, 0)
+    l2 = Gimp.Layer.new(img, "second", 32, 24, Gimp.ImageType.GRAY_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+    img.insert_layer(l2, None, 0)
+    before = tree(img)
+    s, v, e = call("plug-in-colorize-patch", img, [g], endpoint=P["endpoint"])
+    c["group_layer"] = {"status": s, "error": e, "tree_same": tree(img) == before}
+    s, v, e = call("plug-in-colorize-patch", img, [l, l2], endpoint=P["endpoint"])
+    c["two_layers"] = {"status": s, "error": e, "tree_same": tree(img) == before}
+    s, v, e = call("plug-in-colorize-patch-refuse", img, [l], endpoint="")
+    c["refuse_outside"] = {"status": s, "error": e, "tree_same": tree(img) == before}
+    img.delete()
+step("errors", errors)
+
+# ---- auto-start of a local backend (the stand-in backend refuses the job: image untouched, started once)
+def autostart():
+    c = R["cases"]["autostart"] = {}
+    img, (l,) = new_image(32, 24, Gimp.ImageBaseType.GRAY, Gimp.Precision.U8_NON_LINEAR,
+                          [("gray", P["inputs"]["small_gray"], "Y' u8", 32, 24, 0, 0, False)])
+    before = tree(img)
+    runs = []
+    for i in range(2):
+        s, v, e = call("plug-in-colorize-patch", img, [l], endpoint=P["autostart_endpoint"], **{"auto-start": True})
+        runs.append({"status": s, "error": e, "tree_same": tree(img) == before,
+                     "base": img.get_base_type().value_nick})
+    c["runs"] = runs
+    img.delete()
+step("autostart", autostart)
+
+# ---- A: an 8-bit gray PNG, then re-fuse with one mask cleared
+def gray8():
+    img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["inputs"]["gray8_png"]))
+    src = img.get_selected_layers()[0]
+    group = colorize_case("gray8", img, src)
+    if group is not None and R["cases"]["gray8"]["n"] >= 1:
+        refuse_case("gray8", img, group, P["refuse_k"])
+    img.delete()
+step("gray8", gray8)
+
+# ---- B: a 16-bit RGB PNG
+def rgb16():
+    img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["inputs"]["rgb16_png"]))
+    colorize_case("rgb16", img, img.get_selected_layers()[0])
+    img.delete()
+step("rgb16", rgb16)
+
+# ---- C: an RGBA layer with offsets inside a layer group
+def rgba_group():
+    W, H = 100, 80
+    img, (bg, src) = new_image(W, H, Gimp.ImageBaseType.RGB, Gimp.Precision.U8_NON_LINEAR, [
+        ("Background", P["inputs"]["bg_rgb"], "R'G'B' u8", W, H, 0, 0, False),
+        ("Photo", P["inputs"]["rgba_raw"], "R'G'B'A u8", 72, 56, 9, 6, True)])
+    grp = Gimp.GroupLayer.new(img, "Photos")
+    img.insert_layer(grp, None, 0)
+    img.reorder_item(src, grp, 0)
+    img.reorder_item(bg, grp, 1)
+    top = Gimp.Layer.new(img, "Top", W, H, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+    img.insert_layer(top, None, 0)
+    colorize_case("rgba_group", img, src)
+    img.delete()
+step("rgba_group", rgba_group)
+
+# ---- D: a rectangular selection (then re-fuse while it is active)
+def selection():
+    W, H = 96, 72
+    img, (src,) = new_image(W, H, Gimp.ImageBaseType.RGB, Gimp.Precision.U8_NON_LINEAR,
+                            [("Photo", P["inputs"]["sel_rgb"], "R'G'B' u8", W, H, 0, 0, False)])
+    x, y, w, h = P["selection"]
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, x, y, w, h)
+    visible(img, "selection_visible_before.raw")
+    group = colorize_case("selection", img, src)
+    visible(img, "selection_visible_after.raw")
+    c = R["cases"]["selection"]
+    if group is not None and c["n"] >= 1:
+        # clear the instance with the most mask pixels outside the selection: a re-fuse clipped to the
+        # selection would then show
+        best, k = -1, 0
+        for i in range(c["n"]):
+            m = open(OUT + "/selection_mask%d.raw" % i, "rb").read()
+            outside = sum(1 for j, v in enumerate(m) if v and not (x <= j % W < x + w and y <= j // W < y + h))
+            if outside > best:
+                best, k = outside, i
+        refuse_case("selection", img, group, k, select_layer=group)
+    img.delete()
+step("selection", selection)
+
+# ---- E: a float image is sent as 16-bit
+def float_gray():
+    img, (src,) = new_image(40, 32, Gimp.ImageBaseType.GRAY, Gimp.Precision.FLOAT_LINEAR,
+                            [("Photo", P["inputs"]["float_gray"], "Y' u8", 40, 32, 0, 0, False)])
+    colorize_case("float_gray", img, src)
+    img.delete()
+step("float_gray", float_gray)
+'''
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _client():
+    from patchcolor_client.client import Client
+    return Client
+
+
+def _wait_ping(endpoint: str, proc: subprocess.Popen, log: Path, deadline_s: float) -> None:
+    Client = _client()
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"patchcolor serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        c = Client(endpoint, timeout_s=1.0, retries=0)
+        try:
+            c.ping(1.0)
+            return
+        except Exception:
+            pass
+        finally:
+            c.close()
+    raise RuntimeError(f"patchcolor serve did not answer within {deadline_s} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def backend(models_dir, tmp_path_factory):
+    """The real backend (`patchcolor serve`) on a free loopback port, killed by PID afterwards."""
+    if os.environ.get("PATCHCOLOR_GIMP_TEST_ENDPOINT"):      # use a backend that is already running
+        yield os.environ["PATCHCOLOR_GIMP_TEST_ENDPOINT"]
+        return
+    if not PATCHCOLOR.exists():
+        pytest.fail(f"{PATCHCOLOR} is missing: run install.py")
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("backend") / "serve.log"
+    env = {**os.environ, "PATCHCOLOR_MODELS": str(models_dir)}
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([str(PATCHCOLOR), "serve", "--endpoint", endpoint, "--device", "cpu"],
+                                stdout=f, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_ping(endpoint, proc, log, 120)
+        yield endpoint
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def gimp_run(backend):
+    """Run every GIMP case in one headless GIMP start; returns (result dict, out folder, params)."""
+    work = GIMP.workdir("plugin")
+    out = work.host / "out"
+    inputs = work.host / "in"
+    inputs.mkdir()
+    # inputs
+    g8 = np.clip(np.rint(photo(80, 96) * 255), 0, 255).astype(np.uint8)
+    write_png(inputs / "gray8.png", g8)
+    rgb16 = np.clip(np.rint(photo(64, 80, rgb=True) * 65535), 0, 65535).astype(np.uint16)
+    write_png(inputs / "rgb16.png", rgb16)
+    rgba = np.zeros((56, 72, 4), np.uint8)
+    rgba[..., :3] = np.clip(np.rint(photo(56, 72)[..., None] * 255), 0, 255)
+    rgba[..., 3] = 255
+    rgba[40:, 50:, 3] = 0                          # a transparent corner
+    rgba[:, :8, 3] = 128                            # a half-transparent strip
+    (inputs / "rgba.raw").write_bytes(rgba.tobytes())
+    (inputs / "bg.raw").write_bytes(np.full((80, 100, 3), 200, np.uint8).tobytes())
+    sel = np.repeat(np.clip(np.rint(photo(72, 96) * 255), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    (inputs / "sel.raw").write_bytes(sel.tobytes())
+    (inputs / "small_gray.raw").write_bytes((np.arange(32 * 24) % 256).astype(np.uint8).tobytes())
+    (inputs / "float_gray.raw").write_bytes(np.clip(photo(32, 40) * 255, 0, 255).astype(np.uint8).tobytes())
+    (work.host / "fake_backend.py").write_text(FAKE_BACKEND)
+
+    marker = work.inner_path("out", "fake_backend_starts.txt")
+    GIMP.install_plugin(work, backend_cmd=["/usr/bin/python3", work.inner_path("fake_backend.py"), marker],
+                        endpoint="tcp://127.0.0.1:5555", log_path=work.inner_path("out", "backend.log"),
+                        extra_config={"ping_timeout_s": 1.0, "remote_ping_timeout_s": 1.0, "start_timeout_s": 30.0,
+                                      "timeout_s": 60.0})
+    inner = {k: work.inner_path("in", v) for k, v in {
+        "gray8_png": "gray8.png", "rgb16_png": "rgb16.png", "rgba_raw": "rgba.raw", "bg_rgb": "bg.raw",
+        "sel_rgb": "sel.raw", "small_gray": "small_gray.raw", "float_gray": "float_gray.raw"}.items()}
+    params = {
+        "out": work.inner_path("out"), "inputs": inner, "endpoint": backend,
+        "dead_endpoint": f"tcp://127.0.0.1:{free_port()}", "remote_endpoint": "tcp://192.0.2.1:5555",
+        "autostart_endpoint": f"tcp://127.0.0.1:{free_port()}", "dialog_args": DIALOG_ARGS,
+        "selection": [20, 14, 44, 34], "refuse_k": 0,
+    }
+    (work.host / "params.json").write_text(json.dumps(params))
+    (work.host / "batch.py").write_text(BATCH.replace("PARAMS_PATH", repr(work.inner_path("params.json"))))
+    t0 = time.monotonic()
+    try:
+        proc = GIMP.run_batch(work, "batch.py", timeout=600)
+    finally:
+        _kill_autostarted(out)
+    elapsed = time.monotonic() - t0
+    print(f"\n[test_gimp_plugin] {GIMP.describe()}: one GIMP run, {elapsed:.1f} s, exit {proc.returncode}",
+          file=sys.stderr)
+    result_file = out / "result.json"
+    if proc.returncode != 0 or not result_file.exists():
+        pytest.fail(f"GIMP batch failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")
+    result = json.loads(result_file.read_text())
+    result["_stderr"] = proc.stderr
+    result["_pluginrc"] = (work.host / "profile" / "pluginrc").read_text(errors="replace")
+    result["_marker"] = (out / "fake_backend_starts.txt").read_text() if (out / "fake_backend_starts.txt").exists() \
+        else ""
+    yield result, out, params
+    if os.environ.get("PATCHCOLOR_KEEP_GIMP_WORK"):
+        print(f"[test_gimp_plugin] kept {work.host}", file=sys.stderr)
+    else:
+        GIMP.cleanup(work)
+
+
+def _kill_autostarted(out: Path) -> None:
+    """Stop the stand-in backend the plug-in auto-started (its PID is in the plug-in's state file)."""
+    for state in out.glob("colorize-patch-backend-*.json"):
+        try:
+            pid = int(json.loads(state.read_text())["pid"])
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError, KeyError):
+            pass
+
+
+def case(gimp_run, key):
+    result = gimp_run[0]
+    assert key not in result["errors"], f"batch step {key} raised:\n{result['errors'][key]}"
+    return result["cases"][key]
+
+
+def raw(out: Path, name: str, shape, dtype=np.uint8) -> np.ndarray:
+    return np.frombuffer((out / name).read_bytes(), dtype=dtype).reshape(shape)
+
+
+BITS = {"8": np.uint8, "16": np.dtype("<u2")}
+
+
+def fmt_info(fmt: str):
+    bits = "16" if fmt.endswith("16") else "8"
+    kind = fmt[: -len(bits)]
+    return kind, {"gray": 1, "graya": 2, "rgb": 3, "rgba": 4}[kind], BITS[bits]
+
+
+def result_fmt(fmt: str) -> str:
+    kind, _, _ = fmt_info(fmt)
+    return fmt.replace(kind, {"gray": "rgb", "graya": "rgba"}.get(kind, kind), 1)
+
+
+def load_layer(out, name, fmt, size):
+    _, ch, dt = fmt_info(fmt)
+    return raw(out, name, (size[1], size[0], ch), dt)
+
+
+@pytest.fixture(scope="module")
+def expected(gimp_run, backend):
+    """What the backend returns to a direct client call for the same pixels and options (plus re-fuses)."""
+    result, out, params = gimp_run
+    Client = _client()
+    exp = {}
+    c = Client(backend, timeout_s=60)
+    try:
+        for key in ("gray8", "rgb16", "rgba_group", "selection"):
+            cs = result["cases"].get(key)
+            if not cs or cs.get("status") != "success":
+                continue
+            w, h = cs["src_size"]
+            fmt = cs["wire_format"]
+            src = (out / f"{key}_src.raw").read_bytes()
+            r = c.colorize(w, h, fmt, src, OPTIONS)
+            e = {"pixels": bytes(r.pixels), "fmt": r.fmt,
+                 "masks": [bytes(i.full_mask(w, h)) for i in r.instances],
+                 "names": [(i.class_name, i.score) for i in r.instances]}
+            if "refuse_k" in cs:
+                masks = [bytearray(m) for m in e["masks"]]
+                masks[cs["refuse_k"]] = bytearray(w * h)
+                e["refused"] = bytes(c.refuse(r.job_id, masks).pixels)
+                e["full_colour"] = bytes(c.refuse(r.job_id, [bytearray(w * h)] * len(masks)).pixels)
+            exp[key] = e
+    finally:
+        c.close()
+    return exp
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------------------------------------------------
+
+@needs_gimp
+def test_registration(gimp_run):
+    result = gimp_run[0]
+    reg = case(gimp_run, "registration")
+    col, ref = reg["plug-in-colorize-patch"], reg["plug-in-colorize-patch-refuse"]
+    assert col is not None and ref is not None, "procedures not registered"
+    assert col["menu_label"] == "Colorize (Patch)..." and col["menu_paths"] == ["<Image>/Filters"]
+    assert ref["menu_label"] == "Colorize (Patch): Re-fuse Masks" and ref["menu_paths"] == ["<Image>/Filters"]
+    for arg in ("preset", "colorizer", "detector", "score-threshold", "max-instances", "saturation", "feather",
+                "endpoint", "auto-start"):
+        assert arg in col["args"], arg
+    assert col["return_values"] == ["group", "n-instances"]
+    assert reg["defaults"]["endpoint"] == "tcp://127.0.0.1:5555"      # from config.json written by the installer
+    assert reg["defaults"]["preset"] == "default" and reg["defaults"]["detector"] == "r101"
+    rc = result["_pluginrc"]
+    assert '"${gimp_dir}/plug-ins/colorize-patch/colorize-patch.py"' in rc
+    for proc, label in (("plug-in-colorize-patch", "Colorize (Patch)..."),
+                        ("plug-in-colorize-patch-refuse", "Colorize (Patch): Re-fuse Masks")):
+        block = rc[rc.index(f'(proc-def "{proc}"'):]
+        block = block[:block.index("(proc-arg")]
+        assert f'"{label}"' in block and '(menu-path "<Image>/Filters")' in block, block
+
+
+@needs_gimp
+def test_errors_leave_the_image_alone(gimp_run):
+    e = case(gimp_run, "errors")
+    dead = e["dead"]
+    assert dead["status"] == "execution-error"
+    assert "No colorize backend answers at" in dead["error"] and "automatic start is turned off" in dead["error"]
+    assert dead["tree_same"] and dead["base"] == "gray"          # no layer added, not converted to RGB
+    assert e["remote"]["status"] == "execution-error" and e["remote"]["tree_same"]
+    assert "not an address on this computer" in e["remote"]["error"]
+    assert e["group_layer"]["status"] == "calling-error" and "is a layer group" in e["group_layer"]["error"]
+    assert e["two_layers"]["status"] == "calling-error" and "exactly one layer" in e["two_layers"]["error"]
+    assert e["refuse_outside"]["status"] == "calling-error" and "not part of a" in e["refuse_outside"]["error"]
+    for k in ("group_layer", "two_layers", "refuse_outside"):
+        assert e[k]["tree_same"], k
+    assert gimp_run[0]["_marker"].count("started") == 1, "remote/disabled cases must not start a backend"
+
+
+@needs_gimp
+def test_autostart_starts_one_local_backend(gimp_run):
+    runs = case(gimp_run, "autostart")["runs"]
+    for r in runs:
+        assert r["status"] == "execution-error", r
+        assert r["error"].startswith("The colorize backend cannot find its model weights"), r["error"]
+        assert "run: python3 install.py" in r["error"]
+        assert r["tree_same"] and r["base"] == "gray"
+    assert gimp_run[0]["_marker"].count("started") == 1, "the backend must be started exactly once"
+
+
+def _check_structure(cs, name_of_parent, expected_names):
+    assert cs["status"] == "success", cs["error"]
+    w, h = cs["src_size"]
+    ox, oy = cs["src_offsets"]
+    # group directly above the source, in the source's parent
+    assert cs["group_parent"] == name_of_parent == cs["src_parent_after"]
+    assert cs["group_pos"] == cs["src_pos_before"] and cs["src_pos_after"] == cs["src_pos_before"] + 1
+    g = cs["group"]
+    assert g["name"] == "Colorize (Patch)" and g["group"] and g["visible"]
+    kids = g["children"]
+    assert [k["name"] for k in kids] == ["Colorized"] + expected_names
+    assert kids[0]["visible"] and kids[0]["size"] == [w, h] and kids[0]["offsets"] == [ox, oy]
+    for m in kids[1:]:
+        assert not m["visible"] and m["size"] == [w, h] and m["offsets"] == [ox, oy] and not m["alpha"], m
+    assert cs["n"] == len(kids) - 1 == len(cs["meta"]["instances"])
+    assert cs["meta"]["format"] == cs["wire_format"] and cs["meta"]["job_id"]
+
+
+def _names(exp):
+    return [f"{n} {int(s * 100 + 0.5)}%" for n, s in exp["names"]]
+
+
+def _lightness(rgb: np.ndarray, top: float) -> np.ndarray:
+    from skimage.color import rgb2lab
+    rgb = rgb.astype(np.float64) / top
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    return rgb2lab(rgb[..., :3])[..., 0]
+
+
+def _check_pixels(out, key, cs, exp, l_tol):
+    w, h = cs["src_size"]
+    fmt = cs["wire_format"]
+    rfmt = result_fmt(fmt)
+    kind, ch, dt = fmt_info(fmt)
+    top = 65535.0 if dt != np.uint8 else 255.0
+    src = load_layer(out, f"{key}_src.raw", fmt, (w, h))
+    col = load_layer(out, f"{key}_colorized.raw", rfmt, (w, h))
+    want = np.frombuffer(exp["pixels"], dtype=dt).reshape(col.shape)
+    # the Colorized layer holds exactly what the backend returns for these pixels (to rounding)
+    assert np.abs(col.astype(np.int64) - want.astype(np.int64)).max() <= 1
+    # its lightness is the source's; it has colour
+    color_ch = 1 if kind.startswith("gray") else 3
+    opaque = (src[..., -1] > 0) if kind.endswith("a") else np.ones((h, w), bool)
+    dl = np.abs(_lightness(col[..., :3], top) - _lightness(src[..., :color_ch], top))[opaque]
+    assert dl.max() <= l_tol, f"lightness differs by up to {dl.max():.3f}"
+    assert np.ptp(col[..., :3].astype(np.int64), axis=-1).max() > 0, "no colour at all"
+    if kind.endswith("a"):
+        assert np.array_equal(col[..., 3], src[..., -1]), "alpha not kept"
+    # mask layers equal the backend's masks
+    assert len(exp["masks"]) == cs["n"]
+    for i, m in enumerate(exp["masks"]):
+        got = raw(out, f"{key}_mask{i}.raw", (h, w))
+        assert np.array_equal(got, np.frombuffer(m, np.uint8).reshape(h, w)), f"mask {i} differs"
+        assert set(np.unique(got)) <= {0, 255}
+
+
+@needs_gimp
+def test_gray8_png(gimp_run, expected):
+    cs = case(gimp_run, "gray8")
+    _check_structure(cs, None, _names(expected["gray8"]))
+    assert cs["n"] >= 2, "the biased detector should find objects"
+    assert cs["base_before"] == "gray" and cs["base_after"] == "rgb"
+    assert cs["precision_after"] == cs["precision_before"]
+    assert cs["selected_after"] == ["Colorize (Patch)"]
+    assert not cs["group"]["children"][0]["has_mask"]
+    _check_pixels(gimp_run[1], "gray8", cs, expected["gray8"], l_tol=1.0)
+
+
+@needs_gimp
+def test_rgb16_png(gimp_run, expected):
+    cs = case(gimp_run, "rgb16")
+    assert cs["wire_format"] == "rgb16" and cs["precision_after"] == cs["precision_before"]
+    _check_structure(cs, None, _names(expected["rgb16"]))
+    _check_pixels(gimp_run[1], "rgb16", cs, expected["rgb16"], l_tol=0.05)
+
+
+@needs_gimp
+def test_rgba_layer_with_offsets_in_a_group(gimp_run, expected):
+    cs = case(gimp_run, "rgba_group")
+    assert cs["wire_format"] == "rgba8" and cs["src_offsets"] == [9, 6] and cs["src_size"] == [72, 56]
+    _check_structure(cs, "Photos", _names(expected["rgba_group"]))
+    assert cs["src_pos_before"] == 0
+    top = [l["name"] for l in cs["group"]["children"]]
+    assert top[0] == "Colorized"
+    assert cs["group"]["children"][0]["alpha"]
+    _check_pixels(gimp_run[1], "rgba_group", cs, expected["rgba_group"], l_tol=1.0)
+
+
+@needs_gimp
+def test_selection(gimp_run, expected):
+    result, out, params = gimp_run
+    cs = case(gimp_run, "selection")
+    _check_structure(cs, None, _names(expected["selection"]))
+    assert cs["group"]["children"][0]["has_mask"], "Colorized needs a layer mask from the selection"
+    _check_pixels(out, "selection", cs, expected["selection"], l_tol=1.0)
+    W, H = cs["src_size"]
+    x, y, w, h = params["selection"]
+    inside = np.zeros((H, W), bool)
+    inside[y:y + h, x:x + w] = True
+    mask = raw(out, "selection_colmask.raw", (H, W))
+    assert (mask[inside] == 255).all() and (mask[~inside] == 0).all()
+    before = raw(out, "selection_visible_before.raw", (H, W, 4))
+    after = raw(out, "selection_visible_after.raw", (H, W, 4))
+    assert np.array_equal(before[~inside], after[~inside]), "pixels outside the selection changed"
+    assert not np.array_equal(before[inside], after[inside]), "nothing changed inside the selection"
+
+
+def _check_refuse(out, key, cs, exp):
+    assert cs["refuse_status"] == "success", cs["refuse_error"]
+    w, h = cs["src_size"]
+    rfmt = result_fmt(cs["wire_format"])
+    dt = fmt_info(rfmt)[2]
+    k = cs["refuse_k"]
+    col = load_layer(out, f"{key}_colorized.raw", rfmt, (w, h)).astype(np.int64)
+    ref = load_layer(out, f"{key}_refused.raw", rfmt, (w, h)).astype(np.int64)
+    want = np.frombuffer(exp["refused"], dt).reshape(ref.shape).astype(np.int64)
+    full = np.frombuffer(exp["full_colour"], dt).reshape(ref.shape).astype(np.int64)
+    assert np.abs(ref - want).max() <= 1, "re-fused layer differs from the backend's re-fuse"
+    changed = np.abs(ref - col).max(axis=-1) > 1
+    assert changed.any(), "clearing a mask changed nothing"
+    masks = [np.frombuffer(m, np.uint8).reshape(h, w) > 0 for m in exp["masks"]]
+    # only that instance's pixels change: everything that changed lies in its (feathered) box ...
+    ys, xs = np.nonzero(masks[k])
+    diag = float(np.hypot(np.ptp(xs) + 1, np.ptp(ys) + 1))
+    pad = int(np.ceil(0.02 * diag)) + 2
+    near = np.zeros((h, w), bool)
+    near[max(0, ys.min() - pad): ys.max() + pad + 1, max(0, xs.min() - pad): xs.max() + pad + 1] = True
+    assert not (changed & ~near).any(), "pixels outside the cleared instance changed"
+    # ... and where only that instance was, the result is now the full-image colour
+    others = np.zeros((h, w), bool)
+    for i, m in enumerate(masks):
+        if i != k:
+            others |= m
+    only = masks[k] & ~others
+    from scipy import ndimage
+    core = ndimage.binary_erosion(only, iterations=pad) if only.sum() > 50 else only
+    if core.any():
+        assert np.abs(ref[core] - full[core]).max() <= 1, "cleared instance does not show the full-image colour"
+    return changed
+
+
+@needs_gimp
+def test_refuse_after_clearing_one_mask(gimp_run, expected):
+    out = gimp_run[1]
+    cs = case(gimp_run, "gray8")
+    _check_refuse(out, "gray8", cs, expected["gray8"])
+    assert cs["refuse_n"] == cs["n"] - 1 and cs["refuse_layer"] == "Colorized"
+    # nothing else changed in the layer tree (same layers, mask layers stay hidden)
+    names = [c["name"] for c in cs["tree_after_refuse"][0]["children"]]
+    assert names == [c["name"] for c in cs["group"]["children"]]
+
+
+@needs_gimp
+def test_refuse_with_a_selection_updates_the_whole_layer(gimp_run, expected):
+    out = gimp_run[1]
+    cs = case(gimp_run, "selection")
+    changed = _check_refuse(out, "selection", cs, expected["selection"])
+    W, H = cs["src_size"]
+    x, y, w, h = gimp_run[2]["selection"]
+    inside = np.zeros((H, W), bool)
+    inside[y:y + h, x:x + w] = True
+    assert cs["selection_after_refuse"] == cs["selection_before_refuse"], "selection not restored"
+    if not (changed & ~inside).any():
+        pytest.skip("the cleared instance does not reach outside the selection with these random weights")
+
+
+@needs_gimp
+def test_float_image_is_sent_as_16_bit(gimp_run):
+    cs = case(gimp_run, "float_gray")
+    assert cs["status"] == "success", cs["error"]
+    assert cs["wire_format"] == "gray16" and cs["meta"]["format"] == "gray16"
+    assert cs["precision_after"] == cs["precision_before"] == "float-linear" and cs["base_after"] == "rgb"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# backend auto-start logic, without GIMP (the plug-in module imports without gi)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _plugin_module():
+    spec = importlib.util.spec_from_file_location("colorize_patch_plugin", PLUGIN_FILE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_autostart_never_starts_two(models_dir, tmp_path, monkeypatch):
+    """Two plug-ins asking at once for a dead local endpoint start exactly one real `patchcolor serve`."""
+    mod = _plugin_module()
+    monkeypatch.setattr(mod.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setenv("PATCHCOLOR_MODELS", str(models_dir))
+    Client = _client()
+    spawned = []
+    real_spawn = mod._spawn_backend
+
+    def spawn(cmd, log_file):
+        p = real_spawn(cmd, log_file)
+        spawned.append(p)
+        return p
+    monkeypatch.setattr(mod, "_spawn_backend", spawn)
+
+    def ping(endpoint, timeout_s):
+        c = Client(endpoint, timeout_s=timeout_s, retries=0)
+        try:
+            c.ping(timeout_s)
+            return True
+        except Exception:
+            return False
+        finally:
+            c.close()
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = {"backend_command": [str(PATCHCOLOR), "serve", "--device", "cpu"], "log_file": str(tmp_path / "b.log"),
+           "ping_timeout_s": 0.5, "start_timeout_s": 120}
+    texts, results, errors = [], [], []
+
+    def worker():
+        try:
+            results.append(mod.ensure_backend(endpoint, True, cfg, ping, texts.append))
+        except Exception as e:          # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        assert not errors, errors
+        assert sorted(results) == [False, True], results     # one started it, the other found it running
+        assert len(spawned) == 1
+        assert mod.STARTING_TEXT in texts
+        assert ping(endpoint, 2.0)
+        # a third call finds it up and starts nothing
+        assert mod.ensure_backend(endpoint, True, cfg, ping) is False and len(spawned) == 1
+    finally:
+        for p in spawned:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_autostart_rules_without_a_backend(tmp_path, monkeypatch):
+    mod = _plugin_module()
+    monkeypatch.setattr(mod.tempfile, "gettempdir", lambda: str(tmp_path))
+    dead = lambda endpoint, timeout_s: False      # noqa: E731
+    cfg = {"backend_command": [sys.executable, "-c", "import sys; sys.exit(3)"], "log_file": str(tmp_path / "l")}
+    with pytest.raises(mod.PluginError, match="not an address on this computer"):
+        mod.ensure_backend("tcp://10.1.2.3:5555", True, cfg, dead)
+    with pytest.raises(mod.PluginError, match="automatic start is turned off"):
+        mod.ensure_backend("tcp://127.0.0.1:9", False, cfg, dead)
+    with pytest.raises(mod.PluginError, match="no backend command is recorded"):
+        mod.ensure_backend("tcp://127.0.0.1:9", True, {}, dead)
+    with pytest.raises(mod.PluginError, match=r"stopped while starting \(exit code 3\)"):
+        mod.ensure_backend("tcp://127.0.0.1:9", True, cfg, dead)
+    assert mod.backend_command(cfg, "tcp://127.0.0.1:9")[-2:] == ["--endpoint", "tcp://127.0.0.1:9"]
+    for ep, local in (("tcp://127.0.0.1:5555", True), ("tcp://localhost:1", True), ("tcp://[::1]:5", True),
+                      ("ipc:///tmp/x", True), ("tcp://192.168.1.2:5555", False), ("tcp://gpu-box:5555", False)):
+        assert mod.is_local_endpoint(ep) is local, ep
+
+
+def test_installer_layout(tmp_path):
+    sys.path.insert(0, str(REPO / "gimp_plugin"))
+    try:
+        import gimp_install
+    finally:
+        sys.path.remove(str(REPO / "gimp_plugin"))
+    home = tmp_path / "home"
+    for p in (".config/GIMP/3.0", ".config/GIMP/2.10", ".var/app/org.gimp.GIMP/config/GIMP/3.1"):
+        (home / p).mkdir(parents=True)
+    found = gimp_install.find_gimp_profiles(home=home, env={}, system="Linux")
+    assert found == [home / ".config/GIMP/3.0", home / ".var/app/org.gimp.GIMP/config/GIMP/3.1"]
+    (home / "Library/Application Support/GIMP/3.0").mkdir(parents=True)
+    assert gimp_install.find_gimp_profiles(home=home, env={}, system="Darwin") == \
+        [home / "Library/Application Support/GIMP/3.0"]
+    (tmp_path / "appdata/GIMP/3.0").mkdir(parents=True)
+    assert gimp_install.find_gimp_profiles(home=home, env={"APPDATA": str(tmp_path / "appdata")},
+                                           system="Windows") == [tmp_path / "appdata/GIMP/3.0"]
+    profile = home / ".config/GIMP/3.0"
+    r = gimp_install.install_plugin(profile, ["/x/patchcolor", "serve"], "tcp://127.0.0.1:5555", "/x/b.log",
+                                    pyzmq="skip")
+    d = profile / "plug-ins" / "colorize-patch"
+    assert r.plugin_dir == d
+    assert os.access(d / "colorize-patch.py", os.X_OK)
+    assert (d / "patchcolor_client" / "client.py").exists()
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["backend_command"] == ["/x/patchcolor", "serve"] and cfg["endpoint"] == "tcp://127.0.0.1:5555"
+    assert cfg["log_file"] == "/x/b.log"
+    assert not list(d.rglob("__pycache__"))
+    gimp_install.install_plugin(profile, [], "tcp://127.0.0.1:6000", None, pyzmq="skip")     # update in place
+    assert json.loads((d / "config.json").read_text())["endpoint"] == "tcp://127.0.0.1:6000"
+    assert gimp_install.uninstall_plugin(profile) and not d.exists()
+    assert not gimp_install.uninstall_plugin(profile)
