@@ -1,0 +1,140 @@
+"""The colorizer networks against the reference key/shape tables, and the strict loader."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fake_colorizers import random_state_dict, write_colorizer_pth
+from patchcolor.colorize import ARCHITECTURES, load_colorizer, predict_ab
+from patchcolor.errors import WeightsCorrupt, WeightsMissing
+
+
+def _bn(prefix: str, c: int) -> dict[str, list[int]]:
+    return {f"{prefix}.{k}": [c] for k in ("weight", "bias", "running_mean", "running_var")}
+
+
+def _conv(prefix: str, shape: list[int], bias: bool = True) -> dict[str, list[int]]:
+    d = {f"{prefix}.weight": shape}
+    if bias:
+        d[f"{prefix}.bias"] = [shape[1] if "up." in prefix or prefix == "model8.0" else shape[0]]
+    return d
+
+
+def eccv16_table() -> dict[str, list[int]]:
+    """Reference doc §2.3, typed in independently of the network code."""
+    t: dict[str, list[int]] = {}
+    blocks = {1: [(64, 1), (64, 64)], 2: [(128, 64), (128, 128)], 3: [(256, 128), (256, 256), (256, 256)],
+              4: [(512, 256), (512, 512), (512, 512)], 5: [(512, 512)] * 3, 6: [(512, 512)] * 3, 7: [(512, 512)] * 3}
+    for b, convs in blocks.items():
+        for i, (o, c) in enumerate(convs):
+            t |= _conv(f"model{b}.{2 * i}", [o, c, 3, 3])
+        t |= _bn(f"model{b}.{2 * len(convs)}", convs[-1][0])
+    t |= {"model8.0.weight": [512, 256, 4, 4], "model8.0.bias": [256]}
+    t |= _conv("model8.2", [256, 256, 3, 3]) | _conv("model8.4", [256, 256, 3, 3]) | _conv("model8.6", [313, 256, 1, 1])
+    t["model_out.weight"] = [2, 313, 1, 1]
+    return t
+
+
+def siggraph17_table() -> dict[str, list[int]]:
+    """Reference doc §2.5."""
+    t: dict[str, list[int]] = {}
+    blocks = {1: [(64, 4), (64, 64)], 2: [(128, 64), (128, 128)], 3: [(256, 128), (256, 256), (256, 256)],
+              4: [(512, 256), (512, 512), (512, 512)], 5: [(512, 512)] * 3, 6: [(512, 512)] * 3, 7: [(512, 512)] * 3}
+    for b, convs in blocks.items():
+        for i, (o, c) in enumerate(convs):
+            t |= _conv(f"model{b}.{2 * i}", [o, c, 3, 3])
+        t |= _bn(f"model{b}.{2 * len(convs)}", convs[-1][0])
+    t |= {"model8up.0.weight": [512, 256, 4, 4], "model8up.0.bias": [256]}
+    t |= _conv("model8.1", [256, 256, 3, 3]) | _conv("model8.3", [256, 256, 3, 3]) | _bn("model8.5", 256)
+    t |= {"model9up.0.weight": [256, 128, 4, 4], "model9up.0.bias": [128]}
+    t |= _conv("model9.1", [128, 128, 3, 3]) | _bn("model9.3", 128)
+    t |= {"model10up.0.weight": [128, 128, 4, 4], "model10up.0.bias": [128]}
+    t |= _conv("model10.1", [128, 128, 3, 3])
+    t |= _conv("model3short8.0", [256, 256, 3, 3]) | _conv("model2short9.0", [128, 128, 3, 3])
+    t |= _conv("model1short10.0", [128, 64, 3, 3]) | _conv("model_class.0", [529, 256, 1, 1])
+    t |= _conv("model_out.0", [2, 128, 1, 1])
+    return t
+
+
+@pytest.mark.parametrize("name,table,n_entries,n_params", [
+    ("eccv16", eccv16_table, 75, 32_236_011), ("siggraph17", siggraph17_table, 98, 34_187_027)])
+def test_network_matches_reference_tables(name, table, n_entries, n_params):
+    model = ARCHITECTURES[name]()
+    got = {k: list(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    ref = table()
+    assert len(ref) == n_entries
+    assert got == ref
+    assert list(got) == list(ref) or set(got) == set(ref)
+    assert sum(p.numel() for p in model.parameters()) == n_params
+
+
+def test_layer_details_from_the_reference():
+    e = ARCHITECTURES["eccv16"]()
+    assert e.model1[2].stride == (2, 2) and e.model3[4].stride == (2, 2) and e.model4[0].stride == (1, 1)
+    assert e.model5[0].dilation == (2, 2) and e.model5[0].padding == (2, 2)
+    assert e.model_out.bias is None and e.upsample4.mode == "bilinear"
+    s = ARCHITECTURES["siggraph17"]()
+    assert isinstance(s.model10[2], torch.nn.LeakyReLU) and s.model10[2].negative_slope == 0.2
+    assert isinstance(s.model_out[1], torch.nn.Tanh)
+
+
+@pytest.mark.parametrize("with_nbt", [True, False])
+@pytest.mark.parametrize("name", ["eccv16", "siggraph17"])
+def test_loads_official_format_with_or_without_num_batches_tracked(tmp_path, name, with_nbt):
+    path = write_colorizer_pth(name, tmp_path, seed=5, with_num_batches_tracked=with_nbt)
+    model = load_colorizer(name, path, torch.device("cpu"))
+    ref = random_state_dict(name, seed=5)
+    for k, v in model.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, ref[k]), k
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_loader_rejects_wrong_files(tmp_path):
+    state = random_state_dict("eccv16")
+    bad = dict(state)
+    bad["model8.6.weight"] = torch.zeros(300, 256, 1, 1)
+    torch.save(bad, tmp_path / "shape.pth")
+    with pytest.raises(WeightsCorrupt, match="wrong shape: model8.6.weight"):
+        load_colorizer("eccv16", tmp_path / "shape.pth", torch.device("cpu"))
+    missing = {k: v for k, v in state.items() if k != "model_out.weight"}
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(WeightsCorrupt, match="missing: model_out.weight"):
+        load_colorizer("eccv16", tmp_path / "missing.pth", torch.device("cpu"))
+    (tmp_path / "trunc.pth").write_bytes((tmp_path / "shape.pth").read_bytes()[:1000])
+    with pytest.raises(WeightsCorrupt, match="install.py --verify"):
+        load_colorizer("eccv16", tmp_path / "trunc.pth", torch.device("cpu"))
+    with pytest.raises(WeightsMissing, match="install.py"):
+        load_colorizer("eccv16", tmp_path / "absent.pth", torch.device("cpu"))
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch /tmp/patchcolor-pwned",))
+
+
+def test_loader_never_runs_pickled_code(tmp_path):
+    torch.save({"model1.0.weight": _Evil()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=True,
+               pickle_module=pickle)
+    with pytest.raises(WeightsCorrupt):
+        load_colorizer("eccv16", tmp_path / "evil.pth", torch.device("cpu"))
+    import os
+    assert not os.path.exists("/tmp/patchcolor-pwned")
+
+
+def test_predict_ab_batches_and_resizes(tmp_path):
+    model = load_colorizer("eccv16", write_colorizer_pth("eccv16", tmp_path), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(0, 100, (64, 64)).astype(np.float32) for _ in range(3)]
+    calls = []
+    out = predict_ab(model, inputs, [(64, 64), (20, 30), (64, 64)], batch_size=2,
+                     on_batch=lambda d, t: calls.append((d, t)))
+    assert [o.shape for o in out] == [(2, 64, 64), (2, 20, 30), (2, 64, 64)]
+    assert calls == [(2, 3), (3, 3)]
+    one = predict_ab(model, inputs[2:], [(64, 64)], batch_size=1)[0]
+    np.testing.assert_allclose(out[2], one, atol=1e-4)   # batching does not change results
+    assert all(o.dtype == np.float32 and np.isfinite(o).all() for o in out)
