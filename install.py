@@ -42,9 +42,10 @@ import time
 import types
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 if sys.version_info < (3, 10):  # pragma: no cover - message for very old interpreters
     sys.exit(f"Patch Colorization needs Python 3.10 or newer (this is {sys.version.split()[0]}).")
@@ -244,8 +245,7 @@ def download(url: str, part: Path, *, retries: int = 5, retry_wait: float = 1.0,
             if _is_offline_error(e):
                 raise DownloadError(f"cannot resolve the host of {url} ({e.reason})", offline=True) from None
             reason = str(e.reason)
-        except (_Truncated, http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout,
-                OSError) as e:
+        except (_Truncated, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             reason = str(e) or type(e).__name__
         if got > 0:
             failures = 0                           # progress was made: a fresh budget of retries
@@ -324,6 +324,7 @@ def fetch_model(entry: Any, folder: Path, *, retries: int = 5, retry_wait: float
     if need > free:
         return ModelOutcome(entry, None, "failed", f"not enough disk space in {folder} "
                             f"({human(free)} free, about {human(need)} needed)")
+    res = None
     for attempt in (1, 2):
         resumed = part.exists() and part.stat().st_size > 0
         say(f"Downloading {entry.file} ({'~' if entry.size is None else ''}{human(entry.size_hint)})"
@@ -339,7 +340,8 @@ def fetch_model(entry: Any, folder: Path, *, retries: int = 5, retry_wait: float
         if not (resumed and attempt == 1):       # a stale resumed part may be the culprit: one clean retry
             break
         say(f"  {entry.file}: the resumed download failed the check ({res.message}); downloading it afresh")
-    return ModelOutcome(entry, res, "refused", f"downloaded file failed verification: {res.message}")
+    detail = res.message if res is not None else "?"
+    return ModelOutcome(entry, res, "refused", f"downloaded file failed verification: {detail}")
 
 
 def _find_in(src: Path, file_name: str, max_depth: int = 6) -> Path | None:
@@ -468,7 +470,7 @@ def venv_python(venv: Path) -> Path:
 def _runs(python: Path) -> bool:
     try:
         return subprocess.run([str(python), "-c", "import sys; sys.exit(sys.version_info < (3, 10))"],
-                              capture_output=True, timeout=60).returncode == 0
+                              check=False, capture_output=True, timeout=60).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -481,7 +483,7 @@ def ensure_venv(venv: Path) -> Path:
         return py
     cmd = [sys.executable, "-m", "venv"] + (["--clear"] if venv.exists() else []) + [str(venv)]
     say(f"Creating the virtual environment {venv}" + (" (the existing one is broken)" if venv.exists() else ""))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0 or not py.exists():
         hint = ""
         if "ensurepip" in (proc.stderr + proc.stdout):
@@ -517,13 +519,14 @@ def pip_install(python: Path, reinstall: bool = False) -> None:
     pinned differently changes). Skipped when pyproject.toml is unchanged and ``patchcolor`` imports."""
     rec = read_record(python)
     if not reinstall and rec.get("pyproject_sha256") == _pyproject_hash():
-        ok = subprocess.run([str(python), "-c", "import patchcolor"], capture_output=True, cwd=str(Path.home()))
+        ok = subprocess.run([str(python), "-c", "import patchcolor"], check=False, capture_output=True,
+                            cwd=str(Path.home()))
         if ok.returncode == 0:
             say("The package is already installed and pyproject.toml is unchanged (--reinstall forces pip).")
             return
     cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-e", f"{ROOT}[test]"]
     say("Installing the package: " + " ".join(cmd))
-    proc = subprocess.run(cmd)
+    proc = subprocess.run(cmd, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"pip failed (exit {proc.returncode}); see its output above")
 

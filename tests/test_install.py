@@ -11,12 +11,12 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from patchcolor import models as pm
 from patchcolor.errors import WeightsCorrupt, WeightsMissing
 
@@ -165,7 +165,7 @@ def test_unconfirmed_algorithm_policy(tmp_path: Path) -> None:
     data = pickle.dumps({"model": {"w": os.urandom(80_000)}}, protocol=2)
     f = tmp_path / "model_final_abcdef.pkl"
     f.write_bytes(data)
-    kw: dict[str, Any] = dict(name=f.name, prefix="abcdef", hash_prefix_algorithm="sha256|md5 (unverified)")
+    kw: dict[str, Any] = {"name": f.name, "prefix": "abcdef", "hash_prefix_algorithm": "sha256|md5 (unverified)"}
     assert pm.verify_file(f, entry_for(pm, data, **kw)).status == "corrupt"
     warn = entry_for(pm, data, on_prefix_mismatch="warn", approx_size=len(data), **kw)
     r = pm.verify_file(f, warn)
@@ -219,12 +219,12 @@ def test_models_dir_env_and_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 # ----------------------------------------------------------------------------------------------- downloads
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *a: Any) -> None:   # quiet
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         srv = self.server
         rng = self.headers.get("Range")
         srv.log.append(rng)
@@ -377,8 +377,8 @@ def run_install(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     """install.py under ``-S`` (no site-packages): proves it needs the standard library only."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("PATCHCOLOR_")}
     e.update(env or {})
-    return subprocess.run([sys.executable, "-S", str(INSTALL), *args], capture_output=True, text=True, env=e,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-S", str(INSTALL), *args], check=False, capture_output=True,
+                          text=True, env=e, timeout=120)
 
 
 def write_catalog(path: Path, entries: list[Any]) -> Path:

@@ -21,9 +21,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 from .errors import WeightsCorrupt, WeightsMissing
 
@@ -90,7 +91,7 @@ class ModelEntry:
         return self.size if self.size is not None else self.approx_size
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelEntry":
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelEntry:
         known = {"id", "role", "file", "url", "required", "hash_prefix", "hash_prefix_algorithm", "size",
                  "approx_size", "sha256", "on_prefix_mismatch", "description", "notes"}
         missing = {"id", "role", "file", "url", "required", "hash_prefix", "hash_prefix_algorithm"} - set(d)
@@ -117,7 +118,7 @@ def load_catalog(path: Path | None = None) -> list[ModelEntry]:
         try:
             from importlib.resources import files
             data = json.loads((files(__package__ or "patchcolor") / CATALOG_NAME).read_text(encoding="utf-8"))
-        except Exception as exc:  # noqa: BLE001 - any failure means "no catalogue"
+        except Exception as exc:  # any failure means "no catalogue"
             raise FileNotFoundError(f"model catalogue not found: {p}") from exc
     entries = [ModelEntry.from_dict(m) for m in data["models"]]
     ids = [e.id for e in entries]
