@@ -39,6 +39,7 @@ class ServerProcess:
     endpoint: str
     log_path: Path
     server_key: bytes | None = None
+    client_key: Path | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -63,9 +64,10 @@ class ServerProcess:
 
 
 def start_server(tmp_dir: Path, *args: str, models_dir: Path | None = None, env: dict[str, str] | None = None,
-                 server_key: bytes | None = None, wait: bool = True, startup_s: float = 90.0) -> ServerProcess:
-    """Start ``patchcolor serve`` on a free 127.0.0.1 port and wait until it answers ``ping``."""
-    port = free_port()
+                 server_key: bytes | None = None, client_key: Path | None = None, wait: bool = True,
+                 startup_s: float = 90.0, port: int | None = None) -> ServerProcess:
+    """Start ``patchcolor serve`` on a free 127.0.0.1 port (or ``port``) and wait until it answers ``ping``."""
+    port = port or free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     log_path = Path(tmp_dir) / f"server-{port}.log"
     cmd = [sys.executable, "-m", "patchcolor.service.cli_serve", "serve", "--endpoint", endpoint,
@@ -78,7 +80,7 @@ def start_server(tmp_dir: Path, *args: str, models_dir: Path | None = None, env:
     full_env.update(env or {})
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=full_env)
-    srv = ServerProcess(proc, endpoint, log_path, server_key)
+    srv = ServerProcess(proc, endpoint, log_path, server_key, client_key)
     if wait:
         try:
             wait_ready(srv, startup_s)
@@ -92,7 +94,8 @@ def wait_ready(srv: ServerProcess, timeout_s: float) -> None:
     from patchcolor_client import BackendUnavailable, Client
 
     deadline = time.monotonic() + timeout_s
-    with Client(srv.endpoint, timeout_s=1.0, server_public_key=srv.server_key) as c:
+    with Client(srv.endpoint, timeout_s=1.0, server_public_key=srv.server_key,
+                client_secret_key=srv.client_key) as c:
         while True:
             if srv.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {srv.proc.returncode}:\n{srv.log()}")

@@ -34,10 +34,12 @@ needs_gimp = pytest.mark.skipif(GIMP is None, reason=f"no GIMP 3: {WHY}")
 PATCHCOLOR = REPO / ".venv" / "bin" / "patchcolor"
 PLUGIN_FILE = REPO / "gimp_plugin" / "colorize-patch" / "colorize-patch.py"
 DET = os.environ.get("DEVDET", "r101")
-OPTIONS = {"preset": "default", "colorizer": "eccv16", "detector": DET, "score_thresh": 0.3,
-           "max_instances": 8, "saturation": 1.0, "feather": 0.02}
-DIALOG_ARGS = {"preset": "default", "colorizer": "eccv16", "detector": DET, "score-threshold": 0.3,
-               "max-instances": 8, "saturation": 1.0, "feather": 0.02}
+# With random weights ECCV16 predicts nearly the same (almost gray) colour everywhere; SIGGRAPH17 with the largest
+# saturation gain gives instance colours that differ visibly from the full-image colour, which re-fuse tests need.
+OPTIONS = {"preset": "default", "colorizer": "siggraph17", "detector": DET, "score_thresh": 0.3,
+           "max_instances": 8, "saturation": 4.0, "feather": 0.02}
+DIALOG_ARGS = {"preset": "default", "colorizer": "siggraph17", "detector": DET, "score-threshold": 0.3,
+               "max-instances": 8, "saturation": 4.0, "feather": 2.0}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ import json, sys, traceback
 from gi.repository import Gimp, Gegl, Gio, GLib, GObject
 P = json.load(open(PARAMS_PATH))
 OUT = P["out"]
-R = {"cases": {}, "errors": {}}
+R = {"cases": {}, "errors": {}, "timings": {}}
 pdb = Gimp.get_pdb()
 BABL = {"gray8": "Y' u8", "graya8": "Y'A u8", "rgb8": "R'G'B' u8", "rgba8": "R'G'B'A u8",
         "gray16": "Y' u16", "graya16": "Y'A u16", "rgb16": "R'G'B' u16", "rgba16": "R'G'B'A u16"}
@@ -231,10 +233,13 @@ def refuse_case(key, image, group, k, select_layer=None):
     c["tree_after_refuse"] = tree(image)
 
 def step(key, fn):
+    import time
+    t0 = time.monotonic()
     try:
         fn()
     except Exception:
         R["errors"][key] = traceback.format_exc()
+    R["timings"][key] = round(time.monotonic() - t0, 2)
     save()
 
 # ---- registration
@@ -398,7 +403,8 @@ def backend(models_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("backend") / "serve.log"
     env = {**os.environ, "PATCHCOLOR_MODELS": str(models_dir)}
     with open(log, "wb") as f:
-        proc = subprocess.Popen([str(PATCHCOLOR), "serve", "--endpoint", endpoint, "--device", "cpu"],
+        proc = subprocess.Popen([str(PATCHCOLOR), "serve", "--endpoint", endpoint, "--device", "cpu",
+                                 "--models", str(models_dir)],
                                 stdout=f, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_ping(endpoint, proc, log, 120)
@@ -459,8 +465,12 @@ def gimp_run(backend):
     finally:
         _kill_autostarted(out)
     elapsed = time.monotonic() - t0
-    print(f"\n[test_gimp_plugin] {GIMP.describe()}: one GIMP run, {elapsed:.1f} s, exit {proc.returncode}",
-          file=sys.stderr)
+    steps = ""
+    if (out / "result.json").exists():
+        steps = ", ".join(f"{k} {v:.1f} s" for k, v in json.loads((out / "result.json").read_text())
+                          .get("timings", {}).items())
+    print(f"\n[test_gimp_plugin] {GIMP.describe()}: one GIMP run, {elapsed:.1f} s, exit {proc.returncode} "
+          f"({steps})", file=sys.stderr)
     result_file = out / "result.json"
     if proc.returncode != 0 or not result_file.exists():
         pytest.fail(f"GIMP batch failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")
@@ -709,6 +719,7 @@ def test_selection(gimp_run, expected):
 
 
 def _check_refuse(out, key, cs, exp):
+    assert "refuse_status" in cs, f"no re-fuse was run ({cs.get('n')} instances)"
     assert cs["refuse_status"] == "success", cs["refuse_error"]
     w, h = cs["src_size"]
     rfmt = result_fmt(cs["wire_format"])
@@ -894,3 +905,34 @@ def test_installer_layout(tmp_path):
     assert json.loads((d / "config.json").read_text())["endpoint"] == "tcp://127.0.0.1:6000"
     assert gimp_install.uninstall_plugin(profile) and not d.exists()
     assert not gimp_install.uninstall_plugin(profile)
+
+
+def test_watchdog_cancels_the_job_when_the_plugin_dies(backend):
+    """GIMP cancels a plug-in by killing it: the watchdog's pipe closes without "done" and it cancels the job."""
+    import uuid
+    from patchcolor_client.client import JobCancelled
+    mod = _plugin_module()
+    Client = _client()
+    job = uuid.uuid4().hex
+    w, h = 768, 576
+    pixels = np.clip(np.rint(photo(h, w) * 255), 0, 255).astype(np.uint8).tobytes()
+    started, box = threading.Event(), {}
+
+    def run():
+        c = Client(backend, timeout_s=60)
+        try:
+            box["res"] = c.colorize(w, h, "gray8", pixels, OPTIONS, job_id=job,
+                                    progress=lambda *a: started.set())
+        except Exception as e:      # noqa: BLE001
+            box["err"] = e
+        finally:
+            c.close()
+    t = threading.Thread(target=run)
+    t.start()
+    wd = mod.Watchdog(backend, None)
+    wd.job(job)
+    assert started.wait(60), "the job did not start"
+    wd.proc.stdin.close()           # what the plug-in's death looks like to the watchdog
+    wd.proc.wait(30)
+    t.join(180)
+    assert isinstance(box.get("err"), JobCancelled), box

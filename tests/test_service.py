@@ -28,6 +28,7 @@ from service_support import TESTS_DIR, echo_expected, free_port, start_server
 
 from patchcolor.options import make_options
 from patchcolor.prepare import PIXEL_FORMATS, SourceImage
+from patchcolor.result import Result
 from patchcolor.service import protocol as P
 from patchcolor.service.auth import EndpointRefused, is_loopback
 from patchcolor.service.cache import ByteLRU
@@ -108,14 +109,18 @@ def test_roundtrip_every_format_equals_in_process(real_server, pipeline, models_
     results: dict[str, object] = {}
 
     def submit(fmt: str) -> None:
+        w, h = sizes[fmt]
         try:
-            with Client(real_server.endpoint, timeout_s=60) as c:
-                w, h = sizes[fmt]
-                results[fmt] = c.colorize(w, h, fmt, inputs[fmt], opts)
+            if fmt == "graya16":   # through what `patchcolor colorize --remote` calls
+                src = SourceImage.from_buffer(inputs[fmt].tobytes(), w, h, fmt)
+                results[fmt] = run_remote_colorize(real_server.endpoint, src, make_options(**opts), timeout_s=60)
+            else:
+                with Client(real_server.endpoint, timeout_s=60) as c:
+                    results[fmt] = c.colorize(w, h, fmt, inputs[fmt], opts)
         except BaseException as e:  # reported below
             results[fmt] = e
 
-    threads = [threading.Thread(target=submit, args=(f,)) for f in FORMATS]
+    threads = [threading.Thread(target=submit, args=(f,), daemon=True) for f in FORMATS]
     for t in threads:
         t.start()
     expected = {}
@@ -129,6 +134,16 @@ def test_roundtrip_every_format_equals_in_process(real_server, pipeline, models_
     for fmt in FORMATS:
         res, exp = results[fmt], expected[fmt]
         assert not isinstance(res, BaseException), f"{fmt}: {res!r}"
+        if fmt == "graya16":
+            assert isinstance(res, Result) and np.array_equal(res.image, exp.image)
+            assert res.image.dtype == np.uint16 and res.image.shape == (*sizes[fmt][::-1], 4)
+            assert len(res.instances) == len(exp.instances)
+            for gi, ei in zip(res.instances, exp.instances):
+                assert (gi.class_name, tuple(gi.mask_origin)) == (ei.class_name, tuple(ei.mask_origin))
+                assert gi.box == pytest.approx(ei.box, abs=1e-4) and np.array_equal(gi.mask, ei.mask)
+            assert "server_total" in res.timings and "remote_total" in res.timings
+            n_instances += len(res.instances)
+            continue
         w, h = sizes[fmt]
         assert (res.width, res.height, res.fmt) == (w, h, CP.RESULT_FORMATS[fmt])
         got = P.image_from_wire(res.pixels, res.width, res.height, res.fmt)
@@ -147,19 +162,6 @@ def test_roundtrip_every_format_equals_in_process(real_server, pipeline, models_
         n_instances += len(res.instances)
     if opts["detector"] == "r101":
         assert n_instances > 0, "the biased random detector should find something"
-
-
-def test_remote_colorize_helper_equals_pipeline(real_server, pipeline, photo_gray):
-    """What `patchcolor colorize --remote` calls: the same Result as Pipeline.run."""
-    src = SourceImage(np.asarray(Image.fromarray(photo_gray).resize((40, 32))))
-    opts = make_options("seed", detector="none", max_side=64)
-    seen: list[str] = []
-    remote = run_remote_colorize(real_server.endpoint, src, opts, timeout_s=60,
-                                 progress=lambda stage, frac: seen.append(stage))
-    local = pipeline.run(src, opts)
-    assert np.array_equal(remote.image, local.image) and remote.image.dtype == local.image.dtype
-    assert remote.instances == [] and local.instances == []
-    assert set(seen) >= {"prepare", "colorize", "finish"} and "server_total" in remote.timings
 
 
 def test_refuse_changes_only_the_edited_instance(real_server, pipeline, models_dir, photo_gray):
@@ -288,7 +290,7 @@ def test_eight_clients_25_jobs_each(echo_server):
         except BaseException as e:
             failures.append(f"client {ci}: {e!r}")
 
-    threads = [threading.Thread(target=client_main, args=(i,)) for i in range(n_clients)]
+    threads = [threading.Thread(target=client_main, args=(i,), daemon=True) for i in range(n_clients)]
     t0 = time.monotonic()
     for t in threads:
         t.start()
@@ -312,18 +314,27 @@ def test_busy_queue_cancel_queued_and_ping_while_running(tmp_path):
             s.send_multipart([CP.encode_header({"type": "colorize", "id": "r-" + job, "job": job, "width": 4,
                                                 "height": 4, "format": "gray8", "options": {}}), bytes(16)])
 
-        def recv(timeout_s: float = 10.0) -> dict:
-            assert s.poll(int(timeout_s * 1000)), "no reply"
-            return json.loads(s.recv_multipart()[0])
+        seen: list[dict] = []
+
+        def wait_for(job: str, kind: str, timeout_s: float = 10.0) -> dict:
+            """Read replies (keeping them all) until one for ``job`` of type ``kind``."""
+            deadline = time.monotonic() + timeout_s
+            while True:
+                for r in seen:
+                    if r.get("job") == job and r["type"] == kind:
+                        seen.remove(r)
+                        return r
+                left = deadline - time.monotonic()
+                assert left > 0 and s.poll(int(left * 1000)), f"no {kind} for {job}; got {seen}"
+                seen.append(json.loads(s.recv_multipart()[0]))
 
         colorize("a")
-        assert recv()["type"] == "accepted"
-        assert recv()["type"] == "progress"          # a is running
+        wait_for("a", "accepted")
+        wait_for("a", "progress")                    # a is running
         colorize("b")
-        assert recv()["type"] == "accepted"          # b waits in the queue (capacity 1)
+        wait_for("b", "accepted")                    # b waits in the queue (capacity 1)
         colorize("c")
-        reply = recv()
-        assert (reply["type"], reply["code"], reply["job"]) == ("error", "busy", "c")
+        assert wait_for("c", "error")["code"] == "busy"
         with Client(srv.endpoint, timeout_s=5) as other:
             assert other.ping(1.0) < 1.0             # answered while a job runs
             assert other.info()["queued"] == 1
@@ -331,13 +342,9 @@ def test_busy_queue_cancel_queued_and_ping_while_running(tmp_path):
             with pytest.raises(BackendError) as ei:
                 other.cancel("nope")
             assert ei.value.code == "unknown_job"
-        finals = {}
-        deadline = time.monotonic() + 20
-        while len(finals) < 2 and time.monotonic() < deadline:
-            r = recv()
-            if r["type"] in CP.FINAL_TYPES:
-                finals[r["job"]] = r["type"]
-        assert finals == {"a": "result", "b": "cancelled"}
+        wait_for("b", "cancelled")
+        wait_for("a", "result", timeout_s=20)
+        assert not any(r["type"] in CP.FINAL_TYPES and r.get("job") in ("a", "b") for r in seen)
         s.close(0)
     finally:
         ctx.term()
@@ -360,7 +367,7 @@ def test_sigterm_cancels_and_exits_zero(tmp_path):
         except BaseException as e:
             outcome.append(repr(e))
 
-    t = threading.Thread(target=run)
+    t = threading.Thread(target=run, daemon=True)
     try:
         t.start()
         assert started.wait(20)
@@ -370,6 +377,56 @@ def test_sigterm_cancels_and_exits_zero(tmp_path):
         assert "SIGTERM received" in srv.log() and srv.log().rstrip().endswith("stopped")
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_server_restart_mid_job_is_detected(tmp_path):
+    """The job's liveness ping reaches a *new* server on the same port: it says the job is unknown."""
+    srv = start_server(tmp_path, "--pipeline-factory", "service_support:echo_pipeline",
+                       env={"PATCHCOLOR_TEST_STAGE_DELAY": "2"})
+    port = int(srv.endpoint.rsplit(":", 1)[1])
+    outcome: list[BaseException] = []
+    started = threading.Event()
+
+    def run() -> None:
+        try:
+            with Client(srv.endpoint, timeout_s=5.0) as c:     # > the new server's start-up
+                c.colorize(4, 4, "gray8", bytes(16), {}, progress=lambda *a: started.set())
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    srv2 = None
+    try:
+        t.start()
+        assert started.wait(20)
+        srv.stop(signal.SIGKILL)
+        srv2 = start_server(tmp_path, "--pipeline-factory", "service_support:echo_pipeline", port=port)
+        t.join(30)
+        assert not t.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], BackendError), outcome
+        assert outcome[0].code == "unknown_job"
+    finally:
+        srv.stop(signal.SIGKILL)
+        if srv2 is not None:
+            srv2.stop()
+
+
+def test_lazy_pirate_retry_after_a_stalled_server(echo_server):
+    """A request that times out is retried on a fresh socket; the stale reply to the first try is never seen."""
+    got: list[object] = []
+    with Client(echo_server.endpoint, timeout_s=1.0, retries=3) as c:
+        c.ping(5.0)
+        echo_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=lambda: got.append(c.info()), daemon=True)
+            t0 = time.monotonic()
+            t.start()
+            time.sleep(1.5)                    # the first attempt has timed out and its socket is gone
+        finally:
+            echo_server.proc.send_signal(signal.SIGCONT)
+        t.join(10)
+        assert got and got[0]["type"] == "info" and 1.0 < time.monotonic() - t0 < 10
+        assert c.ping(2.0) < 2.0
 
 
 def test_remote_unavailable_fails_fast():
@@ -435,7 +492,8 @@ def test_curve_authorized_clients_only(tmp_path):
     (keys / "authorized_clients" / "alice.key").write_bytes((tmp_path / "clients" / "alice.key").read_bytes())
     server_pub = keys / "server.key"
     srv = start_server(tmp_path, "--pipeline-factory", "service_support:echo_pipeline", "--curve-keys", str(keys),
-                       server_key=server_pub.read_bytes().split(b'public-key = "')[1][:40])
+                       server_key=server_pub.read_bytes().split(b'public-key = "')[1][:40],
+                       client_key=tmp_path / "clients" / "alice.key_secret")
     try:
         with Client(srv.endpoint, timeout_s=5, server_public_key=server_pub,
                     client_secret_key=tmp_path / "clients" / "alice.key_secret") as c:
@@ -461,7 +519,7 @@ def test_parse_request_validation():
     cases = [
         ({**hdr, "v": 2}, [bytes(300)], "version"),
         ({**hdr, "type": "explode"}, [bytes(300)], "bad_request"),
-        ({**hdr, "width": 100}, [bytes(300)], "image_too_large"),
+        ({**hdr, "width": 101}, [bytes(300)], "image_too_large"),
         ({**hdr, "width": True}, [bytes(300)], "bad_request"),
         ({**hdr, "width": 10.0}, [bytes(300)], "bad_request"),
         ({**hdr, "width": -10}, [bytes(300)], "bad_request"),

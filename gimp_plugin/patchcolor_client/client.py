@@ -30,6 +30,8 @@ import zmq.auth
 from . import protocol as P
 
 BufferLike = Union[bytes, bytearray, memoryview]
+#: What may be sent: bytes, bytearray, memoryview or any C-contiguous buffer object (e.g. a numpy array).
+InBuffer = Any
 ProgressFn = Callable[[str, float, float], None]   # (stage, fraction within the stage, overall fraction 0..1)
 CancelFn = Callable[[], bool]
 
@@ -102,9 +104,10 @@ def load_public_key(key: str | bytes | os.PathLike[str]) -> bytes:
         return key
     if isinstance(key, str) and len(key) == 40 and not os.path.exists(key):
         return key.encode("ascii")
-    public, _ = zmq.auth.load_certificate(os.fspath(key))
+    path = os.fsdecode(key)
+    public, _ = zmq.auth.load_certificate(path)
     if not public:
-        raise ValueError(f"{key}: no public key in this file")
+        raise ValueError(f"{path}: no public key in this file")
     return public
 
 
@@ -197,7 +200,7 @@ class Client:
 
     def _request(self, header: dict[str, Any], timeout_s: float, retries: int) -> dict[str, Any]:
         """Send a one-reply request and wait for the reply carrying its id (Lazy Pirate retries)."""
-        for attempt in range(retries + 1):
+        for _attempt in range(retries + 1):
             self._send(header)
             deadline = time.monotonic() + timeout_s
             while True:
@@ -234,7 +237,7 @@ class Client:
         next stage boundary). BackendError("unknown_job") if it is not queued or running."""
         return str(self._request({"type": P.CANCEL, "id": P.new_id(), "job": job_id}, self.timeout_s, 0)["state"])
 
-    def colorize(self, width: int, height: int, fmt: str, pixels: BufferLike, options: dict[str, Any] | None = None,
+    def colorize(self, width: int, height: int, fmt: str, pixels: InBuffer, options: dict[str, Any] | None = None,
                  progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
                  job_id: str | None = None) -> ColorizeResult:
         """Colorize raw pixels (``fmt`` one of protocol.PIXEL_FORMATS, 16-bit little-endian).
@@ -252,7 +255,7 @@ class Client:
                   "format": fmt, "options": dict(options or {})}
         return self._job(header, [pixels], progress, should_cancel)
 
-    def refuse(self, job_id: str, masks: Sequence[BufferLike], options: dict[str, Any] | None = None,
+    def refuse(self, job_id: str, masks: Sequence[InBuffer], options: dict[str, Any] | None = None,
                progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> ColorizeResult:
         """Re-fuse an earlier job with edited masks: one full result-size gray8 mask per instance of that job's
         result, in result order (nonzero = inside; all zero = drop the instance). Instance colours kept on the
@@ -290,7 +293,7 @@ class Client:
                         raise BackendUnavailable(f"{self.endpoint} stopped answering during job {job_id}")
                     elif ping_id is None and now - last_heard > self.timeout_s:
                         ping_id, ping_sent = P.new_id(), now
-                        self._send({"type": P.PING, "id": ping_id})
+                        self._send({"type": P.PING, "id": ping_id, "job": job_id})
                     continue
                 last_heard = now
                 reply, frames = msg
@@ -298,6 +301,9 @@ class Client:
                 if kind == P.PONG:
                     if rid == ping_id:
                         ping_id = None
+                        if reply.get("job_state") == "unknown":   # e.g. the server restarted meanwhile
+                            raise BackendError("unknown_job", f"the server no longer has job {job_id} "
+                                                              "(was it restarted?): run it again")
                     continue
                 if rid == cancel_id and cancel_id is not None:
                     continue          # ack, or unknown_job when the job had just ended: its final reply follows

@@ -22,6 +22,7 @@ from zmq.auth.thread import ThreadAuthenticator
 log = logging.getLogger("patchcolor.service")
 
 SERVER_KEY_NAME = "server"
+ZAP_DOMAIN = "patchcolor"
 AUTHORIZED_DIR = "authorized_clients"
 
 
@@ -100,11 +101,11 @@ def start_authenticator(ctx: zmq.Context, keys: ServerKeys) -> ThreadAuthenticat
     auth = ThreadAuthenticator(ctx, log=logging.getLogger("patchcolor.service.zap"))
     auth.start()
     if keys.authorized_dir is not None:
-        auth.configure_curve(domain="*", location=str(keys.authorized_dir))
+        auth.configure_curve(domain=ZAP_DOMAIN, location=str(keys.authorized_dir))
         n = len(list(keys.authorized_dir.glob("*.key")))
         log.info("CURVE: only the %d client key(s) in %s may connect", n, keys.authorized_dir)
     else:
-        auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        auth.configure_curve(domain=ZAP_DOMAIN, location=zmq.auth.CURVE_ALLOW_ANY)
         log.info("CURVE: any client that has the server public key may connect")
     return auth
 
@@ -113,7 +114,7 @@ def apply_server_curve(sock: zmq.Socket, keys: ServerKeys) -> None:
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
     sock.curve_server = True
-    sock.zap_domain = b"patchcolor"
+    sock.zap_domain = ZAP_DOMAIN.encode()
 
 
 def make_keys(keys_dir: Path, name: str = SERVER_KEY_NAME, force: bool = False) -> tuple[Path, Path]:

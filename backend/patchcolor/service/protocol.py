@@ -30,7 +30,7 @@ from ..result import Result
 # The client's stdlib table and prepare.py's numpy table must describe the same formats.
 assert {k: (ch, dt.itemsize) for k, (ch, dt) in NUMPY_PIXEL_FORMATS.items()} == PIXEL_FORMATS
 
-Buffer = Union[bytes, memoryview]
+Buffer = Union[bytes, bytearray, memoryview]
 
 
 # ----------------------------------------------------------------------------------------------------- requests
@@ -41,7 +41,10 @@ class InfoRequest:
 
 @dataclass(frozen=True)
 class PingRequest:
+    """``job`` (optional): the pong then says whether that job is still queued/running (liveness of a job)."""
+
     id: str
+    job: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def _job_id(h: dict[str, Any], key: str, req_id: str | None) -> str:
     v = h.get(key)
     if not valid_id(v):
         raise ProtocolError("bad_request", f"{key!r} must be a string of 1-64 characters [A-Za-z0-9_.:-]", req_id)
-    return v
+    return str(v)
 
 
 _OPTION_TYPES: dict[str, type] = {f.name: type(getattr(DEFAULT, f.name)) for f in fields(Options)}
@@ -184,9 +187,12 @@ def parse_request(body: Sequence[Any], limits: Limits) -> Request:
     if req_id is None:
         raise ProtocolError("bad_request", "'id' must be a string of 1-64 characters [A-Za-z0-9_.:-]", None, job)
 
-    if kind in (INFO, PING):
+    if kind == INFO:
         _expect_frames(data, 0, req_id, job)
-        return InfoRequest(req_id) if kind == INFO else PingRequest(req_id)
+        return InfoRequest(req_id)
+    if kind == PING:
+        _expect_frames(data, 0, req_id, job)
+        return PingRequest(req_id, _job_id(h, "job", req_id) if "job" in h else None)
     if kind == CANCEL:
         _expect_frames(data, 0, req_id, job)
         return CancelRequest(req_id, _job_id(h, "job", req_id))
@@ -214,8 +220,8 @@ def parse_request(body: Sequence[Any], limits: Limits) -> Request:
     base = _job_id(h, "base_job", req_id)
     if len(data) > MAX_INSTANCES:
         raise ProtocolError("bad_request", f"at most {MAX_INSTANCES} mask frames", req_id, job)
-    opts = _options(h, req_id, job) if h.get("options") is not None else None
-    return RefuseRequest(req_id, job, base, opts, [_buf(f) for f in data])
+    refuse_opts = _options(h, req_id, job) if h.get("options") is not None else None
+    return RefuseRequest(req_id, job, base, refuse_opts, [_buf(f) for f in data])
 
 
 def _options(h: dict[str, Any], req_id: str, job: str) -> Options:

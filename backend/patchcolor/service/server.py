@@ -17,6 +17,7 @@ SIGTERM/SIGINT: queued jobs are cancelled, the running ones are asked to stop, s
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -283,7 +284,7 @@ class Server:
             try:
                 ready = dict(poller.poll(100))
             except zmq.ZMQError as e:
-                if e.errno == zmq.EINTR:
+                if e.errno == errno.EINTR:
                     continue
                 raise
             if self.events in ready:
@@ -409,8 +410,12 @@ class Server:
 
     def _dispatch(self, envelope: list[bytes], req: P.Request) -> None:
         if isinstance(req, P.PingRequest):
-            self._reply(envelope, {"v": P.PROTOCOL_VERSION, "type": P.PONG, "id": req.id, "time": time.time(),
-                                   "queued": len(self.queue), "running": self.queue.running})
+            pong = {"v": P.PROTOCOL_VERSION, "type": P.PONG, "id": req.id, "time": time.time(),
+                    "queued": len(self.queue), "running": self.queue.running}
+            if req.job is not None:
+                job = self.jobs.get(req.job)
+                pong["job"], pong["job_state"] = req.job, job.state if job is not None else "unknown"
+            self._reply(envelope, pong)
         elif isinstance(req, P.InfoRequest):
             self._reply(envelope, self._info(req.id))
         elif isinstance(req, P.CancelRequest):
@@ -494,7 +499,10 @@ class Server:
                 job = self.queue.take()
                 if job is None:
                     break
-                self._run_job(pipeline, device, job, push)
+                try:
+                    self._run_job(pipeline, device, job, push)
+                except Exception:   # could not even report the failure: keep the worker alive
+                    log.exception("job %s: failure while reporting its outcome", job.job_id)
         finally:
             push.close()
 
@@ -511,7 +519,10 @@ class Server:
         def progress(stage: str, fraction: float) -> None:
             overall[0] = max(overall[0], P.overall_fraction(str(stage), float(fraction)))
             next(seq)
-            emit(P.progress_header(job.req_id, job.job_id, str(stage), float(fraction), overall[0]))
+            try:
+                emit(P.progress_header(job.req_id, job.job_id, str(stage), float(fraction), overall[0]))
+            except zmq.ZMQError as e:   # a lost progress event must not fail the job
+                log.warning("job %s: progress event not sent: %s", job.job_id, e)
 
         t0 = time.perf_counter()
         try:
@@ -543,18 +554,28 @@ class Server:
             self.counters["errors"] += 1
             log.warning("job %s failed: %s: %s", job.job_id, e.code, e.message)
             emit(P.error_header(e.code, e.message, job.req_id, job.job_id), final=True)
+        except ValueError as e:
+            if job.kind == P.REFUSE:   # Pipeline.refuse: masks/options that do not fit the kept job
+                self.counters["errors"] += 1
+                log.warning("job %s: cannot re-fuse: %s", job.job_id, e)
+                emit(P.error_header("bad_request", f"cannot re-fuse: {e}", job.req_id, job.job_id), final=True)
+            else:
+                self._internal_error(job, e, emit)
         except MemoryError:
             self.counters["errors"] += 1
             log.error("job %s ran out of memory", job.job_id)
             emit(P.error_header("out_of_memory", "the server ran out of memory for this image", job.req_id,
                                 job.job_id), final=True)
         except Exception as e:
-            self.counters["errors"] += 1
-            log.exception("job %s failed unexpectedly", job.job_id)
-            emit(P.error_header("internal", f"unexpected server error: {type(e).__name__}: {e}"[:500],
-                                job.req_id, job.job_id), final=True)
+            self._internal_error(job, e, emit)
         finally:
             job.pixels = job.masks = job.fusion_state = None   # the cache keeps what refuse needs
+
+    def _internal_error(self, job: Job, e: BaseException, emit: Callable[..., None]) -> None:
+        self.counters["errors"] += 1
+        log.error("job %s failed unexpectedly", job.job_id, exc_info=(type(e), e, e.__traceback__))
+        emit(P.error_header("internal", f"unexpected server error: {type(e).__name__}: {e}"[:500],
+                            job.req_id, job.job_id), final=True)
 
 
 def weights_info(models_dir: Path | None) -> dict[str, Any]:

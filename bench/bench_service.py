@@ -1,0 +1,286 @@
+"""Service transport benchmark: prints figures, asserts nothing.
+
+    .venv/bin/python bench/bench_service.py [--mp 24] [--repeat 5] [--real-models DIR]
+
+1. A 24 MP 16-bit RGB image (6000x4000x3 uint16 = 144 MB) round trip through ``patchcolor serve`` with the pipeline
+   stubbed out (the stub returns the received pixels as the result: no pipeline work, no pipeline copy), against a
+   plain in-process copy of the same bytes (one memcpy).
+2. How many copies of the image the transport makes, counted three independent ways per side (client = this
+   process, server = the server process), each in units of one image (144 MB):
+   * **syscall bytes**: ``/proc/PID/io`` rchar + wchar per job. Socket I/O copies user memory <-> kernel once per
+     byte, so this counts the unavoidable copies of the TCP transfer itself (1 out + 1 in per side);
+   * **user-space copies**: user CPU time per job (``/proc/PID/stat`` utime) divided by the user CPU time of one
+     in-process copy of the image. A memcpy we (or pyzmq/libzmq) do in user space shows up here; the kernel's
+     socket copies are system time and do not;
+   * **peak memory**: rise of the peak RSS (``VmHWM``, reset through ``/proc/PID/clear_refs``) during one job,
+     i.e. how many image-sized buffers exist at once.
+3. ``ping`` requests/s and tiny-image (16x16 rgb8) colorize jobs/s, one client and 8 client threads.
+
+With ``--real-models DIR`` (weights in the official formats, e.g. tests' random ones) one real in-process job on
+the same image is timed (detector "none") to put the transport overhead in proportion.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------------------------------------ the stub
+class StubPipeline:
+    """Pipeline's signatures; returns the request's own pixels (a view of the received frame) as the result."""
+
+    device = "stub"
+    models_dir = None
+
+    def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
+        from patchcolor.result import FusionState, Result
+
+        for stage in ("prepare", "segment", "colorize", "fuse", "finish"):
+            if progress is not None:
+                progress(stage, 1.0)
+        image = src.color if src.alpha is None else np.dstack([src.color, src.alpha])
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        state = FusionState((src.width, src.height), np.zeros((2, 1, 1), np.float32), [], [], [])
+        return Result(image, [], state, {})
+
+    def refuse(self, src: Any, state: Any, masks: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
+        return self.run(src, opts, progress, cancelled)
+
+
+def stub_pipeline(models_dir: Any, device: str, max_pixels: int) -> StubPipeline:
+    return StubPipeline()
+
+
+# ------------------------------------------------------------------------------------------------ /proc probes
+def proc_io(pid: int | str) -> tuple[int, int]:
+    vals = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(vals["rchar"]), int(vals["wchar"])
+
+
+def proc_cpu(pid: int | str) -> tuple[float, float]:
+    """(user, system) CPU seconds of a whole process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def reset_peak(pid: int | str) -> bool:
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss(pid: int | str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def rss(pid: int | str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(max_pixels: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+    from patchcolor_client import BackendUnavailable, Client
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "patchcolor.service.cli_serve", "serve", "--endpoint", endpoint,
+           "--pipeline-factory", "bench_service:stub_pipeline", "--max-pixels", str(max_pixels),
+           "--cache-mb", "0", "--queue-size", "16", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    with Client(endpoint, timeout_s=1.0) as c:
+        while True:
+            try:
+                c.ping(0.5)
+                return proc, endpoint
+            except BackendUnavailable:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError(log_path.read_text()) from None
+
+
+# ------------------------------------------------------------------------------------------------ benches
+def bench_copy(img: np.ndarray, repeat: int) -> tuple[float, float]:
+    """Median wall time of (a) one in-process copy into a fresh buffer (what a plain ``bytes(x)`` costs, page
+    faults included) and (b) one memcpy into an already-touched buffer (the CPU cost of copying the bytes)."""
+    fresh, warm = [], []
+    dst_warm = np.empty_like(img)
+    np.copyto(dst_warm, img)
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        dst = np.empty_like(img)
+        np.copyto(dst, img)
+        fresh.append(time.perf_counter() - t0)
+        del dst
+        t0 = time.perf_counter()
+        np.copyto(dst_warm, img)
+        warm.append(time.perf_counter() - t0)
+    return statistics.median(fresh), statistics.median(warm)
+
+
+def loopback_rx_bytes() -> int:
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name.strip() == "lo":
+            return int(rest.split()[0])
+    return 0
+
+
+def bench_roundtrip(endpoint: str, server_pid: int, img: np.ndarray, repeat: int) -> dict[str, Any]:
+    """Medians of wall times and per-job peak-RSS rises; CPU and loopback bytes as per-job means over all
+    repeats (CPU accounting has 10 ms ticks: totals are more telling than medians)."""
+    from patchcolor_client import Client
+
+    h, w = img.shape[:2]
+    nbytes = img.nbytes
+    walls, uploads, srv_peak, cli_peak = [], [], [], []
+    with Client(endpoint, timeout_s=60) as c:
+        c.colorize(w, h, "rgb16", img, {})   # warm-up (allocator, TCP windows)
+        s_cpu0, c_cpu0, lo0 = proc_cpu(server_pid), proc_cpu("self"), loopback_rx_bytes()
+        for _ in range(repeat):
+            marks: dict[str, float] = {}
+
+            def first_event(stage: str, frac: float, overall: float, marks: dict[str, float] = marks) -> None:
+                marks.setdefault("first_event", time.perf_counter())
+
+            reset_peak(server_pid), reset_peak("self")
+            s_base, c_base = rss(server_pid), rss("self")
+            t0 = time.perf_counter()
+            res = c.colorize(w, h, "rgb16", img, {}, progress=first_event)
+            t1 = time.perf_counter()
+            assert len(res.pixels) == nbytes
+            walls.append(t1 - t0)
+            uploads.append(marks.get("first_event", t1) - t0)
+            srv_peak.append((peak_rss(server_pid) - s_base) / nbytes)
+            cli_peak.append((peak_rss("self") - c_base) / nbytes)
+            del res
+        s_cpu1, c_cpu1, lo1 = proc_cpu(server_pid), proc_cpu("self"), loopback_rx_bytes()
+    return {"wall": statistics.median(walls), "upload": statistics.median(uploads),
+            "srv_peak": statistics.median(srv_peak), "cli_peak": statistics.median(cli_peak),
+            "srv_user": (s_cpu1[0] - s_cpu0[0]) / repeat, "srv_sys": (s_cpu1[1] - s_cpu0[1]) / repeat,
+            "cli_user": (c_cpu1[0] - c_cpu0[0]) / repeat, "cli_sys": (c_cpu1[1] - c_cpu0[1]) / repeat,
+            "wire": (lo1 - lo0) / repeat / nbytes}
+
+
+def bench_rate(endpoint: str, n_clients: int, seconds: float, what: str) -> float:
+    from patchcolor_client import Client
+
+    counts = [0] * n_clients
+    stop = time.perf_counter() + seconds
+    tiny = bytes(range(256)) * 3
+
+    def run(i: int) -> None:
+        with Client(endpoint, timeout_s=10) as c:
+            while time.perf_counter() < stop:
+                if what == "ping":
+                    c.ping()
+                else:
+                    c.colorize(16, 16, "rgb8", tiny, {"detector": "none"})
+                counts[i] += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def bench_real_job(models_dir: Path, img: np.ndarray) -> float:
+    from patchcolor.options import make_options
+    from patchcolor.pipeline import Pipeline
+    from patchcolor.prepare import SourceImage
+
+    pipe = Pipeline(models_dir, device="cpu")
+    src = SourceImage(img)
+    opts = make_options("default", detector="none")
+    pipe.run(SourceImage(img[:64, :64].copy()), opts)    # load the model first
+    t0 = time.perf_counter()
+    pipe.run(src, opts)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mp", type=float, default=24.0, help="image size in megapixels (3:2), default 24")
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--rate-seconds", type=float, default=3.0)
+    ap.add_argument("--real-models", type=Path, help="also time one real in-process job on the same image")
+    args = ap.parse_args()
+
+    w = int(round((args.mp * 1e6 * 1.5) ** 0.5))
+    h = int(round(args.mp * 1e6 / w))
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 65536, (h, w, 3), dtype=np.uint16)
+    mb = img.nbytes / 1e6
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_service_{os.getpid()}.log"
+    proc, endpoint = start_server(w * h + 1, log_path)
+    try:
+        print(f"machine: {os.cpu_count()} CPU(s); python {sys.version.split()[0]}; endpoint {endpoint}")
+        print(f"image: {w}x{h} rgb16 = {mb:.0f} MB")
+        copy_wall, copy_user = bench_copy(img, args.repeat)
+        print(f"\nplain in-process copy            : {copy_wall * 1e3:8.1f} ms  ({mb / copy_wall / 1e3:.2f} GB/s; "
+              f"into a fresh buffer; a memcpy into a touched one: {copy_user * 1e3:.1f} ms)")
+        rt = bench_roundtrip(endpoint, proc.pid, img, args.repeat)
+        print(f"service round trip (stub pipeline): {rt['wall'] * 1e3:8.1f} ms  "
+              f"(upload until first event {rt['upload'] * 1e3:.1f} ms)  median of {args.repeat}")
+        overhead = rt["wall"] - copy_wall
+        print(f"transport overhead vs the copy    : {overhead * 1e3:8.1f} ms  ({rt['wall'] / copy_wall:.1f}x the copy)")
+        print("\nper job, in units of one image (144 MB at 24 MP):")
+        print(f"  bytes on the loopback wire      : {rt['wire']:.3f}   (request + result, raw: 2.000 + headers)")
+        print(f"  peak RSS rise  client {rt['cli_peak']:.2f}  server {rt['srv_peak']:.2f}   (image-sized buffers "
+              "alive at once: server = the received frame, sent back as is; client = the result it keeps)")
+        print(f"  user-space copies  client {rt['cli_user'] / copy_user:.2f}  server {rt['srv_user'] / copy_user:.2f}"
+              f"   (user CPU per job / one memcpy of the image, {copy_user * 1e3:.0f} ms; includes Python + JSON)")
+        print(f"  kernel (system) CPU per job: client {rt['cli_sys'] * 1e3:.0f} ms, server {rt['srv_sys'] * 1e3:.0f} ms"
+              "   (TCP send/receive copies: 1 out + 1 in per side, inherent to any socket transport)")
+        if args.real_models:
+            real = bench_real_job(args.real_models, img)
+            print(f"\nreal in-process job, same image (detector none, CPU): {real:.1f} s -> transport overhead "
+                  f"{overhead / real * 100:.2f} % of it")
+        print("\nprotocol overhead (stub pipeline):")
+        for n in (1, 8):
+            print(f"  ping            {n} client(s): {bench_rate(endpoint, n, args.rate_seconds, 'ping'):8.0f} req/s")
+        for n in (1, 8):
+            print(f"  16x16 colorize  {n} client(s): {bench_rate(endpoint, n, args.rate_seconds, 'tiny'):8.0f} jobs/s"
+                  "  (each: ping + request + accepted + 5 progress + result)")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    main()
