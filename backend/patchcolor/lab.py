@@ -12,8 +12,8 @@ from __future__ import annotations
 import warnings
 from functools import lru_cache
 
+import numexpr as ne
 import numpy as np
-import torch
 from skimage import color as skcolor
 from skimage.color import colorconv
 
@@ -65,68 +65,40 @@ def lab_to_rgb_clipped(l_star: np.ndarray, ab: np.ndarray) -> np.ndarray:
 def lab_to_rgb_keep_l(l_star: np.ndarray, ab: np.ndarray) -> np.ndarray:
     """Lab -> sRGB (H, W, 3) float32 in [0, 1] keeping L* exactly: out-of-gamut colours lose chroma, not lightness.
 
-    In linear RGB, mixing a colour with the gray of the same luminance Y keeps Y (the Y row of skimage's matrix
-    sums to 1), so each out-of-gamut pixel is moved toward its gray just far enough to fit in [0, 1]."""
-    lab = np.concatenate([l_star[..., None], ab], axis=-1).astype(np.float32, copy=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        xyz = skcolor.lab2xyz(lab)
-    lin = xyz @ RGB_FROM_XYZ.T
-    y = xyz[..., 1:2]
-    del xyz
-    d = lin - y
-    with np.errstate(divide="ignore", invalid="ignore"):
-        limit = np.where(d > 0, (1.0 - y) / d, np.where(d < 0, (0.0 - y) / d, np.inf))
-    s = np.clip(np.min(limit, axis=-1, keepdims=True), 0.0, 1.0).astype(np.float32)
-    lin = np.clip(y + s * d, 0.0, 1.0)
-    return srgb_encode(lin)
+    Same formulas and constants as skimage's lab2xyz (D65 white, negative Z clipped) and rgb_from_xyz. In linear
+    RGB, mixing a colour with the gray of the same luminance Y keeps Y (the Y row of skimage's matrix sums to 1),
+    so each out-of-gamut pixel is moved toward its gray just far enough to fit in [0, 1]."""
+    L = l_star.astype(np.float32, copy=False)
+    a, b = ab[..., 0], ab[..., 1]
+    wx, wz = XYZ_WHITE[0], XYZ_WHITE[2]
+    fy = ne.evaluate("(L + 16) / 116")
+    y = ne.evaluate(_FINV.format(t="fy"))
+    x = ne.evaluate(_FINV.format(t="(fy + a / 500)") + f" * {wx}")
+    z = ne.evaluate(_FINV.format(t="where(fy - b / 200 > 0, fy - b / 200, 0)") + f" * {wz}")
+    m = RGB_FROM_XYZ
+    xyz = {"x": x, "y": y, "z": z}
+    r, g, bl = [ne.evaluate(f"x * {m[i, 0]} + y * {m[i, 1]} + z * {m[i, 2]}", local_dict=xyz) for i in range(3)]
+    out = ne.evaluate("(r < 0) | (r > 1) | (g < 0) | (g > 1) | (bl < 0) | (bl > 1)")
+    if out.any():                       # usually a few per cent of the pixels: fix only those
+        o_y = y[out]
+        for c in (r, g, bl):
+            c[out] -= o_y               # now the offset from gray
+        d = np.stack([r[out], g[out], bl[out]], axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            limit = np.where(d > 0, (1.0 - o_y[:, None]) / d, np.where(d < 0, -o_y[:, None] / d, np.inf))
+        s = np.clip(limit.min(axis=-1), 0.0, 1.0)
+        for i, c in enumerate((r, g, bl)):
+            c[out] = np.clip(o_y + s * d[:, i], 0.0, 1.0)
+    rgb = np.empty(L.shape + (3,), np.float32)
+    for i, c in enumerate((r, g, bl)):
+        rgb[..., i] = srgb_encode(c)
+    return rgb
 
 
-def srgb_encode(lin: np.ndarray) -> np.ndarray:
-    """Linear -> sRGB transfer curve (the same piecewise curve skimage's xyz2rgb applies), float32."""
-    out = np.where(lin > 0.0031308, 1.055 * np.power(lin, 1 / 2.4, dtype=np.float32) - 0.055, 12.92 * lin)
-    return out.astype(np.float32, copy=False)
-
-
-# --- full-resolution fast path (torch, float32) ---------------------------------------------------------------
+_FINV = "where({t} > 0.2068966, {t} ** 3, ({t} - 16.0 / 116.0) / 7.787)"   # skimage's inverse of CIE f()
 XYZ_WHITE = tuple(float(v) for v in colorconv.xyz_tristimulus_values(illuminant="D65", observer="2"))
 
 
-def _finv(t: torch.Tensor) -> torch.Tensor:
-    """Inverse of CIE f(), with skimage's constants (0.2068966, 7.787)."""
-    return torch.where(t > 0.2068966, t * t * t, (t - 16.0 / 116.0) / 7.787)
-
-
-@lru_cache(maxsize=2)
-def _linear_lut(levels: int) -> torch.Tensor:
-    """Linear-light value of each sRGB code value, computed with skimage (Y of the gray ramp)."""
-    v = np.linspace(0.0, 1.0, levels, dtype=np.float64)
-    return torch.from_numpy(skcolor.rgb2xyz(np.repeat(v[:, None], 3, axis=1)[None])[0, :, 1].astype(np.float32))
-
-
-def lightness_t(img: np.ndarray) -> torch.Tensor:
-    """lightness() as a torch tensor (H, W) float32; RGB via a linearisation table + skimage's Y row."""
-    if img.ndim == 2:
-        return torch.from_numpy(_gray_l_lut(256 if img.dtype == np.uint8 else 65536))[
-            torch.from_numpy(img.astype(np.int64) if img.dtype == np.uint16 else img).long()]
-    lut = _linear_lut(256 if img.dtype == np.uint8 else 65536)
-    idx = torch.from_numpy(img.astype(np.int32, copy=False)).long()
-    lin = lut[idx]
-    y = lin @ torch.from_numpy(colorconv.xyz_from_rgb[1].astype(np.float32))
-    f = torch.where(y > 0.008856, y.clamp_min(0).pow(1 / 3), 7.787 * y + 16.0 / 116.0)
-    return 116.0 * f - 16.0
-
-
-def lab_to_srgb_keep_l_t(l_star: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """lab_to_rgb_keep_l() in torch: (H, W) L*, (H, W, 2) a/b -> (H, W, 3) sRGB float32 in [0, 1]."""
-    fy = (l_star + 16.0) / 116.0
-    x = _finv(fy + ab[..., 0] / 500.0) * XYZ_WHITE[0]
-    y = _finv(fy) * XYZ_WHITE[1]
-    z = _finv((fy - ab[..., 1] / 200.0).clamp_min(0)) * XYZ_WHITE[2]
-    lin = torch.stack((x, y, z), dim=-1) @ torch.from_numpy(RGB_FROM_XYZ).T
-    d = lin - y[..., None]
-    big = torch.tensor(float("inf"))
-    limit = torch.where(d > 0, (1.0 - y[..., None]) / d, torch.where(d < 0, -y[..., None] / d, big))
-    s = limit.amin(dim=-1, keepdim=True).clamp(0.0, 1.0)
-    lin = (y[..., None] + s * d).clamp(0.0, 1.0)
-    return torch.where(lin > 0.0031308, 1.055 * lin.pow(1 / 2.4) - 0.055, 12.92 * lin)
+def srgb_encode(lin: np.ndarray) -> np.ndarray:
+    """Linear [0, 1] -> sRGB transfer curve (the piecewise curve skimage's xyz2rgb applies), float32."""
+    return ne.evaluate("where(lin > 0.0031308, 1.055 * lin ** (1 / 2.4) - 0.055, 12.92 * lin)").astype(np.float32, copy=False)
