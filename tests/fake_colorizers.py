@@ -19,6 +19,14 @@ def random_state_dict(name: str, seed: int = 0, with_num_batches_tracked: bool =
     model = ARCHITECTURES[name]()
     with torch.no_grad():
         for mod in model.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                # He init, zero bias: the input still shapes the output after 20+ random layers, so colours
+                # differ between the full image and each crop (PyTorch's default init washes the input out)
+                torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+                if mod.bias is not None:
+                    mod.bias.zero_()
+        if name == "eccv16":   # bin centres (÷110) spread over the a/b plane, like the real expectation layer
+            model.model_out.weight.uniform_(-0.5, 0.5)
             if isinstance(mod, torch.nn.BatchNorm2d):   # non-trivial BN statistics
                 mod.running_mean.uniform_(-0.1, 0.1)
                 mod.running_var.uniform_(0.5, 2.0)

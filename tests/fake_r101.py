@@ -98,14 +98,16 @@ def fake_r101_model(seed: int = 0, bias_class: int | None = None, bias: float = 
             fan_in = int(np.prod(shape[1:])) if "deconv" not in k else shape[0]
             a = (rng.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in)))
         out[k] = a
-    small = {"roi_heads.box_predictor.cls_score.weight": 0.01, "roi_heads.box_predictor.bbox_pred.weight": 1e-4,
+    small = {"roi_heads.box_predictor.cls_score.weight": 0.001, "roi_heads.box_predictor.bbox_pred.weight": 1e-4,
              "proposal_generator.rpn_head.anchor_deltas.weight": 1e-4,
-             "proposal_generator.rpn_head.objectness_logits.weight": 0.05}
+             "proposal_generator.rpn_head.objectness_logits.weight": 0.05,
+             "roi_heads.mask_head.predictor.weight": 0.01}
     for k, std in small.items():
         out[k] = (std * rng.standard_normal(out[k].shape)).astype(np.float32)
     if bias_class is not None:
         out["roi_heads.box_predictor.cls_score.bias"][bias_class] = bias
         out["roi_heads.box_predictor.cls_score.bias"][80] = -bias
+        out["roi_heads.mask_head.predictor.bias"][bias_class] = 0.5
     return out
 
 

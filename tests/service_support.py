@@ -151,6 +151,11 @@ def echo_expected(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
+class _Record:
+    def __init__(self, **kw: Any):
+        self.__dict__.update(kw)
+
+
 class EchoPipeline:
     """Deterministic stand-in with Pipeline's signatures: inverted colours and one instance whose box encodes
     the image size. Honours ``cancelled`` at each stage boundary; ``PATCHCOLOR_TEST_STAGE_DELAY`` per stage."""
@@ -163,8 +168,9 @@ class EchoPipeline:
 
     def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
         from patchcolor.errors import Cancelled
-        from patchcolor.result import FusionState, InstanceResult, Result
 
+        # Result-like objects (the server only reads attributes): patchcolor.result would import torch.
+        Result = InstanceResult = FusionState = _Record
         for stage in ("prepare", "segment", "colorize", "fuse", "finish"):
             if cancelled is not None and cancelled():
                 raise Cancelled("the job was cancelled")
@@ -178,9 +184,10 @@ class EchoPipeline:
         w, h = src.width, src.height
         mask = np.zeros((max(1, h // 2), max(1, w // 2)), bool)
         mask[::2] = True
-        inst = InstanceResult(0, "person", 0.5, (0.0, 0.0, float(w), float(h)), mask, (w // 4, h // 4))
-        state = FusionState((w, h), np.zeros((2, 1, 1), np.float32), [], [], [])
-        return Result(image, [inst], state, {"echo": 0.0})
+        inst = InstanceResult(class_id=0, class_name="person", score=0.5, box=(0.0, 0.0, float(w), float(h)),
+                              mask=mask, mask_origin=(w // 4, h // 4))
+        state = FusionState(nbytes=0)
+        return Result(image=image, instances=[inst], state=state, timings={"echo": 0.0})
 
     def refuse(self, src: Any, state: Any, masks: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
         res = self.run(src, opts, progress, cancelled)

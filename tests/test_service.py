@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -37,10 +37,6 @@ from patchcolor.service.cli_serve import run_remote_colorize
 
 FORMATS = list(PIXEL_FORMATS)
 R101_FILE = "model_final_a3ec72.pkl"
-
-
-def _detector(models_dir: Path) -> str:
-    return "r101" if (models_dir / R101_FILE).exists() else "none"
 
 
 def make_pixels(fmt: str, width: int, height: int, gray: np.ndarray, seed: int) -> np.ndarray:
@@ -101,11 +97,55 @@ def test_info_ping_and_log(real_server, models_dir):
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ", first), first
 
 
-def test_roundtrip_every_format_equals_in_process(real_server, pipeline, models_dir, photo_gray):
-    """All 8 formats at once from 8 clients; each result equals Pipeline.run in this process, bit for bit."""
-    opts = {"max_side": 64, "detector": _detector(models_dir)}
-    sizes = {fmt: ((64, 48) if i % 2 == 0 else (80, 60)) for i, fmt in enumerate(FORMATS)}   # 80x60: upscaled
-    inputs = {fmt: make_pixels(fmt, *sizes[fmt], photo_gray, seed=i) for i, fmt in enumerate(FORMATS)}
+FAST = {"max_side": 64, "detector": "none"}
+DETECT = {"max_side": 64, "detector": "r101", "max_instances": 2}   # the random R101 finds ~90 objects otherwise
+
+
+@pytest.fixture(scope="module")
+def detected_job(real_server, pipeline, models_dir, photo_gray):
+    """One gray16 80x60 job (working copy 64x48, upscaled result) with the random R101, on the server and
+    in-process (at the same time). Shared by the round-trip and refuse tests: R101 on CPU is slow. 16 bits
+    because the random colorizer's colours are so faint that 8-bit output hides small changes."""
+    assert (models_dir / R101_FILE).exists(), "conftest should have written the random R101 weights"
+    w, h = 80, 60
+    px = make_pixels("gray16", w, h, photo_gray, seed=11)
+    box: dict[str, object] = {}
+
+    def remote() -> None:
+        try:
+            with Client(real_server.endpoint, timeout_s=60) as c:
+                box["res"] = c.colorize(w, h, "gray16", px, DETECT)
+        except BaseException as e:
+            box["res"] = e
+
+    t = threading.Thread(target=remote, daemon=True)
+    t.start()
+    local = pipeline.run(SourceImage.from_buffer(px.tobytes(), w, h, "gray16"), make_options(**DETECT))
+    t.join(300)
+    assert not isinstance(box.get("res"), BaseException) and "res" in box, box.get("res")
+    return SimpleNamespace(w=w, h=h, px=px, remote=box["res"], local=local)
+
+
+def _same_instances(got: list, exp: list) -> None:
+    assert len(got) == len(exp)
+    for gi, ei in zip(got, exp):
+        assert gi.class_name == ei.class_name and gi.class_id == ei.class_id
+        assert gi.score == pytest.approx(ei.score, abs=1e-6)
+        assert gi.box == pytest.approx(ei.box, abs=1e-4)
+        assert tuple(gi.mask_origin) == tuple(ei.mask_origin)
+        if isinstance(gi.mask, np.ndarray):          # a Result from run_remote_colorize
+            assert np.array_equal(gi.mask, ei.mask)
+        else:                                         # a ColorizeResult: cropped 0/255 mask frame
+            assert gi.mask_size == (ei.mask.shape[1], ei.mask.shape[0])
+            assert bytes(gi.mask) == P.mask_to_wire(ei.mask).tobytes()
+
+
+def test_roundtrip_every_format_equals_in_process(real_server, pipeline, detected_job, photo_gray):
+    """Every format, 7 at once from 7 clients (gray16 with instances comes from ``detected_job``); each result
+    equals Pipeline.run in this process, bit for bit."""
+    formats = [f for f in FORMATS if f != "gray16"]
+    sizes = {fmt: ((64, 48) if i % 2 == 0 else (80, 60)) for i, fmt in enumerate(formats)}   # 80x60: upscaled
+    inputs = {fmt: make_pixels(fmt, *sizes[fmt], photo_gray, seed=i) for i, fmt in enumerate(formats)}
     results: dict[str, object] = {}
 
     def submit(fmt: str) -> None:
@@ -113,100 +153,86 @@ def test_roundtrip_every_format_equals_in_process(real_server, pipeline, models_
         try:
             if fmt == "graya16":   # through what `patchcolor colorize --remote` calls
                 src = SourceImage.from_buffer(inputs[fmt].tobytes(), w, h, fmt)
-                results[fmt] = run_remote_colorize(real_server.endpoint, src, make_options(**opts), timeout_s=60)
+                results[fmt] = run_remote_colorize(real_server.endpoint, src, make_options(**FAST), timeout_s=60)
             else:
                 with Client(real_server.endpoint, timeout_s=60) as c:
-                    results[fmt] = c.colorize(w, h, fmt, inputs[fmt], opts)
+                    results[fmt] = c.colorize(w, h, fmt, inputs[fmt], FAST)
         except BaseException as e:  # reported below
             results[fmt] = e
 
-    threads = [threading.Thread(target=submit, args=(f,), daemon=True) for f in FORMATS]
+    threads = [threading.Thread(target=submit, args=(f,), daemon=True) for f in formats]
     for t in threads:
         t.start()
     expected = {}
-    for fmt in FORMATS:   # meanwhile, the same jobs in-process
+    for fmt in formats:   # meanwhile, the same jobs in-process
         w, h = sizes[fmt]
         expected[fmt] = pipeline.run(SourceImage.from_buffer(inputs[fmt].tobytes(), w, h, fmt),
-                                     make_options(**opts))
+                                     make_options(**FAST))
     for t in threads:
         t.join(240)
-    n_instances = 0
+    results["gray16"], expected["gray16"] = detected_job.remote, detected_job.local
+    sizes["gray16"], inputs["gray16"] = (detected_job.w, detected_job.h), detected_job.px
     for fmt in FORMATS:
         res, exp = results[fmt], expected[fmt]
         assert not isinstance(res, BaseException), f"{fmt}: {res!r}"
+        w, h = sizes[fmt]
         if fmt == "graya16":
             assert isinstance(res, Result) and np.array_equal(res.image, exp.image)
-            assert res.image.dtype == np.uint16 and res.image.shape == (*sizes[fmt][::-1], 4)
-            assert len(res.instances) == len(exp.instances)
-            for gi, ei in zip(res.instances, exp.instances):
-                assert (gi.class_name, tuple(gi.mask_origin)) == (ei.class_name, tuple(ei.mask_origin))
-                assert gi.box == pytest.approx(ei.box, abs=1e-4) and np.array_equal(gi.mask, ei.mask)
+            assert res.image.dtype == np.uint16 and res.image.shape == (h, w, 4)
             assert "server_total" in res.timings and "remote_total" in res.timings
-            n_instances += len(res.instances)
+            _same_instances(res.instances, exp.instances)
             continue
-        w, h = sizes[fmt]
         assert (res.width, res.height, res.fmt) == (w, h, CP.RESULT_FORMATS[fmt])
         got = P.image_from_wire(res.pixels, res.width, res.height, res.fmt)
         assert got.dtype == exp.image.dtype and got.shape == exp.image.shape
         assert np.array_equal(got, exp.image), f"{fmt}: pixels differ from the in-process result"
         if fmt in ("graya8", "graya16", "rgba8", "rgba16"):
             assert np.array_equal(got[..., 3], inputs[fmt][..., -1]), "alpha must be kept"
-        assert len(res.instances) == len(exp.instances)
-        for gi, ei in zip(res.instances, exp.instances):
-            assert gi.class_name == ei.class_name and gi.class_id == ei.class_id
-            assert gi.score == pytest.approx(ei.score, abs=1e-6)
-            assert gi.box == pytest.approx(ei.box, abs=1e-4)
-            assert gi.mask_origin == tuple(ei.mask_origin)
-            assert gi.mask_size == (ei.mask.shape[1], ei.mask.shape[0])
-            assert bytes(gi.mask) == P.mask_to_wire(ei.mask).tobytes()
-        n_instances += len(res.instances)
-    if opts["detector"] == "r101":
-        assert n_instances > 0, "the biased random detector should find something"
+        _same_instances(res.instances, exp.instances)
+    assert detected_job.remote.instances, "the biased random detector should find something"
 
 
-def test_refuse_changes_only_the_edited_instance(real_server, pipeline, models_dir, photo_gray):
-    det = _detector(models_dir)
-    if det == "none":
-        pytest.skip("needs the random R101 weights from conftest (fake_r101)")
-    w, h = 64, 48
-    px = make_pixels("gray8", w, h, photo_gray, seed=11)
-    opts = {"max_side": 64, "detector": det}
+def test_refuse_changes_only_the_edited_instance(real_server, pipeline, detected_job):
+    w, h, first, local1 = detected_job.w, detected_job.h, detected_job.remote, detected_job.local
+    k = 0
+    masks = [bytearray(i.full_mask(w, h)) for i in first.instances]
+    edited = np.frombuffer(masks[k], np.uint8).reshape(h, w).copy()
+    ys, xs = np.nonzero(edited)
+    edited[ys.min() + (ys.max() - ys.min() + 1) // 2:] = 0      # drop the lower half of instance k
+    masks[k] = bytearray(edited.tobytes())
     with Client(real_server.endpoint, timeout_s=60) as c:
-        first = c.colorize(w, h, "gray8", px, opts)
-        assert first.instances, "the biased random detector should find something"
-        k = 0
-        masks = [bytearray(i.full_mask(w, h)) for i in first.instances]
-        edited = np.frombuffer(masks[k], np.uint8).reshape(h, w).copy()
-        ys, xs = np.nonzero(edited)
-        edited[ys.min() + (ys.max() - ys.min() + 1) // 2:] = 0      # drop the lower half of instance k
-        masks[k] = bytearray(edited.tobytes())
         second = c.refuse(first.job_id, masks)
-        assert second.job_id != first.job_id
+        assert second.job_id != first.job_id and (second.width, second.height) == (w, h)
         with pytest.raises(BackendError) as ei:
             c.refuse("no-such-job", masks)
         assert ei.value.code == "unknown_job"
         with pytest.raises(BackendError) as ei:
-            c.refuse(first.job_id, masks[:-1] if len(masks) > 1 else masks + masks)
+            c.refuse(first.job_id, masks + masks)
+        assert ei.value.code == "bad_request"
+        with pytest.raises(BackendError) as ei:
+            c.refuse(first.job_id, [m[:-1] for m in masks])
         assert ei.value.code == "bad_request"
 
-    a = P.image_from_wire(first.pixels, w, h, first.fmt).astype(np.int32)
-    b = P.image_from_wire(second.pixels, w, h, second.fmt).astype(np.int32)
-    changed = np.nonzero((a != b).any(axis=2))
-    assert changed[0].size > 0, "editing a mask must change some pixels"
-    # same as the in-process refuse
-    src = SourceImage.from_buffer(px.tobytes(), w, h, "gray8")
-    local1 = pipeline.run(src, make_options(**opts))
-    assert np.array_equal(local1.image, a.astype(np.uint8))
+    a = P.image_from_wire(first.pixels, w, h, first.fmt)
+    b = P.image_from_wire(second.pixels, w, h, second.fmt)
+    # the same as the in-process refuse with the same kept state
+    src = SourceImage.from_buffer(detected_job.px.tobytes(), w, h, "gray16")
     local2 = pipeline.refuse(src, local1.state, [np.frombuffer(m, np.uint8).reshape(h, w) for m in masks],
-                             make_options(**opts))
-    assert np.array_equal(local2.image, b.astype(np.uint8))
-    # only inside instance k's crop box (working = output size here; 1 px slack)
+                             make_options(**DETECT))
+    assert np.array_equal(local2.image, b)
+    _same_instances(second.instances, local2.instances)
+    # only pixels within instance k's crop box changed (box in working pixels -> output, 2 px slack)
+    changed_y, changed_x = np.nonzero((a != b).any(axis=2))
+    assert changed_y.size > 0, "editing a mask must change some pixels"
+    ww, wh = local1.state.work_size
     x0, y0, x1, y1 = local1.state.inst_boxes[k]
-    assert changed[1].min() >= x0 - 1 and changed[1].max() <= x1 and changed[0].min() >= y0 - 1 \
-        and changed[0].max() <= y1
-    for i in range(len(first.instances)):
-        if i != k:
-            assert bytes(first.instances[i].mask) == bytes(second.instances[i].mask)
+    sx, sy = w / ww, h / wh
+    assert changed_x.min() >= x0 * sx - 2 and changed_x.max() <= x1 * sx + 2
+    assert changed_y.min() >= y0 * sy - 2 and changed_y.max() <= y1 * sy + 2
+    others_before = [bytes(m.mask) for i, m in enumerate(first.instances) if i != k]
+    removed = len(second.instances) < len(first.instances)      # a one-row mask may have been cleared
+    others_after = [bytes(m.mask) for i, m in enumerate(second.instances) if removed or i != k]
+    assert others_before == others_after
 
 
 def test_cancel_stops_at_next_stage_boundary(slow_server):
@@ -301,6 +327,27 @@ def test_eight_clients_25_jobs_each(echo_server):
     assert done == [n_jobs] * n_clients
 
 
+def test_cli_colorize_remote_end_to_end(echo_server, tmp_path, capsys):
+    """`patchcolor colorize --remote` (the lead's CLI) through the same client, masks included."""
+    from patchcolor.cli import main as cli_main
+
+    rng = np.random.default_rng(5)
+    gray = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "in.png")
+    out = tmp_path / "out"
+    rc = cli_main(["colorize", str(tmp_path / "in.png"), "-o", str(out), "--remote", echo_server.endpoint,
+                   "--detector", "none", "--masks"])
+    assert rc == 0, capsys.readouterr().err
+    got = np.asarray(Image.open(out / "in.png"))
+    assert np.array_equal(got, echo_expected(gray[..., None]))
+    meta = json.loads((out / "in_masks" / "instances.json").read_text())
+    assert [m["class"] for m in meta] == ["person"] and meta[0]["box"] == [0.0, 0.0, 32.0, 24.0]
+    # a dead endpoint: one clear error, exit code 1
+    rc = cli_main(["colorize", str(tmp_path / "in.png"), "-o", str(tmp_path / "out2"), "--remote",
+                   f"tcp://127.0.0.1:{free_port()}", "--remote-timeout", "0.5"])
+    assert rc == 1 and "no answer from" in capsys.readouterr().err
+
+
 def test_busy_queue_cancel_queued_and_ping_while_running(tmp_path):
     srv = start_server(tmp_path, "--pipeline-factory", "service_support:echo_pipeline", "--queue-size", "1",
                        env={"PATCHCOLOR_TEST_STAGE_DELAY": "0.3"})
@@ -382,14 +429,14 @@ def test_sigterm_cancels_and_exits_zero(tmp_path):
 def test_server_restart_mid_job_is_detected(tmp_path):
     """The job's liveness ping reaches a *new* server on the same port: it says the job is unknown."""
     srv = start_server(tmp_path, "--pipeline-factory", "service_support:echo_pipeline",
-                       env={"PATCHCOLOR_TEST_STAGE_DELAY": "2"})
+                       env={"PATCHCOLOR_TEST_STAGE_DELAY": "1"})
     port = int(srv.endpoint.rsplit(":", 1)[1])
     outcome: list[BaseException] = []
     started = threading.Event()
 
     def run() -> None:
         try:
-            with Client(srv.endpoint, timeout_s=5.0) as c:     # > the new server's start-up
+            with Client(srv.endpoint, timeout_s=3.0) as c:     # > the new server's start-up
                 c.colorize(4, 4, "gray8", bytes(16), {}, progress=lambda *a: started.set())
         except BaseException as e:
             outcome.append(e)
@@ -572,6 +619,35 @@ def test_wire_conversions_and_helpers():
     assert bytes(inst.full_mask(3, 3)) == bytes([0, 0, 0, 0, 255, 0, 0, 255, 255])
     edge = Instance(0, "person", 1.0, (0, 0, 1, 1), (2, 2), (2, 2), bytes([255] * 4))
     assert bytes(edge.full_mask(3, 3)) == bytes([0] * 8 + [255])
+
+
+def test_client_checks_result_frames_against_the_header():
+    from patchcolor_client.client import _decode_result
+
+    class F(bytes):
+        @property
+        def buffer(self) -> memoryview:
+            return memoryview(self)
+
+    inst = {"class_id": 0, "class_name": "person", "score": 0.5, "box": [0, 0, 2, 1], "mask_origin": [0, 0],
+            "mask_size": [2, 1]}
+    good = {"type": "result", "job": "j", "width": 2, "height": 1, "format": "rgb8", "instances": [inst]}
+    res = _decode_result(good, [F(bytes(6)), F(b"\xff\x00")])
+    assert (res.width, res.fmt, res.instances[0].mask_size, bytes(res.instances[0].mask)) == (2, "rgb8", (2, 1),
+                                                                                            b"\xff\x00")
+    bad_cases = [
+        (good, [F(bytes(5)), F(bytes(2))]),                    # pixel frame too short
+        (good, [F(bytes(6))]),                                 # a mask frame missing
+        (good, [F(bytes(6)), F(bytes(3))]),                    # mask size mismatch
+        ({**good, "width": -2, "height": -1}, [F(bytes(6)), F(bytes(2))]),
+        ({**good, "format": "cmyk"}, [F(bytes(6)), F(bytes(2))]),
+        ({**good, "instances": [{**inst, "box": [1]}]}, [F(bytes(6)), F(bytes(2))]),
+        ({k: v for k, v in good.items() if k != "job"}, [F(bytes(6)), F(bytes(2))]),
+    ]
+    for header, frames in bad_cases:
+        with pytest.raises(BackendError) as ei:
+            _decode_result(header, frames)
+        assert ei.value.code == "bad_reply"
 
 
 def test_byte_lru():

@@ -22,15 +22,17 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from ..errors import Cancelled, PatchColorError
-from ..options import Options
-from ..prepare import SourceImage
-from ..result import FusionState, InstanceResult, Result
 from .auth import EndpointRefused, make_keys
+
+if TYPE_CHECKING:   # imported where used: patchcolor.result pulls in torch, which `serve` may not need yet
+    from ..options import Options
+    from ..prepare import SourceImage
+    from ..result import FusionState, Result
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(threadName)s: %(message)s"
@@ -163,6 +165,8 @@ class RemoteError(PatchColorError):
 
 # FusionState stays on the server (refuse there by job id); a remote Result carries this empty one.
 def _empty_state() -> FusionState:
+    from ..result import FusionState
+
     return FusionState((0, 0), np.zeros((2, 0, 0), np.float32), [], [], [])
 
 
@@ -177,6 +181,7 @@ def run_remote_colorize(endpoint: str, src: SourceImage, opts: Options, *, serve
     Errors come back as PatchColorError subclasses with the wire code (``RemoteError``; ``Cancelled``)."""
     from patchcolor_client import BackendError, BackendUnavailable, Client, JobCancelled
 
+    from ..result import InstanceResult, Result
     from .protocol import image_from_wire, source_to_wire
 
     fmt, pixels = source_to_wire(src)

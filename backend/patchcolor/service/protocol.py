@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 
@@ -25,7 +25,9 @@ from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one de
 from ..options import DEFAULT, Options, make_options
 from ..prepare import PIXEL_FORMATS as NUMPY_PIXEL_FORMATS
 from ..prepare import SourceImage
-from ..result import Result
+
+if TYPE_CHECKING:   # patchcolor.result imports torch (through segment): not needed to parse requests
+    from ..result import Result
 
 # The client's stdlib table and prepare.py's numpy table must describe the same formats.
 assert {k: (ch, dt.itemsize) for k, (ch, dt) in NUMPY_PIXEL_FORMATS.items()} == PIXEL_FORMATS
@@ -295,13 +297,13 @@ def image_to_wire(image: np.ndarray) -> tuple[str, np.ndarray]:
     """(H, W) / (H, W, 1..4) uint8/uint16 array -> (format, C-contiguous little-endian array).
 
     No copy when the array is already contiguous and little-endian (the usual case)."""
-    if image.dtype not in (np.uint8, np.uint16):
+    if image.dtype.kind != "u" or image.dtype.itemsize not in (1, 2):
         raise ValueError(f"result image has dtype {image.dtype}, expected uint8 or uint16")
     ch = 1 if image.ndim == 2 else int(image.shape[2])
     name = {1: "gray", 2: "graya", 3: "rgb", 4: "rgba"}.get(ch)
     if name is None:
         raise ValueError(f"result image has {ch} channels")
-    depth = 16 if image.dtype == np.uint16 else 8
+    depth = 8 * image.dtype.itemsize
     little = image.dtype.byteorder == "<" or (image.dtype.byteorder == "=" and sys.byteorder == "little")
     if depth == 16 and not little:
         image = image.astype("<u2")
