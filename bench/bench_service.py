@@ -107,10 +107,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(max_pixels: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(max_pixels: int, log_path: Path, ipc: bool = False) -> tuple[subprocess.Popen, str]:
     from patchcolor_client import BackendUnavailable, Client
 
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"ipc://{log_path.with_suffix('.sock')}" if ipc else f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "patchcolor.service.cli_serve", "serve", "--endpoint", endpoint,
            "--pipeline-factory", "bench_service:stub_pipeline", "--max-pixels", str(max_pixels),
@@ -236,6 +236,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--rate-seconds", type=float, default=3.0)
     ap.add_argument("--real-models", type=Path, help="also time one real in-process job on the same image")
+    ap.add_argument("--ipc", action="store_true", help="use an ipc:// (Unix socket) endpoint instead of TCP")
     args = ap.parse_args()
 
     w = int(round((args.mp * 1e6 * 1.5) ** 0.5))
@@ -244,7 +245,7 @@ def main() -> None:
     img = rng.integers(0, 65536, (h, w, 3), dtype=np.uint16)
     mb = img.nbytes / 1e6
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_service_{os.getpid()}.log"
-    proc, endpoint = start_server(w * h + 1, log_path)
+    proc, endpoint = start_server(w * h + 1, log_path, args.ipc)
     try:
         print(f"machine: {os.cpu_count()} CPU(s); python {sys.version.split()[0]}; endpoint {endpoint}")
         print(f"image: {w}x{h} rgb16 = {mb:.0f} MB")
@@ -257,13 +258,14 @@ def main() -> None:
         overhead = rt["wall"] - copy_wall
         print(f"transport overhead vs the copy    : {overhead * 1e3:8.1f} ms  ({rt['wall'] / copy_wall:.1f}x the copy)")
         print("\nper job, in units of one image (144 MB at 24 MP):")
-        print(f"  bytes on the loopback wire      : {rt['wire']:.3f}   (request + result, raw: 2.000 + headers)")
+        if not args.ipc:
+            print(f"  bytes on the loopback wire      : {rt['wire']:.3f}   (request + result, raw: 2.000 + headers)")
         print(f"  peak RSS rise  client {rt['cli_peak']:.2f}  server {rt['srv_peak']:.2f}   (image-sized buffers "
               "alive at once: server = the received frame, sent back as is; client = the result it keeps)")
         print(f"  user-space copies  client {rt['cli_user'] / copy_user:.2f}  server {rt['srv_user'] / copy_user:.2f}"
               f"   (user CPU per job / one memcpy of the image, {copy_user * 1e3:.0f} ms; includes Python + JSON)")
         print(f"  kernel (system) CPU per job: client {rt['cli_sys'] * 1e3:.0f} ms, server {rt['srv_sys'] * 1e3:.0f} ms"
-              "   (TCP send/receive copies: 1 out + 1 in per side, inherent to any socket transport)")
+              "   (socket send/receive: 1 copy out + 1 in per side, inherent to any socket transport)")
         if args.real_models:
             real = bench_real_job(args.real_models, img)
             print(f"\nreal in-process job, same image (detector none, CPU): {real:.1f} s -> transport overhead "
@@ -280,6 +282,8 @@ def main() -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    log_path.unlink(missing_ok=True)      # kept (and shown by start_server) only when the server failed
+    log_path.with_suffix(".sock").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

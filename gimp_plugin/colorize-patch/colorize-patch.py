@@ -193,7 +193,7 @@ class _FileLock:
                     msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
                 else:
                     import fcntl
-                    pass
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return self
             except OSError:
                 if time.monotonic() > self.deadline:
@@ -472,7 +472,7 @@ def _error(procedure, msg: str, status=None):
 
 def _bits(image) -> int:
     p = image.get_precision()
-    return 16 if p in (Gimp.Precision.U16_LINEAR, Gimp.Precision.U16_NON_LINEAR, Gimp.Precision.U16_PERCEPTUAL) else 8
+    return 8 if p in (Gimp.Precision.U8_LINEAR, Gimp.Precision.U8_NON_LINEAR, Gimp.Precision.U8_PERCEPTUAL) else 16
 
 
 def _read(drawable, fmt: str, rect=None) -> bytes:
@@ -504,6 +504,9 @@ def _read_json(item, name: str):
 
 
 def _the_layer(image, drawables):
+    if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
+        raise CallingError("Colorize (Patch) needs an RGB or grayscale image; convert this indexed image first "
+                           "(Image > Mode > RGB or Grayscale).")
     if len(drawables) != 1:
         raise CallingError(f"Colorize (Patch) works on exactly one layer, but {len(drawables)} are selected. "
                            "Select a single layer.")
@@ -707,7 +710,7 @@ def _add_layers(image, src, fmt, pixels, instances, meta):
         col.set_offsets(offx, offy)
         _write(col.get_buffer(), w, h, rfmt, pixels)
         _attach_json(col, PARASITE_COLORIZED, {"job_id": meta["job_id"]})
-        if False:
+        if not Gimp.Selection.is_empty(image):
             # outside the selection the Colorized layer is transparent, so the source shows unchanged
             col.add_mask(col.create_mask(Gimp.AddMaskType.SELECTION))
         col.update(0, 0, w, h)
@@ -819,7 +822,7 @@ def run_refuse(procedure, run_mode, image, drawables, config, run_data):
             # The shadow buffer + merge_shadow(undo=True) is GIMP's undoable in-place update; merging is clipped to
             # the selection, so the selection is cleared for the merge and restored afterwards (both undoable).
             saved = None
-            if False:
+            if not Gimp.Selection.is_empty(image):
                 saved = Gimp.Selection.save(image)
                 Gimp.Selection.none(image)
             shadow = colorized.get_shadow_buffer()

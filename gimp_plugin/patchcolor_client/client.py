@@ -333,9 +333,9 @@ class Client:
 def _decode_result(h: dict[str, Any], frames: list[Any]) -> ColorizeResult:
     """Check a ``result`` reply's frame sizes against its header before handing anything out."""
     try:
-        width, height, fmt = int(h["width"]), int(h["height"]), str(h["format"])
-        if fmt not in P.PIXEL_FORMATS:
-            raise ValueError(f"unknown format {fmt!r}")
+        job_id, width, height, fmt = str(h["job"]), int(h["width"]), int(h["height"]), str(h["format"])
+        if fmt not in P.PIXEL_FORMATS or width <= 0 or height <= 0:
+            raise ValueError(f"bad size or format {width}x{height} {fmt!r}")
         metas = list(h.get("instances") or [])
         if len(frames) != 1 + len(metas):
             raise ValueError(f"{len(frames)} data frames for {len(metas)} instance(s)")
@@ -344,15 +344,14 @@ def _decode_result(h: dict[str, Any], frames: list[Any]) -> ColorizeResult:
         instances = []
         for meta, fr in zip(metas, frames[1:]):
             mw, mh = (int(v) for v in meta["mask_size"])
-            if len(fr) != mw * mh:
+            x0, y0, x1, y1 = (float(v) for v in meta["box"])
+            ox, oy = (int(v) for v in meta["mask_origin"])
+            if mw < 0 or mh < 0 or len(fr) != mw * mh:
                 raise ValueError("mask frame size does not match the header")
-            instances.append(Instance(
-                int(meta["class_id"]), str(meta["class_name"]), float(meta["score"]),
-                tuple(float(v) for v in meta["box"]),  # type: ignore[arg-type]
-                tuple(int(v) for v in meta["mask_origin"]),  # type: ignore[arg-type]
-                (mw, mh), fr.buffer))
-    except (KeyError, TypeError, ValueError) as e:
-        raise BackendError("bad_reply", f"malformed result from the server: {e}") from None
-    return ColorizeResult(str(h["job"]), width, height, fmt, frames[0].buffer, instances,
-                          {str(k): float(v) for k, v in (h.get("timings") or {}).items()},
+            instances.append(Instance(int(meta["class_id"]), str(meta["class_name"]), float(meta["score"]),
+                                      (x0, y0, x1, y1), (ox, oy), (mw, mh), fr.buffer))
+        timings = {str(k): float(v) for k, v in (h.get("timings") or {}).items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BackendError("bad_reply", f"malformed result from the server: {e!r}") from None
+    return ColorizeResult(job_id, width, height, fmt, frames[0].buffer, instances, timings,
                           bool(h.get("refusable", True)))
