@@ -676,12 +676,17 @@ def run_colorize(procedure, run_mode, image, drawables, config, run_data):
             watchdog.done()
         Gimp.progress_end()
 
+    return _success(procedure, Gimp.GroupLayer, group, len(instances))
+
+
+def _success(procedure, gtype, item, count: int):
+    """SUCCESS return values: (status, item of ``gtype``, count)."""
     Gimp.displays_flush()
     rv = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
     rv.remove(1)
-    rv.insert(1, GObject.Value(Gimp.GroupLayer, group))
+    rv.insert(1, GObject.Value(gtype, item))
     rv.remove(2)
-    rv.insert(2, GObject.Value(GObject.TYPE_INT, len(instances)))
+    rv.insert(2, GObject.Value(GObject.TYPE_INT, count))
     return rv
 
 
@@ -844,13 +849,7 @@ def run_refuse(procedure, run_mode, image, drawables, config, run_data):
     finally:
         if progress is not None:
             Gimp.progress_end()
-    Gimp.displays_flush()
-    rv = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
-    rv.remove(1)
-    rv.insert(1, GObject.Value(Gimp.Layer, colorized))
-    rv.remove(2)
-    rv.insert(2, GObject.Value(GObject.TYPE_INT, sum(1 for m in masks if any(m))))
-    return rv
+    return _success(procedure, Gimp.Layer, colorized, sum(1 for m in masks if any(m)))
 
 
 if Gimp is not None:
