@@ -93,19 +93,21 @@ def run_case(case: str, precision: str, models: Path) -> dict:
     t = time.perf_counter()
     res = pipe.run(src, opts)
     wall = time.perf_counter() - t
+    network_s = {k: v.seconds for k, v in timers.items()}
+    inside = sum(network_s.values())
     # FLOPs of the same forwards, counted on a separate run (counting slows execution)
     flops = {}
     with FlopCounterMode(display=False) as fc:
         pipe.run(src, opts)
     by_module = fc.get_flop_counts()
     flops["total"] = fc.get_total_flops()
-    inside = sum(tm.seconds for tm in timers.values())
     return {
         "case": case, "precision": precision, "size": [src.width, src.height], "wall_s": wall,
-        "stages_s": res.timings, "network_s": {k: v.seconds for k, v in timers.items()},
+        "stages_s": res.timings, "network_s": network_s,
         "outside_network_s": wall - inside, "outside_frac": (wall - inside) / wall,
         "flops_total": flops["total"],
-        "flops_by_module": {k: sum(v.values()) for k, v in by_module.items() if k.count(".") == 0},
+        "flops": {"detector": sum(by_module.get(type(det).__name__, {}).values()),
+                  "colorizer": sum(by_module.get(type(col).__name__, {}).values())},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "instances": [(i.class_name, round(i.score, 4), [round(b, 1) for b in i.box]) for i in res.instances],
         "image": res.image,
@@ -148,10 +150,8 @@ def main() -> None:
             print("   stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages_s"].items()))
             print(f"   inside networks: detector {net['detector']:.2f}s, colorizer {net['colorizer']:.2f}s; "
                   f"outside {r['outside_network_s']:.2f}s = {100 * r['outside_frac']:.1f}% of wall (target <= 10%)")
-            fl = r["flops_by_module"]
-            for name, key in (("detector", "detector"), ("colorizer", "colorizer")):
-                g = sum(v for k, v in fl.items() if k.lower().startswith(("maskrcnn", "r101", "generalizedrcnn")))\
-                    if key == "detector" else sum(v for k, v in fl.items() if "Generator" in k)
+            for name in ("detector", "colorizer"):
+                g, key = r["flops"][name], name
                 if g and net[key] > 0:
                     rate = g / net[key] / 1e9
                     print(f"   {name}: {g / 1e9:.0f} GFLOP in {net[key]:.2f}s = {rate:.1f} GFLOP/s = "
