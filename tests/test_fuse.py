@@ -35,6 +35,7 @@ def test_seed_mode_hard_replace_and_later_wins():
     assert np.all(out[:, 12, 12] == 50) and np.all(out[:, 45, 55] == -50)
     assert np.all(out[:, 35, 35] == -50)             # overlap: the later (lower score) instance wins
     assert np.all(fuse(full, [b, a], "seed")[:, 35, 35] == 50)
+    assert np.all(fuse(full, [b, a], "seed", order="area")[:, 35, 35] == -50)  # a is larger: goes first
     outside = _outside([a, b])
     np.testing.assert_array_equal(out[:, outside], full[:, outside])
     assert full is not out and not np.shares_memory(full, out)
@@ -52,6 +53,7 @@ def test_seed_mode_mask_outside_int_box_keeps_previous():
 def test_feather_smaller_on_top_and_outside_untouched():
     full = np.zeros((2, H, W), np.float32)
     big, small = _item(0, 0, 80, 60, 40.0), _item(30, 20, 50, 40, -40.0)
+    assert fuse(full, [small, big], "feather", 0.05, order="score")[0, 30, 40] > 39   # as given: big on top
     for order in ([big, small], [small, big]):
         out = fuse(full, order, "feather", feather=0.05)
         assert out[0, 30, 40] < -39       # the small instance's centre shows its own colour

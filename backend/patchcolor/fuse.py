@@ -54,13 +54,14 @@ def feather_alpha(mask: np.ndarray, radius: float) -> np.ndarray:
     return np.minimum(dist * np.float32(1.0 / radius), np.float32(1.0))
 
 
-def fuse(full_ab: np.ndarray, items: list[FuseItem], mode: str = "feather", feather: float = 0.02) -> np.ndarray:
+def fuse(full_ab: np.ndarray, items: list[FuseItem], mode: str = "feather", feather: float = 0.02,
+         order: str | None = None) -> np.ndarray:
     """full_ab: (2, H, W) float32 a/b of the whole image. Returns a new fused (2, H, W) float32 map.
 
-    ``items`` are applied in the order given for ``seed``; for ``feather`` they are re-ordered by mask area
-    (largest first, so the smallest ends on top)."""
+    order "score": ``items`` are applied as given (the seed's descending score, later wins); "area": largest
+    mask first, so the smallest ends on top. None: "score" for ``seed`` mode, "area" for ``feather``."""
     out = full_ab.copy()
-    if mode == "feather":
+    if (order or ("score" if mode == "seed" else "area")) == "area":
         items = sorted(items, key=lambda it: -it.area)
     for item in items:
         sl = _overlap(item)

@@ -251,7 +251,7 @@ class _Job:
         self.stage("fuse", 0.0)
         items = [FuseItem(i.binary_mask(), i.mask_origin, ab, box)
                  for i, ab, box in zip(state.instances, state.inst_ab, state.inst_boxes)]
-        fused = fuse(state.full_ab, items, opts.fusion, opts.feather)
+        fused = fuse(state.full_ab, items, opts.fusion, opts.feather, opts.order)
         self._lap("fuse")
         self.stage("finish", 0.0)
         out_w, out_h = self.out_size
