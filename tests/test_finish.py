@@ -70,3 +70,80 @@ def test_seed_finish_matches_the_seed_postprocess():
 def test_desaturation_weight_values():
     y = np.array([0, 0.25, 0.5, 0.75, 1], np.float32)
     np.testing.assert_allclose(desaturation_weight(y), [0.375, 0.84375, 1.0, 0.84375, 0.375], atol=1e-6)
+
+
+def _lab2rgb_unclipped(lab_img: np.ndarray) -> np.ndarray:
+    """skimage's own Lab -> linear RGB without its final clip (float64), to tell in-gamut colours apart."""
+    import warnings
+
+    from skimage.color import colorconv
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return color.lab2xyz(lab_img) @ colorconv.rgb_from_xyz.T
+
+
+def test_keep_l_equals_skimage_in_gamut_and_keeps_l_outside():
+    l_star = RNG.uniform(0, 100, (60, 80)).astype(np.float32)
+    ab = RNG.uniform(-60, 60, (60, 80, 2)).astype(np.float32)
+    lab_img = np.concatenate([l_star[..., None], ab], -1).astype(np.float64)
+    lin = _lab2rgb_unclipped(lab_img)
+    inside = ((lin >= 0) & (lin <= 1)).all(-1)
+    assert 0.2 < inside.mean() < 0.9                    # both kinds of pixel are present
+    got = lab.lab_to_rgb_keep_l(l_star, ab)
+    assert got.dtype == np.float32 and got.shape == (60, 80, 3)
+    assert got.min() >= 0 and got.max() <= 1
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref = color.lab2rgb(lab_img)
+    assert np.abs(got - ref)[inside].max() < 1e-5       # in gamut: skimage's numbers
+    back = color.rgb2lab(got.astype(np.float64))
+    assert np.abs(back[..., 0] - l_star).max() < 1e-3   # out of gamut: L* kept ...
+    hue_in = np.arctan2(ab[..., 1], ab[..., 0])
+    hue_out = np.arctan2(back[..., 2], back[..., 1])
+    chroma_out = np.hypot(back[..., 1], back[..., 2])
+    moved = ~inside & (chroma_out > 5)
+    dh = np.angle(np.exp(1j * (hue_out - hue_in)))[moved]
+    assert np.median(np.abs(dh)) < 0.2                  # ... and hue roughly (mixing with gray is linear in RGB)
+    assert (chroma_out[~inside] <= np.hypot(ab[..., 0], ab[..., 1])[~inside] + 1e-3).all()   # chroma only drops
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("gray", [True, False])
+def test_code_tables_equal_skimage(dtype, gray):
+    top = np.iinfo(dtype).max
+    codes = RNG.integers(0, top + 1, (4000,) if gray else (4000, 3), dtype=dtype)
+    rgb = (np.repeat(codes[:, None], 3, 1) if gray else codes) / top
+    scratch = lab.Scratch()
+    fy, y = lab.fy_y_from_codes(codes, scratch)
+    np.testing.assert_allclose(fy * 116 - 16, color.rgb2lab(rgb[None])[0, :, 0], atol=1e-4)
+    np.testing.assert_allclose(y, color.rgb2xyz(rgb[None])[0, :, 1], atol=1e-6)
+    np.testing.assert_allclose(lab.luma_from_codes(codes, scratch), color.rgb2gray(rgb[None])[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("gray", [True, False])
+def test_keep_l_finish_equals_a_skimage_reference(gray):
+    """Up-sampling, the seed's w(Y), the gain and quantisation, against the same steps written with skimage."""
+    h, w = 50, 70
+    src = RNG.integers(30, 226, (h, w) if gray else (h, w, 3), dtype=np.uint8)
+    ab = RNG.uniform(-8, 8, (2, h, w)).astype(np.float32)          # mild: in gamut, no mapping involved
+    out = finish(src, None, ab, make_options("default", saturation=1.3), np.dtype(np.uint8))
+    rgb = (np.stack([src] * 3, -1) if gray else src) / 255.0
+    wy = -2.5 * color.rgb2gray(rgb) ** 2 + 2.5 * color.rgb2gray(rgb) + 0.375
+    lab_img = np.concatenate([color.rgb2lab(rgb)[..., :1], ab.transpose(1, 2, 0) * (wy * 1.3)[..., None]], -1)
+    assert ((_lab2rgb_unclipped(lab_img) >= 0) & (_lab2rgb_unclipped(lab_img) <= 1)).all()
+    ref = np.clip(np.rint(color.lab2rgb(lab_img) * 255), 0, 255)
+    assert np.abs(out.astype(int) - ref).max() <= 1 and np.mean(out != ref) < 0.01
+
+
+@pytest.mark.parametrize("preset", ["default", "seed"])
+def test_finish_is_the_same_in_one_band_or_many(monkeypatch, preset):
+    import patchcolor.finish as fin
+    rgba = RNG.integers(0, 65536, (37, 29, 4), dtype=np.uint16)
+    ab = RNG.uniform(-70, 70, (2, 9, 7)).astype(np.float32)
+    opts = make_options(preset)
+    color_view = rgba[..., :3]                                        # not contiguous, as the service sends it
+    one = finish(color_view, rgba[..., 3], ab, opts, np.dtype(np.uint16))
+    monkeypatch.setattr(fin, "BAND_PIXELS", 29 * 3)                    # 13 bands, the last one short
+    many = finish(color_view, rgba[..., 3], ab, opts, np.dtype(np.uint16))
+    np.testing.assert_array_equal(one, many)

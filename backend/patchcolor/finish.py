@@ -1,17 +1,18 @@
 """Step 6 — finish: original L* + upsampled a/b -> RGB, saturation, alpha, the input's bit depth.
 
-Works in horizontal bands (bounded float32 temporaries whatever the image size) spread over the CPU cores
-(numpy and skimage release the GIL inside their array loops).
+Works in horizontal bands of ~256 K pixels (reused float32 buffers that stay in cache, whatever the image size)
+spread over the CPU cores (OpenCV and numpy release the GIL inside their array loops).
 
-* seed (``full_resolution=False``): L* of the working copy, skimage ``lab2rgb`` (per-channel clip), then the
-  seed's desaturation in HSV: S ← S · w(Y), w(Y) = −2.5Y² + 2.5Y + 0.375, Y = rgb2gray of the input.
-* default: L* of the *original* pixels at full resolution; the same w(Y) (if enabled) and the user's
-  ``saturation`` gain scale the a/b chroma, and out-of-gamut colours lose chroma instead of lightness, so the
-  output's L* equals the input's to rounding.
+* seed (``finish="seed"``): L* of the pixels, skimage ``lab2rgb`` (per-channel clip), then the seed's
+  desaturation in HSV: S ← S · w(Y), w(Y) = −2.5Y² + 2.5Y + 0.375, Y = rgb2gray of the input.
+* keep-l (default): L* of the *original* pixels at full resolution; the same w(Y) (if enabled) and the user's
+  ``saturation`` gain scale the a/b chroma, and out-of-gamut colours lose chroma instead of lightness
+  (lab.srgb_keep_l), so the output's L* equals the input's to rounding.
 """
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -21,20 +22,24 @@ from skimage import color as skcolor
 from . import lab
 from .options import Options
 
-BAND_PIXELS = 1 << 20   # ~1 MP per band: ~40 MB of float32 temporaries per worker
+BAND_PIXELS = 1 << 18   # ~256 K pixels per band: ~14 float32 planes of 1 MB per worker, inside the L3 cache
 
 
-def desaturation_weight(y: np.ndarray) -> np.ndarray:
-    """The seed's 'smoother' parabola w(Y) = −2.5Y² + 2.5Y + 0.375 (0.375 at black/white, 1 at mid-gray)."""
-    return (np.float32(-2.5) * y + np.float32(2.5)) * y + np.float32(0.375)
+def desaturation_weight(y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The seed's 'smoother' parabola w(Y) = −2.5Y² + 2.5Y + 0.375 (0.375 at black/white, 1 at mid-gray).
+
+    y: float32 luma in [0, 1]; ``out`` (same shape, may be ``y`` itself) receives the result."""
+    out = np.multiply(y, np.float32(-2.5), out=out)
+    np.add(out, np.float32(2.5), out=out)
+    np.multiply(out, y, out=out)
+    return np.add(out, np.float32(0.375), out=out)
 
 
-def upsample_ab(ab: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(2, h, w) -> (height, width, 2) float32, bilinear with half-pixel centres (= align_corners=False)."""
-    hwc = np.ascontiguousarray(ab.transpose(1, 2, 0))
-    if hwc.shape[:2] == (height, width):
-        return hwc
-    return cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
+def upsample_ab(ab: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(2, h, w) -> two (height, width) float32 planes a, b; bilinear with half-pixel centres (= align_corners=False)."""
+    if ab.shape[1:] == (height, width):
+        return np.ascontiguousarray(ab[0]), np.ascontiguousarray(ab[1])
+    return tuple(cv2.resize(np.ascontiguousarray(p), (width, height), interpolation=cv2.INTER_LINEAR) for p in ab)
 
 
 def quantize(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -43,24 +48,40 @@ def quantize(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.clip(np.rint(rgb * top), 0, top).astype(dtype)
 
 
-def _band_seed(color: np.ndarray, ab: np.ndarray, opts: Options) -> np.ndarray:
-    rgb = lab.lab_to_rgb_clipped(lab.lightness(color), ab)
+def _quantize_into(plane: np.ndarray, dst: np.ndarray) -> None:
+    """plane (n,) float32 in [0, 1] (overwritten) -> dst (n,) uint8/uint16 view, rounded half to even."""
+    np.multiply(plane, np.float32(np.iinfo(dst.dtype).max), out=plane)
+    np.rint(plane, out=plane)
+    np.copyto(dst, plane, casting="unsafe")
+
+
+def _band_seed(codes: np.ndarray, a: np.ndarray, b: np.ndarray, dst: np.ndarray, opts: Options,
+               scratch: lab.Scratch) -> None:
+    color = codes.reshape(1, *codes.shape)
+    rgb = lab.lab_to_rgb_clipped(lab.lightness(color), np.stack([a, b], axis=-1)[None])
     gain = np.float32(opts.saturation)
     if opts.seed_desaturate or gain != 1:
         hsv = skcolor.rgb2hsv(rgb)
         w = desaturation_weight(lab.luma(color)) if opts.seed_desaturate else np.float32(1)
         hsv[..., 1] = np.minimum(hsv[..., 1] * (w * gain), 1)
         rgb = skcolor.hsv2rgb(hsv)
-    return rgb
+    dst[:, :3] = quantize(rgb[0], dst.dtype)
 
 
-def _band_default(color: np.ndarray, ab: np.ndarray, opts: Options) -> np.ndarray:
-    scale = np.float32(opts.saturation)
+def _band_keep_l(codes: np.ndarray, a: np.ndarray, b: np.ndarray, dst: np.ndarray, opts: Options,
+                 scratch: lab.Scratch) -> None:
+    n = codes.shape[0]
+    fy, y = lab.fy_y_from_codes(codes, scratch)
+    gain = np.float32(opts.saturation)
     if opts.seed_desaturate:
-        scale = desaturation_weight(lab.luma(color))[..., None] * scale
-    if not (np.isscalar(scale) and scale == 1):
-        ab = ab * scale
-    return lab.lab_to_rgb_keep_l(lab.lightness(color), ab)
+        w = desaturation_weight(lab.luma_from_codes(codes, scratch), out=scratch("w", n))
+        if gain != 1:
+            np.multiply(w, gain, out=w)
+        a, b = np.multiply(a, w, out=scratch("a", n)), np.multiply(b, w, out=scratch("b", n))
+    elif gain != 1:
+        a, b = np.multiply(a, gain, out=scratch("a", n)), np.multiply(b, gain, out=scratch("b", n))
+    for i, plane in enumerate(lab.srgb_keep_l(fy, y, a, b, scratch)):
+        _quantize_into(plane, dst[:, i])
 
 
 def finish(color: np.ndarray, alpha: np.ndarray | None, ab: np.ndarray, opts: Options,
@@ -73,20 +94,31 @@ def finish(color: np.ndarray, alpha: np.ndarray | None, ab: np.ndarray, opts: Op
     Returns (H, W, 3) or (H, W, 4) of ``out_dtype``.
     """
     height, width = color.shape[:2]
-    ab_full = upsample_ab(ab, width, height)
-    out = np.empty((height, width, 3 if alpha is None else 4), out_dtype)
+    a_full, b_full = upsample_ab(ab, width, height)
+    channels = 3 if alpha is None else 4
+    out = np.empty((height, width, channels), out_dtype)
     if alpha is not None:
         out[..., 3] = alpha
     band = max(1, BAND_PIXELS // max(1, width))
     starts = list(range(0, height, band))
-    body = _band_seed if opts.finish == "seed" else _band_default
+    body = _band_seed if opts.finish == "seed" else _band_keep_l
+    local = threading.local()
 
     def work(y0: int) -> None:
         rows = slice(y0, min(height, y0 + band))
-        out[rows, :, :3] = quantize(body(color[rows], ab_full[rows], opts), out_dtype)
+        n = (rows.stop - rows.start) * width
+        if not hasattr(local, "scratch"):
+            local.scratch = lab.Scratch()        # one set of band buffers per worker thread
+        codes = np.ascontiguousarray(color[rows]).reshape((n,) + color.shape[2:])
+        body(codes, a_full[rows].reshape(n), b_full[rows].reshape(n), out[rows].reshape(n, channels), opts,
+             local.scratch)
 
-    with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1))
+    try:
+        step = max(1, len(starts) // 50)
         for i, _ in enumerate(pool.map(work, starts)):
-            if progress is not None:
+            if progress is not None and ((i + 1) % step == 0 or i + 1 == len(starts)):
                 progress((i + 1) / len(starts))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
