@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import struct
 import subprocess

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from skimage import color
 
 from patchcolor.errors import Cancelled, DeviceUnavailable, ImageTooLarge
@@ -136,13 +137,34 @@ def test_limits_and_devices(models_dir):
             Pipeline(models_dir, device="cuda")
 
 
-def test_bf16_runs_and_stays_close(pipeline, photo_gray):
+def test_bf16_runs_and_stays_close(pipeline, photo_gray, monkeypatch):
+    import patchcolor.precision as prec
+    monkeypatch.setattr(prec, "_cpu_native", lambda p: True)   # run autocast bf16 even where it is emulated
     opts = make_options("default", detector="none", net_size=64)
     a = pipeline.run(SourceImage(photo_gray[:128, :128]), opts).image.astype(float)
     b = pipeline.run(SourceImage(photo_gray[:128, :128]), make_options(
         "default", detector="none", net_size=64, precision="bf16")).image.astype(float)
     psnr = 10 * np.log10(255 ** 2 / max(np.mean((a - b) ** 2), 1e-12))
-    assert psnr > 30
+    assert 30 < psnr < 200                                     # close, and not the fp32 image itself
+
+
+def test_bf16_without_native_kernels_runs_fp32_and_says_so(models_dir, photo_gray, monkeypatch, caplog):
+    import patchcolor.precision as prec
+    monkeypatch.setattr(prec, "_cpu_native", lambda p: False)
+    pipe = Pipeline(models_dir, device="cpu")
+    src = SourceImage(photo_gray[:96, :96])
+    opts = make_options("default", detector="none", net_size=64)
+    with caplog.at_level("WARNING", logger="patchcolor"):
+        a = pipe.run(src, opts).image
+        b = pipe.run(src, make_options("default", detector="none", net_size=64, precision="bf16")).image
+        pipe.run(src, make_options("default", detector="none", net_size=64, precision="bf16"))
+    np.testing.assert_array_equal(a, b)
+    said = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
+    assert len(said) == 1 and "running fp32" in said[0]       # once per pipeline, not per job
+    assert prec.effective_precision(torch.device("cpu"), "fp16")[0] == "fp32"
+    monkeypatch.setattr(prec, "_cpu_native", lambda p: p == "bf16")
+    assert prec.effective_precision(torch.device("cpu"), "fp16") == ("bf16", "this CPU has no native fp16 kernels: running bf16")
+    assert prec.effective_precision(torch.device("cpu"), "bf16") == ("bf16", None)
 
 
 def test_crop_box_rules():

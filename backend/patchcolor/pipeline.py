@@ -6,8 +6,10 @@ Models are loaded once per :class:`Pipeline` (on first use) and reused for every
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,6 +26,7 @@ from .fuse import FuseItem, fuse
 from .models import models_dir as default_models_dir
 from .models import weight_path
 from .options import Options
+from .precision import effective_precision
 from .prepare import SourceImage, check_size, working_copy
 from .result import FusionState, InstanceResult, Result
 from .segment.base import DetectorSettings, Instance
@@ -32,6 +35,7 @@ ProgressFn = Callable[[str, float], None]   # (stage name, fraction 0..1 within 
 CancelFn = Callable[[], bool]               # True -> stop at the next stage/batch boundary (raises Cancelled)
 
 STAGES = ("prepare", "segment", "colorize", "fuse", "finish")
+log = logging.getLogger("patchcolor")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -107,6 +111,15 @@ class Pipeline:
         self.max_pixels = max_pixels
         self._models: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._precision_said: set[str] = set()
+
+    def precision(self, requested: str) -> str:
+        """The precision that runs on this device for ``requested``; the first fallback of each kind is logged."""
+        effective, why = effective_precision(self.device, requested)
+        if why and requested not in self._precision_said:
+            self._precision_said.add(requested)
+            log.warning("--precision %s: %s", requested, why)
+        return effective
 
     # -- models ------------------------------------------------------------------------------------------
     def colorizer(self, name: str) -> torch.nn.Module:
@@ -178,7 +191,7 @@ class Pipeline:
             job.stage("colorize", 0.0)
             new_ab = predict_ab(self.colorizer(opts.colorizer), [net_input(work, boxes[i], opts.net_size) for i in redo],
                                 [(boxes[i][3] - boxes[i][1], boxes[i][2] - boxes[i][0]) for i in redo],
-                                opts.precision, opts.batch_size)
+                                job.opts.precision, opts.batch_size)
             for i, ab in zip(redo, new_ab):
                 abs_[i] = ab
         new_state = FusionState(state.work_size, state.full_ab, abs_, boxes, kept)
@@ -190,7 +203,8 @@ class _Job:
 
     def __init__(self, pipe: Pipeline, src: SourceImage, opts: Options, progress: ProgressFn | None,
                  cancelled: CancelFn | None):
-        self.pipe, self.src, self.opts = pipe, src, opts
+        self.pipe, self.src = pipe, src
+        self.opts = replace(opts, precision=pipe.precision(opts.precision))
         self._progress, self._cancelled = progress, cancelled
         self.timings: dict[str, float] = {}
         self._t = time.perf_counter()

@@ -6,7 +6,6 @@ and a strict key/shape check (files with or without ``num_batches_tracked`` are 
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WeightsCorrupt, WeightsMissing
+from ..precision import autocast
 from .eccv16 import ECCVGenerator
 from .siggraph17 import SIGGRAPHGenerator
 
@@ -53,14 +53,6 @@ def check_state_dict(model: torch.nn.Module, state: object, path: Path) -> None:
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
         raise WeightsCorrupt(f"{path.name} does not match the {type(model).__name__} network ({'; '.join(parts)}). "
                              "Run `python3 install.py --verify`")
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """fp32: nothing; bf16/fp16: torch autocast on the model's device type (CPU supports bf16 only)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" or device.type == "cpu" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:

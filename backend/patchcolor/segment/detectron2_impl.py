@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from ..errors import PatchColorError, WeightsMissing
+from ..precision import autocast
 from .base import DetectorSettings, Instance
-from .r101 import autocast_context, postprocess_detections
+from .r101 import postprocess_detections
 
 CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"
 NOT_INSTALLED = "detectron2 is not installed; use --detector r101 (default) or install detectron2"
@@ -62,7 +63,7 @@ class Detectron2Detector:
         resized = p.aug.get_transform(original).apply_image(original)
         tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)).to(self.device)
         box_predictor = p.model.roi_heads.box_predictor
-        with self._lock, torch.inference_mode(), autocast_context(self.device, settings.precision):
+        with self._lock, torch.inference_mode(), autocast(self.device, settings.precision):
             box_predictor.test_score_thresh = settings.score_thresh
             box_predictor.test_nms_thresh = settings.nms_thresh
             box_predictor.test_topk_per_image = settings.detections_per_image

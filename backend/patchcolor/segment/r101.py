@@ -30,9 +30,8 @@ from __future__ import annotations
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +46,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, boxes as box_ops, roi_align
 
 from ..errors import BadOptions, WeightsCorrupt
+from ..precision import autocast
 from .base import DetectorSettings, Instance
 from .d2_pickle import VERIFY_HINT, convert_to_torchvision, read_d2_pickle
 
@@ -57,7 +57,6 @@ FPN_STRIDES = (4, 8, 16, 32, 64)             # p2..p6
 ANCHOR_SIZES = (32, 64, 128, 256, 512)       # one per level
 ASPECT_RATIOS = (0.5, 1.0, 2.0)              # h / w
 MASK_THRESHOLD = 0.5
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ------------------------------------------------------------------------------------------ resize (9)
@@ -347,15 +346,6 @@ def postprocess_detections(result: dict[str, Any], out_h: int, out_w: int, class
     return instances
 
 
-def autocast_context(device: torch.device, precision: str) -> ContextManager[Any]:
-    """``torch.autocast`` for "bf16"/"fp16" on the model's device type; nothing for "fp32"."""
-    if precision == "fp32":
-        return nullcontext()
-    if precision not in AUTOCAST_DTYPES:
-        raise BadOptions(f"Unknown precision {precision!r}; use fp32, bf16 or fp16.")
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
-
-
 def image_to_tensor(image: np.ndarray, device: torch.device) -> Tensor:
     """(H, W, 3) 0–255 image -> (1, 3, H, W) float32 tensor on ``device``."""
     img = np.asarray(image)
@@ -413,7 +403,7 @@ class R101Detector:
 
         Returns the raw result dict (boxes in the (h, w) frame, 28x28 mask probabilities)."""
         heads = self.model.roi_heads
-        with self._lock, autocast_context(self.device, settings.precision):
+        with self._lock, autocast(self.device, settings.precision):
             heads.score_thresh, heads.nms_thresh = settings.score_thresh, settings.nms_thresh
             heads.detections_per_img = settings.detections_per_image
             (result,) = self.model([x[0]])

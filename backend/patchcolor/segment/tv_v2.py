@@ -16,9 +16,10 @@ import torch
 from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn_v2
 
 from ..errors import WeightsCorrupt, WeightsMissing
+from ..precision import autocast
 from .base import COCO_IDS, DetectorSettings, Instance
 from .d2_pickle import VERIFY_HINT
-from .r101 import RoiMaskTransform, add_float32_hooks, autocast_context, image_to_tensor, load_frozen, postprocess_detections
+from .r101 import RoiMaskTransform, add_float32_hooks, image_to_tensor, load_frozen, postprocess_detections
 
 # COCO label (0..90) -> contiguous class id 0..79, -1 for background and the 10 unused ids.
 LABEL_TO_CLASS = torch.full((91,), -1, dtype=torch.int64)
@@ -58,7 +59,7 @@ class TorchvisionV2Detector:
         heads = self.model.roi_heads
         with torch.inference_mode():
             x = image_to_tensor(image, self.device)
-            with self._lock, autocast_context(self.device, settings.precision):
+            with self._lock, autocast(self.device, settings.precision):
                 heads.score_thresh, heads.nms_thresh = settings.score_thresh, settings.nms_thresh
                 heads.detections_per_img = settings.detections_per_image
                 (result,) = self.model([x[0] / 255.0])   # torchvision models take RGB in [0, 1]
