@@ -25,12 +25,12 @@ def random_state_dict(name: str, seed: int = 0, with_num_batches_tracked: bool =
                 torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
                 if mod.bias is not None:
                     mod.bias.zero_()
-        if name == "eccv16":   # bin centres (÷110) spread over the a/b plane, like the real expectation layer
-            model.model_out.weight.uniform_(-0.5, 0.5)
             if isinstance(mod, torch.nn.BatchNorm2d):   # non-trivial BN statistics
                 mod.running_mean.uniform_(-0.1, 0.1)
                 mod.running_var.uniform_(0.5, 2.0)
                 mod.weight.uniform_(0.5, 1.5)
+        if name == "eccv16":   # bin centres (÷110) spread over the a/b plane, like the real expectation layer
+            model.model_out.weight.uniform_(-0.5, 0.5)
     state = model.state_dict()
     if not with_num_batches_tracked:
         state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}

@@ -23,10 +23,19 @@ LUMA = np.array([0.2125, 0.7154, 0.0721], np.float32)   # skimage.color.rgb2gray
 
 
 @lru_cache(maxsize=2)
-def _gray_l_lut(levels: int) -> np.ndarray:
-    """L* of the gray R=G=B=v for every code value v in [0, levels): (levels,) float32, via skimage."""
-    v = np.linspace(0.0, 1.0, levels, dtype=np.float32)
-    return skcolor.rgb2lab(np.repeat(v[:, None], 3, axis=1)[None])[0, :, 0].astype(np.float32)
+def code_tables(dtype: np.dtype) -> dict[str, np.ndarray]:
+    """Per-code-value tables of the gray R=G=B=v for every v of a uint8/uint16 ``dtype`` (levels = 256 or
+    65536), (levels,) float32, computed with skimage in float64:
+
+    l    its L* in [0, 100]                   fy   (L* + 16) / 116
+    y    its luminance Y in [0, 1]; also the linear-light value of a single channel v (the Y row sums to 1)
+    enc  v / (levels − 1), the gamma-encoded value
+    """
+    v = np.linspace(0.0, 1.0, np.iinfo(dtype).max + 1)
+    xyz = skcolor.rgb2xyz(np.repeat(v[:, None], 3, axis=1)[None])[0]
+    l_star = skcolor.xyz2lab(xyz[None])[0, :, 0]
+    return {"l": l_star.astype(np.float32), "fy": ((l_star + 16.0) / 116.0).astype(np.float32),
+            "y": xyz[:, 1].astype(np.float32), "enc": v.astype(np.float32)}
 
 
 def lightness(img: np.ndarray) -> np.ndarray:
@@ -35,7 +44,7 @@ def lightness(img: np.ndarray) -> np.ndarray:
     img: (H, W) gray or (H, W, 3) RGB, uint8 or uint16 (sRGB-encoded).
     """
     if img.ndim == 2:
-        return _gray_l_lut(256 if img.dtype == np.uint8 else 65536)[img]
+        return code_tables(img.dtype)["l"][img]
     scale = np.float32(1.0 / (255 if img.dtype == np.uint8 else 65535))
     return skcolor.rgb2lab(img.astype(np.float32) * scale)[..., 0]
 
@@ -92,20 +101,6 @@ class Scratch:
         return buf[:size].reshape((n, channels) if channels > 1 else (n,))
 
 
-@lru_cache(maxsize=2)
-def code_tables(levels: int) -> dict[str, np.ndarray]:
-    """Per-code-value tables, (levels,) float32, all computed with skimage in float64:
-
-    fy   (L* + 16) / 116 of the gray R=G=B=v
-    y    its luminance Y in [0, 1]; also the linear-light value of a single channel v (the Y row sums to 1)
-    enc  v / (levels − 1), the gamma-encoded value
-    """
-    v = np.linspace(0.0, 1.0, levels)
-    xyz = skcolor.rgb2xyz(np.repeat(v[:, None], 3, axis=1)[None])[0]
-    fy = (skcolor.xyz2lab(xyz[None])[0, :, 0] + 16.0) / 116.0
-    return {"fy": fy.astype(np.float32), "y": xyz[:, 1].astype(np.float32), "enc": v.astype(np.float32)}
-
-
 def lookup(codes: np.ndarray, table: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out[...] = table[codes]: codes (n,) or (n, 3) uint8 (OpenCV's LUT) or uint16 (numpy take), out float32."""
     if codes.dtype == np.uint8:
@@ -118,7 +113,7 @@ def lookup(codes: np.ndarray, table: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def fy_y_from_codes(codes: np.ndarray, scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
     """(L* + 16)/116 and luminance Y of sRGB pixels: codes (n,) gray or (n, 3) RGB, uint8/uint16 -> 2 × (n,) float32."""
-    t = code_tables(256 if codes.dtype == np.uint8 else 65536)
+    t = code_tables(codes.dtype)
     n = codes.shape[0]
     fy, y = scratch("fy", n), scratch("y", n)
     if codes.ndim == 1:
@@ -134,7 +129,7 @@ def fy_y_from_codes(codes: np.ndarray, scratch: Scratch) -> tuple[np.ndarray, np
 
 def luma_from_codes(codes: np.ndarray, scratch: Scratch) -> np.ndarray:
     """skimage.color.rgb2gray of sRGB pixels (gamma-encoded luma in [0, 1]): codes (n,) or (n, 3) -> (n,) float32."""
-    t = code_tables(256 if codes.dtype == np.uint8 else 65536)
+    t = code_tables(codes.dtype)
     n = codes.shape[0]
     out = scratch("luma", n)
     if codes.ndim == 1:
@@ -201,13 +196,3 @@ def srgb_keep_l(fy: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray,
         np.clip(ch, 0.0, 1.0, out=ch)                       # the branches meet to 3e-8: keep exactly in [0, 1]
     return r, g, bl
 
-
-def lab_to_rgb_keep_l(l_star: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    """srgb_keep_l() for arbitrary L*: (H, W) L* in [0, 100], (H, W, 2) a/b -> (H, W, 3) sRGB float32 in [0, 1]."""
-    shape, n = l_star.shape, l_star.size
-    scratch = Scratch()
-    fy = np.multiply(np.add(l_star, 16.0, dtype=np.float32).reshape(n), 1.0 / 116.0, dtype=np.float32)
-    y = _finv_into(fy.copy(), scratch("u", n), scratch("c", n))
-    ab = np.ascontiguousarray(ab, np.float32).reshape(n, 2)
-    planes = srgb_keep_l(fy, y, np.ascontiguousarray(ab[:, 0]), np.ascontiguousarray(ab[:, 1]), scratch)
-    return np.stack(planes, axis=-1).reshape(shape + (3,))
