@@ -131,6 +131,8 @@ def run_case(case: str, precision: str, models: Path) -> dict:
     t = time.perf_counter()
     res = pipe.run(src, opts)
     wall = time.perf_counter() - t
+    # the reference rate, taken in this process right after the timed run (the machine's speed drifts)
+    matmul = matmul_rate(torch.float32) if not sim and precision == "fp32" else None
     network_s = {k: v.seconds for k, v in timers.items()}
     inside = sum(network_s.values())
     # FLOPs of the same forwards, counted on a separate run (counting slows execution)
@@ -147,6 +149,7 @@ def run_case(case: str, precision: str, models: Path) -> dict:
         "flops_total": flops["total"],
         "flops": {"detector": sum(by_module.get(type(det).__name__, {}).values()),
                   "colorizer": sum(by_module.get(type(col).__name__, {}).values())},
+        "matmul_gflops": matmul,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "instances": [(i.class_name, round(i.score, 4), [round(b, 1) for b in i.box]) for i in res.instances],
         "image": res.image,
@@ -209,7 +212,9 @@ def main() -> None:
                 if g and net[key] > 0:
                     rate = g / net[key] / 1e9
                     print(f"   {name}: {g / 1e9:.0f} GFLOP in {net[key]:.2f}s = {rate:.1f} GFLOP/s = "
-                          f"{100 * rate / rates[prec]:.0f}% of the {prec} matmul rate", flush=True)
+                          f"{100 * rate / (r['matmul_gflops'] or rates[prec]):.0f}% of the {prec} matmul rate "
+                          f"({r['matmul_gflops'] or rates[prec]:.1f} GFLOP/s, "
+                          f"{'same process, right after' if r['matmul_gflops'] else 'at start'})", flush=True)
     for case in cases:
         a, b = results[case, "fp32"], results[case, low]
         mse = np.mean((a["image"].astype(np.float64) - b["image"].astype(np.float64)) ** 2)
