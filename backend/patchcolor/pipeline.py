@@ -7,6 +7,7 @@ Models are loaded once per :class:`Pipeline` (on first use) and reused for every
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import replace
@@ -139,14 +140,23 @@ class Pipeline:
 
     # -- jobs --------------------------------------------------------------------------------------------
     def run(self, src: SourceImage, opts: Options, progress: ProgressFn | None = None,
-            cancelled: CancelFn | None = None) -> Result:
-        """Colorize ``src``. Returns the colorized image (input's bit depth, alpha kept) and the instances."""
+            cancelled: CancelFn | None = None, instances: Sequence[InstanceResult] | None = None) -> Result:
+        """Colorize ``src``. Returns the colorized image (input's bit depth, alpha kept) and the instances.
+
+        instances: use these instead of running the detector (a re-fuse when the earlier job's state is gone):
+        an earlier Result's instances in output pixels, masks possibly edited (bool/uint8, nonzero = inside,
+        cropped at ``mask_origin``). Each crop box comes from ``box`` as for a detected box, unless the mask
+        reaches outside it (then from the mask's bounds, as in :meth:`refuse`); empty masks drop the instance.
+        """
         job = _Job(self, src, opts, progress, cancelled)
         work = job.prepare()
-        instances = job.segment(work)
-        boxes = [crop_box(i.box, work.shape[1], work.shape[0], opts.context, opts.square_crops) for i in instances]
+        if instances is None:
+            found = job.segment(work)
+            boxes = [crop_box(i.box, work.shape[1], work.shape[0], opts.context, opts.square_crops) for i in found]
+        else:
+            found, boxes = job.given(work, instances)
         full_ab, inst_ab = job.colorize(work, boxes)
-        state = FusionState((work.shape[1], work.shape[0]), full_ab, inst_ab, boxes, instances)
+        state = FusionState((work.shape[1], work.shape[0]), full_ab, inst_ab, boxes, found)
         return job.fuse_and_finish(work, state)
 
     def refuse(self, src: SourceImage, state: FusionState, masks: Sequence[np.ndarray], opts: Options,
@@ -174,19 +184,13 @@ class Pipeline:
             if np.array_equal(edited, scale_instance(inst, sx, sy, out_w, out_h).full_mask(out_w, out_h) > 0):
                 kept.append(inst), boxes.append(box), abs_.append(ab)
                 continue
-            small = edited if (sx, sy) == (1.0, 1.0) else cv2.resize(
-                edited.astype(np.float32), (ww, wh), interpolation=cv2.INTER_AREA) >= 0.5
-            ys, xs = np.nonzero(small)
-            if len(xs) == 0:
+            fitted = job.fit_mask(edited, (0, 0), inst.class_id, inst.score, None, box)
+            if fitted is None:
                 continue    # cleared mask: the instance is removed
-            mx0, my0, mx1, my1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-            new = Instance(inst.class_id, inst.score, (float(mx0), float(my0), float(mx1), float(my1)),
-                           small[my0:my1, mx0:mx1].copy(), (mx0, my0))
-            inside = box[0] <= mx0 and box[1] <= my0 and mx1 <= box[2] and my1 <= box[3]
-            if not inside:
-                box = crop_box(new.box, ww, wh, opts.context, opts.square_crops)
+            new, new_box = fitted
+            if new_box != box:      # the mask left its crop box: colorize it again on the new one
                 redo.append(len(kept))
-            kept.append(new), boxes.append(box), abs_.append(ab)
+            kept.append(new), boxes.append(new_box), abs_.append(ab)
         if redo:
             job.stage("colorize", 0.0)
             new_ab = predict_ab(self.colorizer(opts.colorizer), [net_input(work, boxes[i], opts.net_size) for i in redo],
@@ -248,6 +252,63 @@ class _Job:
         self.stage("segment", 1.0)
         return kept
 
+    def given(self, work: np.ndarray, instances: Sequence[InstanceResult]
+              ) -> tuple[list[Instance], list[tuple[int, int, int, int]]]:
+        """Caller-supplied instances (output pixels) -> working-resolution instances and their crop boxes,
+        in the given order; instances whose mask is empty are dropped."""
+        self.stage("segment", 0.0)
+        wh, ww = work.shape[:2]
+        out_w, out_h = self.out_size
+        sx, sy = out_w / ww, out_h / wh
+        kept, boxes = [], []
+        for g in instances:
+            box = (_unscale(g.box[0], sx), _unscale(g.box[1], sy), _unscale(g.box[2], sx), _unscale(g.box[3], sy))
+            crop = crop_box(box, ww, wh, self.opts.context, self.opts.square_crops)
+            fitted = self.fit_mask(np.asarray(g.mask), g.mask_origin, g.class_id, g.score, box, crop)
+            if fitted is not None:
+                kept.append(fitted[0]), boxes.append(fitted[1])
+        self._lap("segment")
+        self.stage("segment", 1.0)
+        return kept, boxes
+
+    def fit_mask(self, mask: np.ndarray, origin: tuple[int, int], class_id: int, score: float,
+                 box: tuple[float, float, float, float] | None, crop: tuple[int, int, int, int]
+                 ) -> tuple[Instance, tuple[int, int, int, int]] | None:
+        """An instance from a mask given in output pixels: (working-resolution instance, crop box), None if empty.
+
+        mask: (h, w) bool/uint8 (nonzero = inside) whose top-left pixel is ``origin`` in the output image.
+        The mask goes to working resolution (INTER_AREA, >= 50 %) and is trimmed to its bounds. The instance's
+        box is ``box`` (working pixels) or, when None, the mask's bounds. ``crop`` is kept while the mask fits
+        inside it; otherwise the crop box is made from the mask's bounds as for a detected box (the caller must
+        colorize that instance again).
+        """
+        wh, ww = self._work_size[1], self._work_size[0]
+        out_w, out_h = self.out_size
+        ox, oy = origin
+        mask = mask.astype(bool, copy=False)
+        if (out_w, out_h) != (ww, wh):
+            # INTER_AREA needs the whole output grid to map pixels exactly as a full-size mask would (refuse)
+            canvas = np.zeros((out_h, out_w), np.float32)
+            x0, y0 = max(0, ox), max(0, oy)
+            x1, y1 = min(out_w, ox + mask.shape[1]), min(out_h, oy + mask.shape[0])
+            if x1 > x0 and y1 > y0:
+                canvas[y0:y1, x0:x1] = mask[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+            mask, ox, oy = cv2.resize(canvas, (ww, wh), interpolation=cv2.INTER_AREA) >= 0.5, 0, 0
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            return None
+        bx0, by0, bx1, by1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        mx0, my0 = max(0, ox + bx0), max(0, oy + by0)
+        mx1, my1 = min(ww, ox + bx1), min(wh, oy + by1)
+        if mx1 <= mx0 or my1 <= my0:
+            return None     # entirely outside the image
+        bounds = (float(mx0), float(my0), float(mx1), float(my1))
+        if not (crop[0] <= mx0 and crop[1] <= my0 and mx1 <= crop[2] and my1 <= crop[3]):
+            box, crop = bounds, crop_box(bounds, ww, wh, self.opts.context, self.opts.square_crops)
+        inst = Instance(class_id, score, bounds if box is None else box,
+                        mask[my0 - oy:my1 - oy, mx0 - ox:mx1 - ox].copy(), (mx0, my0))
+        return inst, crop
+
     def colorize(self, work: np.ndarray, boxes: list[tuple[int, int, int, int]]):
         """Full image + every crop through the colorizer in batches. Returns ((2,h,w), [(2,bh,bw)...])."""
         self.stage("colorize", 0.0)
@@ -283,6 +344,19 @@ class _Job:
         results = [scale_instance(i, sx, sy, out_w, out_h) for i in state.instances]
         self._lap("finish")
         return Result(image, results, state, dict(self.timings))
+
+
+def _unscale(v: float, s: float) -> float:
+    """The working coordinate ``w`` with ``w * s == v`` (the inverse of scale_instance's float product, so a
+    result box maps back to the very box that was detected), or ``v / s`` when there is none."""
+    w = up = down = v / s
+    for _ in range(3):      # the product was rounded once: the inverse is within a couple of ulps of v / s
+        if up * s == v:
+            return up
+        if down * s == v:
+            return down
+        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
+    return w
 
 
 def _resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
