@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -27,6 +31,78 @@ def _cpu_native(precision: str) -> bool:
         return bool(getattr(torch.ops.mkldnn, probe)())
     except (AttributeError, RuntimeError):   # private probe gone in some torch build: trust the request
         return True
+
+
+# /proc/cpuinfo flags that give oneDNN native reduced-precision kernels (shown in the report, for the user)
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_FP16_FLAGS = ("avx512_fp16", "amx_fp16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@dataclass(frozen=True)
+class CpuReport:
+    """What this CPU offers the networks; one line of it heads every benchmark figure and the service's ``info``.
+
+    model:       the CPU's marketing name ("Intel(R) Xeon(R) Platinum 8488C", "AMD EPYC", ...).
+    cores:       logical cores the OS reports.
+    isa:         the widest vector ISA torch dispatches to ("AVX2", "AVX512", "DEFAULT" ...).
+    native_bf16: oneDNN has native bf16 kernels here (AVX512-BF16 or AMX): ``--precision bf16`` is the fast choice.
+    native_fp16: the same for fp16 (AVX512-FP16 / AMX-FP16).
+    flags:       the bf16/fp16 CPU flags found in /proc/cpuinfo (empty where it does not exist).
+    """
+
+    model: str
+    cores: int
+    isa: str
+    native_bf16: bool
+    native_fp16: bool
+    flags: tuple[str, ...]
+
+    def line(self) -> str:
+        """e.g. "CPU AMD EPYC, 2 cores, AVX2, bf16 emulated (slow)"."""
+        bf16 = "bf16 native (fast)" if self.native_bf16 else "bf16 emulated (slow)"
+        return f"CPU {self.model}, {self.cores} cores, {self.isa}, {bf16}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _cpu_model_and_flags() -> tuple[str, tuple[str, ...]]:
+    """The CPU's name and its bf16/fp16 flags from /proc/cpuinfo (Linux); platform.processor() elsewhere."""
+    try:
+        text = CPUINFO.read_text(errors="replace")
+    except OSError:
+        text = ""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model Name", "cpu model") and not model:
+            model = " ".join(value.split())
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    wanted = tuple(f for f in _BF16_FLAGS + _FP16_FLAGS if f in flags)
+    return model or platform.processor() or platform.machine() or "unknown CPU", wanted
+
+
+def cpu_report() -> CpuReport:
+    """CPU model, core count, torch's vector ISA and whether bf16/fp16 run natively (the probe autocast uses)."""
+    model, flags = _cpu_model_and_flags()
+    try:
+        isa = str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):   # older torch builds
+        isa = "unknown"
+    return CpuReport(model, os.cpu_count() or 1, isa, _cpu_native("bf16"), _cpu_native("fp16"), flags)
+
+
+def fast_precision(device: torch.device) -> str | None:
+    """The reduced precision that is really faster on ``device`` ("bf16" or "fp16"), or None where only fp32 is.
+
+    What the CLI help and the GIMP dialog (through the service's ``info``) offer as the "fast" choice; fp32 stays
+    the default everywhere (it is the seed's arithmetic)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if _cpu_native("bf16") else None
 
 
 def effective_precision(device: torch.device, requested: str) -> tuple[str, str | None]:
