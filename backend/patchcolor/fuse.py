@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .options import Options
+from .result import FusionState
+
 
 @dataclass
 class FuseItem:
@@ -82,3 +85,10 @@ def fuse(full_ab: np.ndarray, items: list[FuseItem], mode: str = "feather", feat
             alpha = feather_alpha(box_mask, radius)[box_sl]
             dst += alpha * (src - dst)
     return out
+
+
+def fuse_state(state: FusionState, opts: Options) -> np.ndarray:
+    """A job's kept colours fused with ``opts``' fusion mode, feather and order: (2, H, W) float32 at working size."""
+    items = [FuseItem(i.binary_mask(), i.mask_origin, ab, box)
+             for i, ab, box in zip(state.instances, state.inst_ab, state.inst_boxes)]
+    return fuse(state.full_ab, items, opts.fusion, opts.feather, opts.order)

@@ -34,6 +34,8 @@ class Options:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     net_size: int = 256                  # the networks' input side (the method's 256; multiple of 8)
     batch_size: int = 8                  # colorizer inputs per forward (bounds memory)
+    hint_spread: int = 2                 # colour hints: half-width of the square each hint point covers at the
+                                         # network's resolution (ideepcolor's default 2 = 5×5; 0..4, see hints.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,3 +89,5 @@ def validate(o: Options) -> None:
         raise ValueError("net_size must be a multiple of 8 between 64 and 1024")
     if not 1 <= o.batch_size <= 64:
         raise ValueError("batch_size must be between 1 and 64")
+    if not 0 <= o.hint_spread <= 4:
+        raise ValueError("hint_spread must be between 0 and 4 (network pixels)")

@@ -23,7 +23,8 @@ from . import lab
 from .colorize import NET_SIZE, load_colorizer, predict_ab
 from .errors import Cancelled, DeviceUnavailable
 from .finish import finish
-from .fuse import FuseItem, fuse
+from .hints import Hints, extract_hints
+from .fuse import fuse_state
 from .models import models_dir as default_models_dir
 from .models import weight_path
 from .options import Options
@@ -113,6 +114,7 @@ class Pipeline:
         self._models: dict[str, object] = {}
         self._lock = threading.Lock()
         self._precision_said: set[str] = set()
+        self._hint_switch_said = False
 
     def precision(self, requested: str) -> str:
         """The precision that runs on this device for ``requested``; the first fallback of each kind is logged."""
@@ -140,23 +142,27 @@ class Pipeline:
 
     # -- jobs --------------------------------------------------------------------------------------------
     def run(self, src: SourceImage, opts: Options, progress: ProgressFn | None = None,
-            cancelled: CancelFn | None = None, instances: Sequence[InstanceResult] | None = None) -> Result:
+            cancelled: CancelFn | None = None, instances: Sequence[InstanceResult] | None = None,
+            hints: SourceImage | None = None) -> Result:
         """Colorize ``src``. Returns the colorized image (input's bit depth, alpha kept) and the instances.
 
         instances: use these instead of running the detector (a re-fuse when the earlier job's state is gone):
         an earlier Result's instances in output pixels, masks possibly edited (bool/uint8, nonzero = inside,
         cropped at ``mask_origin``). Each crop box comes from ``box`` as for a detected box, unless the mask
         reaches outside it (then from the mask's bounds, as in :meth:`refuse`); empty masks drop the instance.
+        hints: a colour-hint map (see hints.py; the image's size): SIGGRAPH17 follows the painted colours on the
+        full image and in every crop that contains some; a map with hints runs siggraph17 whatever was asked.
         """
         job = _Job(self, src, opts, progress, cancelled)
         work = job.prepare()
+        points = job.hints(hints, work)
         if instances is None:
             found = job.segment(work)
             boxes = [crop_box(i.box, work.shape[1], work.shape[0], opts.context, opts.square_crops) for i in found]
         else:
             found, boxes = job.given(work, instances)
-        full_ab, inst_ab = job.colorize(work, boxes)
-        state = FusionState((work.shape[1], work.shape[0]), full_ab, inst_ab, boxes, found)
+        full_ab, inst_ab = job.colorize(work, boxes, points)
+        state = FusionState((work.shape[1], work.shape[0]), full_ab, inst_ab, boxes, found, points)
         return job.fuse_and_finish(work, state)
 
     def refuse(self, src: SourceImage, state: FusionState, masks: Sequence[np.ndarray], opts: Options,
@@ -165,12 +171,14 @@ class Pipeline:
 
         masks[i]: (H, W) bool/uint8 (nonzero = inside) at output resolution for instance i of the earlier result;
         all-zero removes the instance. Unchanged masks reuse the fused working-resolution mask exactly; an
-        instance whose edited mask reaches outside its kept crop box is re-colorized on a new box (only those).
+        instance whose edited mask reaches outside its kept crop box is re-colorized on a new box (only those),
+        with the job's colour hints.
         """
         if len(masks) != len(state.instances):
             raise ValueError(f"{len(masks)} masks for {len(state.instances)} instances")
         job = _Job(self, src, opts, progress, cancelled)
         work = job.prepare()
+        job.use_hints(state.hints)
         ww, wh = state.work_size
         if (work.shape[1], work.shape[0]) != (ww, wh):
             raise ValueError("the image does not match the job it re-fuses (working size differs)")
@@ -193,12 +201,14 @@ class Pipeline:
             kept.append(new), boxes.append(new_box), abs_.append(ab)
         if redo:
             job.stage("colorize", 0.0)
-            new_ab = predict_ab(self.colorizer(opts.colorizer), [net_input(work, boxes[i], opts.net_size) for i in redo],
+            n = job.opts.net_size
+            new_ab = predict_ab(self.colorizer(job.opts.colorizer), [net_input(work, boxes[i], n) for i in redo],
                                 [(boxes[i][3] - boxes[i][1], boxes[i][2] - boxes[i][0]) for i in redo],
-                                job.opts.precision, opts.batch_size)
+                                job.opts.precision, opts.batch_size,
+                                hints=[job.hint_input(state.hints, boxes[i]) for i in redo])
             for i, ab in zip(redo, new_ab):
                 abs_[i] = ab
-        new_state = FusionState(state.work_size, state.full_ab, abs_, boxes, kept)
+        new_state = FusionState(state.work_size, state.full_ab, abs_, boxes, kept, state.hints)
         return job.fuse_and_finish(work, new_state)
 
 
@@ -309,24 +319,49 @@ class _Job:
                         mask[my0 - oy:my1 - oy, mx0 - ox:mx1 - ox].copy(), (mx0, my0))
         return inst, crop
 
-    def colorize(self, work: np.ndarray, boxes: list[tuple[int, int, int, int]]):
-        """Full image + every crop through the colorizer in batches. Returns ((2,h,w), [(2,bh,bw)...])."""
+    def hints(self, hint_map: SourceImage | None, work: np.ndarray) -> Hints | None:
+        """The hint map's points on the working grid (None without hints or when nothing is painted)."""
+        if hint_map is None:
+            return None
+        points = extract_hints(hint_map, (self.src.width, self.src.height), (work.shape[1], work.shape[0]),
+                               self.opts.hint_spread)
+        if not len(points):
+            log.info("the hint image has no painted pixels: colorizing without hints")
+            return None
+        self.use_hints(points)
+        return points
+
+    def use_hints(self, points: Hints | None) -> None:
+        """Hints need SIGGRAPH17: switch to it (said once per Pipeline when another colorizer was asked for)."""
+        if points is None or self.opts.colorizer == "siggraph17":
+            return
+        if not self.pipe._hint_switch_said:
+            self.pipe._hint_switch_said = True
+            log.warning("colour hints need the siggraph17 colorizer: using it instead of %s", self.opts.colorizer)
+        self.opts = replace(self.opts, colorizer="siggraph17")
+
+    def hint_input(self, points: Hints | None, box: tuple[int, int, int, int] | None):
+        """The network's hint tensors for ``box`` (None: the full image), or None when it holds no hint."""
+        return None if points is None else points.net_input(box, self.opts.net_size)
+
+    def colorize(self, work: np.ndarray, boxes: list[tuple[int, int, int, int]], points: Hints | None = None):
+        """Full image + every crop through the colorizer in batches, each with the hints inside it.
+        Returns ((2,h,w), [(2,bh,bw)...])."""
         self.stage("colorize", 0.0)
         model = self.pipe.colorizer(self.opts.colorizer)
         n = self.opts.net_size
         inputs = [net_input(work, None, n)] + [net_input(work, b, n) for b in boxes]
         sizes = [work.shape[:2]] + [(b[3] - b[1], b[2] - b[0]) for b in boxes]
+        hints = None if points is None else [self.hint_input(points, b) for b in [None, *boxes]]
         abs_ = predict_ab(model, inputs, sizes, self.opts.precision, self.opts.batch_size,
-                          on_batch=lambda done, total: self.stage("colorize", done / total))
+                          on_batch=lambda done, total: self.stage("colorize", done / total), hints=hints)
         self._lap("colorize")
         return abs_[0], abs_[1:]
 
     def fuse_and_finish(self, work: np.ndarray, state: FusionState) -> Result:
         opts, src = self.opts, self.src
         self.stage("fuse", 0.0)
-        items = [FuseItem(i.binary_mask(), i.mask_origin, ab, box)
-                 for i, ab, box in zip(state.instances, state.inst_ab, state.inst_boxes)]
-        fused = fuse(state.full_ab, items, opts.fusion, opts.feather, opts.order)
+        fused = fuse_state(state, opts)
         self._lap("fuse")
         self.stage("finish", 0.0)
         out_w, out_h = self.out_size

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .hints import Hints
 from .segment.base import Instance
 
 
@@ -42,6 +43,7 @@ class FusionState:
     inst_ab:   per instance, (2, h, w) float32 a/b of its crop box ``inst_boxes[i]``.
     inst_boxes:per instance, (x0, y0, x1, y1) int crop box in working pixels (exclusive end).
     instances: the detections at working resolution (their masks are what was fused).
+    hints:     the job's colour-hint points (None: automatic), kept so a re-fuse colorizes with them too.
     """
 
     work_size: tuple[int, int]
@@ -49,11 +51,12 @@ class FusionState:
     inst_ab: list[np.ndarray]
     inst_boxes: list[tuple[int, int, int, int]]
     instances: list[Instance]
+    hints: Hints | None = None
 
     @property
     def nbytes(self) -> int:
         return int(self.full_ab.nbytes + sum(a.nbytes for a in self.inst_ab)
-                   + sum(i.mask.nbytes for i in self.instances))
+                   + sum(i.mask.nbytes for i in self.instances) + (self.hints.nbytes if self.hints else 0))
 
 
 @dataclass
@@ -64,3 +67,8 @@ class Result:
     instances: list[InstanceResult]
     state: FusionState
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hint_count(self) -> int:
+        """Painted blobs the colorizer followed (0: automatic)."""
+        return len(self.state.hints) if self.state.hints is not None else 0

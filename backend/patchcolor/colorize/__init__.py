@@ -2,7 +2,8 @@
 
 ``load_colorizer`` builds the network and loads the official ``.pth`` state_dict with ``weights_only=True``
 and a strict key/shape check (files with or without ``num_batches_tracked`` are accepted).
-``predict_ab`` turns a list of 256×256 L* inputs into a/b maps, chunked to bound memory.
+``predict_ab`` turns a list of 256×256 L* inputs (and, for SIGGRAPH17, colour hints) into a/b maps, chunked to
+bound memory.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WeightsCorrupt, WeightsMissing
+from ..hints import HintTensors
 from ..precision import autocast
 from .eccv16 import ECCVGenerator
 from .siggraph17 import SIGGRAPHGenerator
@@ -61,21 +63,37 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 
 
 def predict_ab(model: torch.nn.Module, l_inputs: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]],
-               precision: str = "fp32", batch_size: int = 8, on_batch=None) -> list[np.ndarray]:
+               precision: str = "fp32", batch_size: int = 8, on_batch=None,
+               hints: Sequence[HintTensors | None] | None = None) -> list[np.ndarray]:
     """Colorize a batch of lightness maps.
 
     l_inputs: each (256, 256) float32 L* in [0, 100].
     sizes:    each (h, w): the a/b map is resized to it (bilinear, align_corners=False, as the seed).
+    hints:    SIGGRAPH17 only: per input None or (a/b (2, n, n) float32 raw Lab, mask (1, n, n) float32 {0, 1})
+              at the input's resolution (the network's ``input_B`` / ``mask_B``). A batch in which no input has
+              hints runs exactly as automatic mode; in a batch with some, the others get zero a/b and mask,
+              which is what automatic mode feeds.
     Returns a list of (2, h, w) float32 a/b maps. ``on_batch(done, total)`` is called after each chunk
     (progress and cancellation point).
     """
+    if hints is not None and any(h is not None for h in hints) and not isinstance(model, SIGGRAPHGenerator):
+        raise ValueError("colour hints need the siggraph17 colorizer")
     device = next(model.parameters()).device
     out: list[np.ndarray] = []
     with torch.inference_mode():
         for sl in chunks(len(l_inputs), batch_size):
             x = torch.from_numpy(np.stack(l_inputs[sl])[:, None]).to(device)
+            given = hints[sl] if hints is not None else []
             with autocast(device, precision):
-                ab = model(x)
+                if any(h is not None for h in given):
+                    ab_in = x.new_zeros(x.shape[0], 2, *x.shape[2:])
+                    mask_in = x.new_zeros(x.shape)
+                    for i, h in enumerate(given):
+                        if h is not None:
+                            ab_in[i], mask_in[i] = torch.from_numpy(h[0]), torch.from_numpy(h[1])
+                    ab = model(x, ab_in, mask_in)
+                else:
+                    ab = model(x)
             ab = ab.float()
             for i, (h, w) in zip(range(ab.shape[0]), sizes[sl]):
                 item = ab[i:i + 1]

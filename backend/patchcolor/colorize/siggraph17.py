@@ -1,9 +1,11 @@
-"""Zhang et al., "Real-Time User-Guided Image Colorization" (SIGGRAPH 2017), automatic mode.
+"""Zhang et al., "Real-Time User-Guided Image Colorization" (SIGGRAPH 2017), automatic or with user hints.
 
 Layer for layer as richzhang/colorization ``colorizers/siggraph17.py`` (the canonical list) so the official
 state_dict loads strictly. Input (N, 1, H, W) raw L* in [0, 100] (H, W divisible by 8), optional hints
-ab (N, 2, H, W) in Lab units and mask (N, 1, H, W) in {0, 1}; output (N, 2, H, W) a/b (±110, tanh regression).
-``model_class`` (529-way head) is built only so the checkpoint loads; forward does not use it.
+ab (N, 2, H, W) in raw Lab units (divided by 110 here) and mask (N, 1, H, W) in {0, 1}, not centred (the
+Caffe-converted checkpoint's convention; no hints = zeros, as the reference's defaults); output (N, 2, H, W) a/b
+(±110, tanh regression). ``hints.py`` makes the hint inputs. ``model_class`` (529-way head) is built only so
+the checkpoint loads; forward does not use it (nor the reference's duplicated conv9/conv10 branch).
 """
 from __future__ import annotations
 

@@ -1,0 +1,166 @@
+"""Preview: the pipeline's result on a small proxy of the image, fast enough to refresh in a dialog.
+
+A :class:`PreviewSession` holds one image. The networks see exactly what a full run sees (the working copy,
+its detections, the same crops, the hints mapped the same way), so a preview is the final result at proxy
+size (long side 384 by default; its lightness from an area-downscaled copy of the original). Everything a
+refresh does not change is reused:
+
+    working copy     per max_side
+    detections       per detector settings (detector, thresholds, max_instances, max_side, precision)
+    network a/b      per (colorizer, net size, precision, max_side, crop box, digest of its hint tensors),
+                     least recently used first out beyond ``cache_bytes``
+
+so a saturation / feather / fusion / preset-finish change runs fuse + finish only, and a hint change runs only
+the inputs whose hint tensors changed (the full image and the crops holding the changed hints).
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .colorize import predict_ab
+from .finish import finish
+from .fuse import fuse_state
+from .hints import HintTensors
+from .options import Options
+from .pipeline import CancelFn, Pipeline, ProgressFn, _Job, crop_box, net_input
+from .prepare import SourceImage, to_8bit, working_size
+from .result import FusionState
+from .segment.base import Instance
+
+PROXY_SIDE = 384
+
+
+@dataclass
+class Preview:
+    """image: (h, w, 3) RGB or (h, w, 4) RGBA uint8 at proxy size.
+    computed: network inputs run for this refresh (0: fuse + finish only)."""
+
+    image: np.ndarray
+    instances: int
+    hints: int
+    computed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def make_proxy(src: SourceImage, long_side: int = PROXY_SIDE) -> SourceImage:
+    """8-bit copy of ``src`` with long side <= long_side (the seed's size rule), OpenCV INTER_AREA."""
+    w, h = working_size(src.width, src.height, long_side)
+
+    def small(plane: np.ndarray) -> np.ndarray:
+        if plane.shape[:2] != (h, w):
+            plane = cv2.resize(plane, (w, h), interpolation=cv2.INTER_AREA)
+        return to_8bit(plane)
+
+    return SourceImage(small(src.color), None if src.alpha is None else small(src.alpha))
+
+
+def _digest(tensors: HintTensors | None) -> bytes | None:
+    if tensors is None:
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        h.update(np.ascontiguousarray(t).data)
+    return h.digest()
+
+
+class PreviewSession:
+    """One image's previews. ``render`` may be called from several threads (one at a time runs)."""
+
+    def __init__(self, pipe: Pipeline, src: SourceImage, long_side: int = PROXY_SIDE,
+                 cache_bytes: int = 256 << 20):
+        self.pipe, self.src = pipe, src
+        self.proxy = make_proxy(src, long_side)
+        self.cache_bytes = cache_bytes
+        self._work: dict[int, np.ndarray] = {}
+        self._found: dict[tuple, list[Instance]] = {}
+        self._ab: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.proxy.color.nbytes + (self.proxy.alpha.nbytes if self.proxy.alpha is not None else 0)
+                   + sum(w.nbytes for w in self._work.values()) + sum(a.nbytes for a in self._ab.values())
+                   + sum(i.mask.nbytes for f in self._found.values() for i in f))
+
+    def render(self, opts: Options, hints: SourceImage | None = None, progress: ProgressFn | None = None,
+               cancelled: CancelFn | None = None) -> Preview:
+        """The result of ``pipe.run(src, opts, hints=hints)`` at proxy size, 8-bit.
+
+        hints: a colour-hint map at the image's size or any scaled copy (the proxy's size is enough for a
+        preview and fastest; a full run maps the full-size map, so crops may then differ by a working pixel).
+        """
+        with self._lock:
+            t0 = time.perf_counter()
+            job = _Job(self.pipe, self.src, opts, progress, cancelled)
+            work = self._work.get(job.opts.max_side)
+            if work is None:
+                work = self._work[job.opts.max_side] = job.prepare()
+            found = self._detections(job, work)
+            timings = dict(job.timings)                    # prepare / segment when they ran
+
+            def lap(name: str, since: float) -> float:
+                now = time.perf_counter()
+                timings[name] = now - since
+                return now
+
+            t = time.perf_counter()
+            points = job.hints(hints, work)                # switches job.opts to siggraph17 when there are hints
+            o = job.opts
+            t = lap("hints", t)
+            boxes = [crop_box(i.box, work.shape[1], work.shape[0], o.context, o.square_crops) for i in found]
+            full_ab, inst_ab, computed = self._colorize(job, work, boxes, points)
+            t = lap("colorize", t)
+            job.stage("fuse", 0.0)
+            fused = fuse_state(FusionState((work.shape[1], work.shape[0]), full_ab, inst_ab, boxes, found), o)
+            t = lap("fuse", t)
+            job.stage("finish", 0.0)
+            image = finish(self.proxy.color, self.proxy.alpha, fused, o, np.dtype(np.uint8))
+            lap("finish", t)
+            timings["total"] = time.perf_counter() - t0
+            return Preview(image, len(found), len(points) if points is not None else 0, computed, timings)
+
+    def _detections(self, job: _Job, work: np.ndarray) -> list[Instance]:
+        o = job.opts
+        key = (o.detector, o.score_thresh, o.nms_thresh, o.min_area_frac, o.max_instances, o.max_side, o.precision)
+        if key not in self._found:
+            self._found[key] = job.segment(work)
+        return self._found[key]
+
+    def _colorize(self, job: _Job, work: np.ndarray, boxes: list[tuple[int, int, int, int]], points
+                  ) -> tuple[np.ndarray, list[np.ndarray], int]:
+        """Network a/b for the full image and each box, from the cache where the inputs did not change."""
+        o = job.opts
+        job.stage("colorize", 0.0)
+        targets: list[tuple[int, int, int, int] | None] = [None, *boxes]
+        tensors = [job.hint_input(points, b) for b in targets]
+        keys = [(o.colorizer, o.net_size, o.precision, o.max_side, b, _digest(t)) for b, t in zip(targets, tensors)]
+        todo = [i for i, k in enumerate(keys) if k not in self._ab]
+        if todo:
+            n = o.net_size
+            sizes = [work.shape[:2] if targets[i] is None else
+                     (targets[i][3] - targets[i][1], targets[i][2] - targets[i][0]) for i in todo]
+            new = predict_ab(self.pipe.colorizer(o.colorizer), [net_input(work, targets[i], n) for i in todo], sizes,
+                             o.precision, o.batch_size, lambda d, t: job.stage("colorize", d / t),
+                             hints=[tensors[i] for i in todo] if points is not None else None)
+            for i, ab in zip(todo, new):
+                self._ab[keys[i]] = ab
+        abs_ = [self._ab[k] for k in keys]
+        for k in keys:
+            self._ab.move_to_end(k)
+        self._evict(keep=set(keys))
+        return abs_[0], abs_[1:], len(todo)
+
+    def _evict(self, keep: set) -> None:
+        total = sum(a.nbytes for a in self._ab.values())
+        for k in list(self._ab):
+            if total <= self.cache_bytes:
+                break
+            if k not in keep:
+                total -= self._ab.pop(k).nbytes
