@@ -46,7 +46,7 @@ class StubPipeline:
     device = "stub"
     models_dir = None
 
-    def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
+    def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None, instances: Any = None) -> Any:
         from patchcolor.result import FusionState, Result
 
         for stage in ("prepare", "segment", "colorize", "fuse", "finish"):

@@ -126,8 +126,8 @@ class SlowPipeline:
             time.sleep(self.delay)
         return cb
 
-    def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
-        return self.inner.run(src, opts, self._slow(progress), cancelled)
+    def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None, instances: Any = None) -> Any:
+        return self.inner.run(src, opts, self._slow(progress), cancelled, instances)
 
     def refuse(self, src: Any, state: Any, masks: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
         return self.inner.refuse(src, state, masks, opts, self._slow(progress), cancelled)
@@ -166,7 +166,7 @@ class EchoPipeline:
     def __init__(self, delay: float):
         self.delay = delay
 
-    def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
+    def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None, instances: Any = None) -> Any:
         from patchcolor.errors import Cancelled
 
         # Result-like objects (the server only reads attributes): patchcolor.result would import torch.

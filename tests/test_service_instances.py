@@ -109,3 +109,78 @@ def test_empty_and_outside_masks_drop_the_instance(pipeline, src, first):
     none = pipeline.run(src, opts, instances=[])
     assert none.instances == [] and np.array_equal(none.image, pipeline.run(
         src, make_options(**{**SAME, "detector": "none"})).image)
+
+
+# ------------------------------------------------------------------------------------------------ the wire
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir):
+    srv = start_server(tmp_path_factory.mktemp("inst"), "--max-pixels", "100000", models_dir=models_dir)
+    yield srv
+    srv.stop()
+
+
+def test_colorize_with_instances_over_the_wire(server, src):
+    w, h = src.width, src.height
+    px = np.ascontiguousarray(src.color)
+    with Client(server.endpoint, timeout_s=120) as c:
+        first = c.colorize(w, h, "gray16", px, SAME)
+        assert len(first.instances) >= 2
+        again = c.colorize(w, h, "gray16", px, SAME, instances=first.instances)
+        assert bytes(again.pixels) == bytes(first.pixels), "unedited instances must reproduce the colours"
+        assert [(i.box, i.full_mask(w, h)) for i in again.instances] == \
+               [(i.box, i.full_mask(w, h)) for i in first.instances]
+        # edit instance 0 (lower half cleared): the same as refuse on the job the server kept
+        m0 = np.frombuffer(first.instances[0].mask, np.uint8).reshape(first.instances[0].mask_size[::-1]).copy()
+        m0[m0.shape[0] // 2:] = 0
+        edited = [replace(first.instances[0], mask=m0.tobytes())] + first.instances[1:]
+        given = c.colorize(w, h, "gray16", px, SAME, instances=edited)
+        kept = c.refuse(first.job_id, [i.full_mask(w, h) for i in edited])
+        assert bytes(given.pixels) == bytes(kept.pixels) != bytes(first.pixels)
+        assert given.refusable, "a job with given instances is kept for refuse like any other"
+        with pytest.raises(ValueError):
+            c.colorize(w, h, "gray16", px, SAME, instances=[replace(first.instances[0], mask=b"x")])
+
+
+def _request(instances: list, masks: list[bytes], w: int = 8, h: int = 6, opts: dict | None = None) -> list[bytes]:
+    header = {"v": 1, "type": "colorize", "id": "r", "job": "j", "width": w, "height": h, "format": "gray8",
+              "options": opts or {}, "instances": instances}
+    return [json.dumps(header).encode(), bytes(w * h), *masks]
+
+
+def _inst(**kw) -> dict:
+    return {"class_id": 0, "class_name": "person", "score": 0.9, "box": [1.0, 1.0, 4.5, 5.0],
+            "mask_origin": [1, 1], "mask_size": [4, 4], **kw}
+
+
+def test_instances_field_is_validated():
+    limits = P.Limits(100_000)
+    req = P.parse_request(_request([_inst(), _inst(mask_size=[0, 0])], [bytes(range(16)), b""]), limits)
+    assert isinstance(req, P.ColorizeRequest) and len(req.instances) == 2
+    assert req.instances[0].mask.shape == (4, 4) and req.instances[0].mask[3, 3] == 15
+    assert req.instances[0].box == (1.0, 1.0, 4.5, 5.0) and req.instances[0].mask_origin == (1, 1)
+    assert P.parse_request(_request([], []), limits).instances == []
+    assert P.parse_request(_request(None, []), limits).instances is None
+    # seed preset (working size): a 200x100 image has a 128x64 result with max_side 128
+    seed = _request([_inst(box=[0, 0, 128, 64], mask_origin=[120, 60], mask_size=[8, 4])], [bytes(32)],
+                    200, 100, {"preset": "seed", "max_side": 128})
+    assert P.parse_request(seed, limits).instances[0].mask_origin == (120, 60)
+    bad = [
+        _request("x", []), _request([5], [bytes(16)]), _request([_inst()] * 101, [bytes(16)] * 101),
+        _request([_inst()], []), _request([_inst()], [bytes(16)] * 2), _request([_inst()], [bytes(15)]),
+        _request([_inst(class_id=True)], [bytes(16)]), _request([_inst(class_id=-1)], [bytes(16)]),
+        _request([_inst(class_name=None)], [bytes(16)]), _request([_inst(class_name="x" * 65)], [bytes(16)]),
+        _request([_inst(score=1.5)], [bytes(16)]), _request([_inst(score="1")], [bytes(16)]),
+        _request([_inst(box=[1, 1, 4])], [bytes(16)]), _request([_inst(box=[5, 1, 4, 5])], [bytes(16)]),
+        _request([_inst(box=[1, 1, 8.5, 5])], [bytes(16)]), _request([_inst(box=[-1, 1, 4, 5])], [bytes(16)]),
+        _request([_inst(box=[1, 1, 4, "5"])], [bytes(16)]),
+        _request([_inst(mask_origin=[5, 1])], [bytes(16)]), _request([_inst(mask_origin=[-1, 0])], [bytes(16)]),
+        _request([_inst(mask_origin=[1.0, 1])], [bytes(16)]), _request([_inst(mask_size=[4, -4])], [b""]),
+        _request([_inst(mask_size=[4, 4, 1])], [bytes(16)]),
+        _request([_inst(mask_origin=[0, 0], mask_size=[9, 1])], [bytes(9)]),
+        _request([_inst(box=[0, 0, 200, 100], mask_origin=[0, 0], mask_size=[8, 4])], [bytes(32)],
+                 200, 100, {"preset": "seed", "max_side": 128}),
+    ]
+    for i, frames in enumerate(bad):
+        with pytest.raises(P.ProtocolError) as ei:
+            P.parse_request(frames, limits)
+        assert ei.value.code == "bad_request" and (ei.value.req_id, ei.value.job) == ("r", "j"), i

@@ -7,7 +7,6 @@ Models are loaded once per :class:`Pipeline` (on first use) and reused for every
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import replace
@@ -272,7 +271,9 @@ class _Job:
         sx, sy = out_w / ww, out_h / wh
         kept, boxes = [], []
         for g in instances:
-            box = (_unscale(g.box[0], sx), _unscale(g.box[1], sy), _unscale(g.box[2], sx), _unscale(g.box[3], sy))
+            # fl(fl(x * s) / s) * s == fl(x * s): the result box maps back to the detected one (or to a
+            # neighbouring float with the very same result box)
+            box = (g.box[0] / sx, g.box[1] / sy, g.box[2] / sx, g.box[3] / sy)
             crop = crop_box(box, ww, wh, self.opts.context, self.opts.square_crops)
             fitted = self.fit_mask(np.asarray(g.mask), g.mask_origin, g.class_id, g.score, box, crop)
             if fitted is not None:
@@ -379,19 +380,6 @@ class _Job:
         results = [scale_instance(i, sx, sy, out_w, out_h) for i in state.instances]
         self._lap("finish")
         return Result(image, results, state, dict(self.timings))
-
-
-def _unscale(v: float, s: float) -> float:
-    """The working coordinate ``w`` with ``w * s == v`` (the inverse of scale_instance's float product, so a
-    result box maps back to the very box that was detected), or ``v / s`` when there is none."""
-    w = up = down = v / s
-    for _ in range(3):      # the product was rounded once: the inverse is within a couple of ulps of v / s
-        if up * s == v:
-            return up
-        if down * s == v:
-            return down
-        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
-    return w
 
 
 def _resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:

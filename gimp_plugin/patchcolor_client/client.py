@@ -239,12 +239,14 @@ class Client:
 
     def colorize(self, width: int, height: int, fmt: str, pixels: InBuffer, options: dict[str, Any] | None = None,
                  progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
-                 job_id: str | None = None) -> ColorizeResult:
+                 job_id: str | None = None, instances: Sequence[Instance] | None = None) -> ColorizeResult:
         """Colorize raw pixels (``fmt`` one of protocol.PIXEL_FORMATS, 16-bit little-endian).
 
         ``options``: the CLI's option names (``{"preset": "seed", "detector": "none", ...}``). ``pixels`` is sent
-        without copying: do not modify it until this returns. Raises BackendError, BackendUnavailable,
-        JobCancelled."""
+        without copying: do not modify it until this returns. ``instances`` (e.g. an earlier result's, masks
+        possibly edited; ``mask`` is ``mask_size[0] * mask_size[1]`` bytes at ``mask_origin``, nonzero = inside):
+        colorize with these instead of running the detector (re-fuse when the server no longer has the job).
+        Raises BackendError, BackendUnavailable, JobCancelled."""
         if fmt not in P.PIXEL_FORMATS:
             raise ValueError(f"unknown pixel format {fmt!r} (one of {', '.join(P.PIXEL_FORMATS)})")
         need = P.frame_size(fmt, width, height)
@@ -253,7 +255,19 @@ class Client:
         job_id = job_id or P.new_id()
         header = {"type": P.COLORIZE, "id": P.new_id(), "job": job_id, "width": int(width), "height": int(height),
                   "format": fmt, "options": dict(options or {})}
-        return self._job(header, [pixels], progress, should_cancel)
+        data = [pixels]
+        if instances is not None:
+            header["instances"] = []
+            for i in instances:
+                if memoryview(i.mask).nbytes != i.mask_size[0] * i.mask_size[1]:
+                    raise ValueError(f"a {i.mask_size[0]}x{i.mask_size[1]} mask needs "
+                                     f"{i.mask_size[0] * i.mask_size[1]} bytes, got {memoryview(i.mask).nbytes}")
+                header["instances"].append({
+                    "class_id": int(i.class_id), "class_name": str(i.class_name), "score": float(i.score),
+                    "box": [float(v) for v in i.box], "mask_origin": [int(v) for v in i.mask_origin],
+                    "mask_size": [int(v) for v in i.mask_size]})
+                data.append(i.mask)
+        return self._job(header, data, progress, should_cancel)
 
     def refuse(self, job_id: str, masks: Sequence[InBuffer], options: dict[str, Any] | None = None,
                progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> ColorizeResult:

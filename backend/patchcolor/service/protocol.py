@@ -9,6 +9,7 @@ Frames on the ROUTER socket: ``[identity, (b"" if the peer is a REQ socket), hea
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Sequence, Union
@@ -24,7 +25,7 @@ from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one de
 
 from ..options import DEFAULT, Options, make_options
 from ..prepare import PIXEL_FORMATS as NUMPY_PIXEL_FORMATS
-from ..prepare import SourceImage
+from ..prepare import SourceImage, working_size
 
 if TYPE_CHECKING:   # patchcolor.result imports torch (through segment): not needed to parse requests
     from ..result import Result
@@ -33,6 +34,8 @@ if TYPE_CHECKING:   # patchcolor.result imports torch (through segment): not nee
 assert {k: (ch, dt.itemsize) for k, (ch, dt) in NUMPY_PIXEL_FORMATS.items()} == PIXEL_FORMATS
 
 Buffer = Union[bytes, bytearray, memoryview]
+#: How far (result pixels) a given instance's box may reach past the image: float rounding of scaled boxes.
+BOX_SLACK = 0.01
 
 
 # ----------------------------------------------------------------------------------------------------- requests
@@ -56,8 +59,25 @@ class CancelRequest:
 
 
 @dataclass
+class GivenInstance:
+    """One entry of a ``colorize`` request's ``instances`` (result pixels) with its cropped mask frame.
+
+    ``mask`` is an (h, w) uint8 view of the frame (nonzero = inside) at ``mask_origin``; it has the attributes
+    ``Pipeline.run(instances=...)`` reads (those of ``patchcolor.result.InstanceResult``)."""
+
+    class_id: int
+    class_name: str
+    score: float
+    box: tuple[float, float, float, float]
+    mask_origin: tuple[int, int]
+    mask: np.ndarray = field(repr=False)
+
+
+@dataclass
 class ColorizeRequest:
-    """``pixels`` is a zero-copy view of the received frame (keeps the ZeroMQ message alive)."""
+    """``pixels`` is a zero-copy view of the received frame (keeps the ZeroMQ message alive).
+
+    ``instances`` (optional): use these instead of the detector (re-fuse after the server lost the job)."""
 
     id: str
     job: str
@@ -66,6 +86,7 @@ class ColorizeRequest:
     format: str
     options: Options
     pixels: memoryview = field(repr=False)
+    instances: list[GivenInstance] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -210,13 +231,16 @@ def parse_request(body: Sequence[Any], limits: Limits) -> Request:
         if width * height > limits.max_pixels:
             raise ProtocolError("image_too_large", f"image is {width}x{height} = {width * height / 1e6:.1f} MP, "
                                 f"over this server's limit of {limits.max_pixels / 1e6:g} MP", req_id, job)
-        _expect_frames(data, 1, req_id, job)
+        opts = _options(h, req_id, job)
+        metas = _instance_metas(h.get("instances"), result_size(width, height, opts), req_id, job)
+        _expect_frames(data, 1 + (len(metas) if metas is not None else 0), req_id, job)
         need = frame_size(fmt, width, height)
         if len(data[0]) != need:
             raise ProtocolError("bad_request", f"pixel frame is {len(data[0])} bytes; {fmt} {width}x{height} "
                                 f"needs {need}", req_id, job)
-        opts = _options(h, req_id, job)
-        return ColorizeRequest(req_id, job, width, height, fmt, opts, _buf(data[0]))
+        given = None if metas is None else [_given_instance(m, f, i, req_id, job)
+                                            for i, (m, f) in enumerate(zip(metas, data[1:]))]
+        return ColorizeRequest(req_id, job, width, height, fmt, opts, _buf(data[0]), given)
 
     # REFUSE
     base = _job_id(h, "base_job", req_id)
@@ -224,6 +248,60 @@ def parse_request(body: Sequence[Any], limits: Limits) -> Request:
         raise ProtocolError("bad_request", f"at most {MAX_INSTANCES} mask frames", req_id, job)
     refuse_opts = _options(h, req_id, job) if h.get("options") is not None else None
     return RefuseRequest(req_id, job, base, refuse_opts, [_buf(f) for f in data])
+
+
+def result_size(width: int, height: int, opts: Options) -> tuple[int, int]:
+    """(W, H) of the result of a ``width`` x ``height`` request with ``opts`` (the working size unless
+    ``full_resolution``): the pixel space of result boxes and masks."""
+    return (width, height) if opts.full_resolution else working_size(width, height, opts.max_side)
+
+
+def _number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _instance_metas(obj: Any, size: tuple[int, int], req_id: str, job: str) -> list[dict[str, Any]] | None:
+    """Check a ``colorize`` request's ``instances`` field against the result size (W, H): every box and mask
+    window inside the image (boxes may overshoot by BOX_SLACK from float rounding). None when absent."""
+    if obj is None:
+        return None
+    if not isinstance(obj, list) or len(obj) > MAX_INSTANCES:
+        raise ProtocolError("bad_request", f"'instances' must be a list of at most {MAX_INSTANCES} objects",
+                            req_id, job)
+    w, h = size
+    for i, m in enumerate(obj):
+        def bad(what: str) -> ProtocolError:
+            return ProtocolError("bad_request", f"instance {i}: {what}", req_id, job)
+
+        if not isinstance(m, dict):
+            raise bad("must be an object")
+        if type(m.get("class_id")) is not int or not 0 <= m["class_id"] < 1 << 16:
+            raise bad("'class_id' must be an integer in [0, 65535]")
+        if not isinstance(m.get("class_name"), str) or len(m["class_name"]) > 64:
+            raise bad("'class_name' must be a string of at most 64 characters")
+        if not _number(m.get("score")) or not 0 <= m["score"] <= 1:
+            raise bad("'score' must be a number in [0, 1]")
+        box, origin, msize = m.get("box"), m.get("mask_origin"), m.get("mask_size")
+        if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)
+                and -BOX_SLACK <= box[0] <= box[2] <= w + BOX_SLACK and -BOX_SLACK <= box[1] <= box[3] <= h + BOX_SLACK):
+            raise bad(f"'box' must be [x0, y0, x1, y1] with 0 <= x0 <= x1 <= {w} and 0 <= y0 <= y1 <= {h}")
+        if not (isinstance(origin, list) and isinstance(msize, list) and len(origin) == len(msize) == 2
+                and all(type(v) is int for v in origin + msize)
+                and 0 <= origin[0] and 0 <= origin[1] and 0 <= msize[0] and 0 <= msize[1]
+                and origin[0] + msize[0] <= w and origin[1] + msize[1] <= h):
+            raise bad(f"'mask_origin' [x, y] and 'mask_size' [w, h] must be integers, the mask inside the "
+                      f"{w}x{h} result")
+    return obj
+
+
+def _given_instance(meta: dict[str, Any], frame: Any, i: int, req_id: str, job: str) -> GivenInstance:
+    mw, mh = meta["mask_size"]
+    if len(frame) != mw * mh:
+        raise ProtocolError("bad_request", f"instance {i}: mask frame is {len(frame)} bytes; a {mw}x{mh} gray8 "
+                            f"mask needs {mw * mh}", req_id, job)
+    mask = np.frombuffer(_buf(frame), np.uint8).reshape(mh, mw)
+    return GivenInstance(meta["class_id"], meta["class_name"], float(meta["score"]),
+                         tuple(float(v) for v in meta["box"]), tuple(meta["mask_origin"]), mask)  # type: ignore[arg-type]
 
 
 def _options(h: dict[str, Any], req_id: str, job: str) -> Options:

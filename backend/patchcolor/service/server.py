@@ -79,6 +79,7 @@ class Job:
     pixels: memoryview | None
     options: Any                    # patchcolor.options.Options
     masks: list[np.ndarray] | None = None      # refuse only
+    instances: list[P.GivenInstance] | None = None   # colorize with given instances instead of the detector
     fusion_state: Any = None                   # refuse only: the kept FusionState
     cancel: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"           # queued -> running -> done | cancelled
@@ -391,7 +392,7 @@ class Server:
         """Final message for a job that never reached a worker (main thread)."""
         self.jobs.pop(job.job_id, None)
         self.counters["cancelled"] += header["type"] == P.CANCELLED
-        job.pixels = job.masks = job.fusion_state = None
+        job.pixels = job.masks = job.fusion_state = job.instances = None
         self._reply(job.envelope, header)
 
     def _on_request(self, frames: list[Any]) -> None:
@@ -448,7 +449,7 @@ class Server:
             raise P.ProtocolError("duplicate_job", f"job {req.job} is already queued or running", req.id, req.job)
         if isinstance(req, P.ColorizeRequest):
             job = Job(req.job, req.id, envelope, P.COLORIZE, req.width, req.height, req.format, req.pixels,
-                      req.options)
+                      req.options, instances=req.instances)
         else:
             rec = self.cache.get(req.base_job)
             if rec is None:
@@ -531,7 +532,8 @@ class Server:
             assert job.pixels is not None
             src = SourceImage.from_buffer(job.pixels, job.width, job.height, job.format)
             if job.kind == P.COLORIZE:
-                result = pipeline.run(src, job.options, progress=progress, cancelled=job.cancel.is_set)
+                result = pipeline.run(src, job.options, progress=progress, cancelled=job.cancel.is_set,
+                                      instances=job.instances)
             else:
                 result = pipeline.refuse(src, job.fusion_state, job.masks, job.options, progress=progress,
                                          cancelled=job.cancel.is_set)
@@ -569,7 +571,7 @@ class Server:
         except Exception as e:
             self._internal_error(job, e, emit)
         finally:
-            job.pixels = job.masks = job.fusion_state = None   # the cache keeps what refuse needs
+            job.pixels = job.masks = job.fusion_state = job.instances = None   # the cache keeps what refuse needs
 
     def _internal_error(self, job: Job, e: BaseException, emit: Callable[..., None]) -> None:
         self.counters["errors"] += 1
