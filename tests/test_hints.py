@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 
+import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from skimage import color
 
 from fake_colorizers import FILE_NAMES, random_state_dict, write_colorizer_pth
+from patchcolor.colorize import load_colorizer, predict_ab
 from patchcolor.errors import BadOptions
 from patchcolor.hints import DEFAULT_SPREAD, extract_hints
 from patchcolor.options import make_options
@@ -110,6 +113,125 @@ def test_crop_maps_hints_through_the_crop_and_its_stretch():
     assert _square(mask) == (us[0] - s, vs[0] - s, us[-1] + s, vs[-1] + s)
     np.testing.assert_allclose(ab[:, vs[0], us[0]], _lab_ab(RED), atol=1e-3)   # the blue dab is outside the box
     assert h.touches(box) and not h.touches((200, 0, 300, 50)) and h.net_input((200, 0, 300, 50), 64) is None
+
+
+# -- the hint path against the reference implementation's numerics ------------------------------------------------
+
+def reference_siggraph17(sd: dict[str, torch.Tensor], input_a: torch.Tensor, input_b: torch.Tensor | None = None,
+                         mask_b: torch.Tensor | None = None) -> torch.Tensor:
+    """richzhang/colorization ``SIGGRAPHGenerator.forward`` written out functionally from the reference doc
+    (shared/reference/seed-and-models.md §2.4, §2.7) on a raw state_dict, independently of the project's module:
+    input [(L − 50)/100, a/110, b/110, mask as is], defaults input_B = 0 and mask_B = 0, output tanh × 110."""
+    def conv(x, k, stride=1, pad=1, dil=1):
+        return F.conv2d(x, sd[k + ".weight"], sd[k + ".bias"], stride, pad, dil)
+
+    def up(x, k):
+        return F.conv_transpose2d(x, sd[k + ".weight"], sd[k + ".bias"], 2, 1)
+
+    def bn(x, k):
+        return F.batch_norm(x, sd[k + ".running_mean"], sd[k + ".running_var"], sd[k + ".weight"],
+                            sd[k + ".bias"], False, 0.0, 1e-5)
+
+    def block(x, m, n_conv, dil=1):
+        for i in range(n_conv):
+            x = F.relu(conv(x, f"{m}.{2 * i}", pad=dil, dil=dil))
+        return bn(x, f"{m}.{2 * n_conv}")
+
+    if input_b is None:
+        input_b = torch.cat((input_a * 0, input_a * 0), dim=1)
+    if mask_b is None:
+        mask_b = input_a * 0
+    x = torch.cat(((input_a - 50.0) / 100.0, input_b / 110.0, mask_b), dim=1)
+    conv1_2 = block(x, "model1", 2)
+    conv2_2 = block(conv1_2[:, :, ::2, ::2], "model2", 2)
+    conv3_3 = block(conv2_2[:, :, ::2, ::2], "model3", 3)
+    x = block(conv3_3[:, :, ::2, ::2], "model4", 3)
+    x = block(block(x, "model5", 3, dil=2), "model6", 3, dil=2)
+    x = block(x, "model7", 3)
+    x = up(x, "model8up.0") + conv(conv3_3, "model3short8.0")
+    x = bn(F.relu(conv(F.relu(conv(F.relu(x), "model8.1")), "model8.3")), "model8.5")
+    x = up(x, "model9up.0") + conv(conv2_2, "model2short9.0")
+    x = bn(F.relu(conv(F.relu(x), "model9.1")), "model9.3")
+    x = up(x, "model10up.0") + conv(conv1_2, "model1short10.0")
+    x = F.leaky_relu(conv(F.relu(x), "model10.1"), 0.2)
+    return torch.tanh(F.conv2d(x, sd["model_out.0.weight"], sd["model_out.0.bias"])) * 110.0
+
+
+def ideepcolor_points(points: list[tuple[int, int, tuple]], n: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference UI's hint inputs (ideepcolor ``PointEdit.updateInput``): each (x, y, rgb) user point a
+    filled cv2.rectangle (x − w, y − w)..(x + w, y + w) of its a/b on a zero map, and of 1 on the mask."""
+    ab, mask = np.zeros((n, n, 2), np.float32), np.zeros((n, n), np.float32)
+    for x, y, rgb in points:
+        cv2.rectangle(ab, (x - w, y - w), (x + w, y + w), tuple(float(v) for v in _lab_ab(rgb)), -1)
+        cv2.rectangle(mask, (x - w, y - w), (x + w, y + w), 1.0, -1)
+    return ab.transpose(2, 0, 1).copy(), mask[None]
+
+
+@pytest.fixture(scope="module")
+def sig_weights() -> dict[str, torch.Tensor]:
+    return random_state_dict("siggraph17", seed=11)
+
+
+@pytest.fixture(scope="module")
+def sig_model(sig_weights, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sig-models")
+    torch.save(sig_weights, folder / FILE_NAMES["siggraph17"])
+    return load_colorizer("siggraph17", folder / FILE_NAMES["siggraph17"], torch.device("cpu"))
+
+
+def test_hint_path_matches_the_reference_forward_on_identical_weights(sig_weights, sig_model):
+    n, spread = 64, DEFAULT_SPREAD
+    rng = np.random.default_rng(5)
+    work = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    pts = [(10, 12, RED), (40, 50, BLUE), (61, 3, (30, 160, 60))]       # one clipped by the border
+    hm = _rgba_map(n, n, [(x, y, x + 1, y + 1, rgb, 255) for x, y, rgb in pts])
+    ours = extract_hints(hm, (n, n), (n, n), spread).net_input(None, n)
+    ref_ab, ref_mask = ideepcolor_points(pts, n, spread)
+    np.testing.assert_array_equal(ours[1], ref_mask)                    # the reference's hint layout, exactly
+    np.testing.assert_allclose(ours[0], ref_ab, atol=1e-3)
+    l_in = np.stack([work.astype(np.float32) * (100 / 255), rng.uniform(0, 100, (n, n)).astype(np.float32)])
+    got = predict_ab(sig_model, list(l_in), [(n, n), (40, 24)], hints=[ours, None], batch_size=2)
+    with torch.inference_mode():
+        la = torch.from_numpy(l_in[:, None])
+        ref_hinted = reference_siggraph17(sig_weights, la[:1], torch.from_numpy(ref_ab)[None],
+                                          torch.from_numpy(ref_mask)[None])
+        ref_auto = reference_siggraph17(sig_weights, la[1:])
+        ref_auto = F.interpolate(ref_auto, size=(40, 24), mode="bilinear", align_corners=False)
+        unhinted = reference_siggraph17(sig_weights, la[:1])
+    np.testing.assert_allclose(got[0], ref_hinted[0].numpy(), atol=2e-3)     # a/b units (±110)
+    np.testing.assert_allclose(got[1], ref_auto[0].numpy(), atol=2e-3)       # the hint-less input of a mixed batch
+    assert (ref_hinted - unhinted).abs().max().item() > 1                     # the hints do matter here
+
+
+def test_no_hints_runs_exactly_the_automatic_forward(sig_model):
+    rng = np.random.default_rng(6)
+    l_in = [rng.uniform(0, 100, (64, 64)).astype(np.float32) for _ in range(2)]
+    auto = predict_ab(sig_model, l_in, [(64, 64)] * 2)
+    for hints in (None, [None, None]):
+        for a, b in zip(auto, predict_ab(sig_model, l_in, [(64, 64)] * 2, hints=hints)):
+            np.testing.assert_array_equal(a, b)
+    with torch.inference_mode():                         # the reference's zero defaults are automatic mode
+        x = torch.from_numpy(np.stack(l_in)[:, None])
+        zeros = torch.zeros(2, 1, 64, 64)
+        np.testing.assert_allclose(sig_model(x, torch.cat([zeros, zeros], 1), zeros).numpy(),
+                                   np.stack(auto), atol=1e-4)
+
+
+def test_hints_need_siggraph17(tmp_path):
+    eccv = load_colorizer("eccv16", write_colorizer_pth("eccv16", tmp_path), torch.device("cpu"))
+    hint = (np.zeros((2, 64, 64), np.float32), np.zeros((1, 64, 64), np.float32))
+    with pytest.raises(ValueError, match="siggraph17"):
+        predict_ab(eccv, [np.zeros((64, 64), np.float32)], [(64, 64)], hints=[hint])
+
+
+@pytest.mark.parametrize("spread", [0, 4])
+def test_spread_option_changes_the_square_the_network_sees(spread):
+    hm = _rgba_map(64, 64, [(30, 30, 31, 31, RED, 255)])
+    mask = extract_hints(hm, (64, 64), (64, 64), spread).net_input(None, 64)[1]
+    np.testing.assert_array_equal(mask, ideepcolor_points([(30, 30, RED)], 64, spread)[1])
+    assert make_options("default").hint_spread == DEFAULT_SPREAD == 2
+    with pytest.raises(ValueError, match="hint_spread"):
+        make_options("default", hint_spread=5)
 
 
 # -- the pipeline on a planted SIGGRAPH17 ----------------------------------------------------------------------
