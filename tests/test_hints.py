@@ -416,3 +416,40 @@ def test_preview_proxy_is_small_and_follows_the_run(echo_pipe, src, plain):
     assert pv.image.shape == (48, 64, 3) and pv.image.dtype == np.uint8
     small = np.asarray(Image.fromarray(plain.image).resize((64, 48), Image.BOX))
     assert np.abs(pv.image.astype(int) - small).mean() < 2
+
+
+# -- hint images on the command line ------------------------------------------------------------------------------
+
+def _save(path, arr) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def test_hint_files_one_file_or_same_named_in_a_folder(tmp_path):
+    from patchcolor.hint_files import HintFiles
+
+    ins, hints = tmp_path / "in", tmp_path / "hints"
+    dab = np.zeros((20, 30, 4), np.uint8)
+    dab[5:8, 5:8] = (*RED, 255)
+    for name in ("a.jpg", "b.png", "c.png"):
+        _save(ins / name, np.full((20, 30, 3), 128, np.uint8))
+    _save(hints / "a.png", dab)                           # same stem, PNG
+    _save(hints / "b.png", dab)                           # same file name
+    files = HintFiles.from_arg(hints, [ins], 3)
+    assert files.path_for(ins / "a.jpg") == hints / "a.png" and files.path_for(ins / "b.png") == hints / "b.png"
+    assert files.path_for(ins / "c.png") is None and files.load(ins / "c.png", 10**8) is None
+    hm = files.load(ins / "a.jpg", 10**8)
+    assert hm.alpha is not None and len(extract_hints(hm, (30, 20), (30, 20))) == 1
+    one = HintFiles.from_arg(hints / "a.png", [ins / "a.jpg"], 1)
+    assert one.path_for(ins / "a.jpg") == hints / "a.png"
+    assert not HintFiles.from_arg(None, [ins], 3)
+    with pytest.raises(BadOptions, match="one hint image but there are 3 inputs"):
+        HintFiles.from_arg(hints / "a.png", [ins], 3)
+    with pytest.raises(BadOptions, match="is an input folder"):
+        HintFiles.from_arg(ins, [ins], 3)
+    with pytest.raises(BadOptions, match="no such file or folder"):
+        HintFiles.from_arg(tmp_path / "nope.png", [ins], 1)
+    (hints / "b.png").write_bytes(b"not an image")
+    from patchcolor.errors import ImageUnreadable
+    with pytest.raises(ImageUnreadable, match="hint image"):
+        files.load(ins / "b.png", 10**8)
