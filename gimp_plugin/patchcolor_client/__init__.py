@@ -1,5 +1,8 @@
-"""Client of the PatchColor colorize service (standard library + pyzmq only; used by the GIMP plug-in and by
-``patchcolor colorize --remote``). The wire protocol is documented in docs/protocol.md."""
+"""Client of the PatchColor colorize service, used by the GIMP plug-in and by ``patchcolor colorize --remote``.
+
+Standard library only: pyzmq is used when it imports, else a built-in ZMTP 3.1 transport (transport.py, zmtp.py);
+CURVE (remote, encrypted) needs pyzmq. Also here: endpoint rules (endpoint.py) and the local backend's auto-start
+and cancel watchdog (launcher.py). The wire protocol is documented in docs/protocol.md."""
 from .client import (BackendError, BackendUnavailable, Client, ColorizeResult, Instance, JobCancelled,
                      load_public_key)
 from .protocol import DEFAULT_ENDPOINT, PIXEL_FORMATS, PROTOCOL_VERSION, RESULT_FORMATS, STAGES

@@ -1,4 +1,5 @@
-"""Client of the PatchColor service (docs/protocol.md). Standard library + pyzmq only: GIMP's Python runs it.
+"""Client of the PatchColor service (docs/protocol.md). Standard library only (pyzmq used when importable, see
+transport.py): GIMP's Python runs it.
 
     from patchcolor_client import Client, BackendUnavailable
     with Client("tcp://127.0.0.1:5555", timeout_s=10) as c:
@@ -24,10 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
 
-import zmq
-import zmq.auth
-
 from . import protocol as P
+from . import transport as T
 
 BufferLike = Union[bytes, bytearray, memoryview]
 #: What may be sent: bytes, bytearray, memoryview or any C-contiguous buffer object (e.g. a numpy array).
@@ -105,7 +104,7 @@ def load_public_key(key: str | bytes | os.PathLike[str]) -> bytes:
     if isinstance(key, str) and len(key) == 40 and not os.path.exists(key):
         return key.encode("ascii")
     path = os.fsdecode(key)
-    public, _ = zmq.auth.load_certificate(path)
+    public, _ = T.load_certificate(path)
     if not public:
         raise ValueError(f"{path}: no public key in this file")
     return public
@@ -131,47 +130,31 @@ class Client:
         self._server_key = load_public_key(server_public_key) if server_public_key is not None else None
         self._client_keys: tuple[bytes, bytes] | None = None
         if client_secret_key is not None:
-            pub, sec = zmq.auth.load_certificate(os.fspath(client_secret_key))
+            pub, sec = T.load_certificate(os.fspath(client_secret_key))
             if not sec:
                 raise ValueError(f"{client_secret_key}: not a secret key file")
             self._client_keys = (pub, sec)
-        self._ctx = zmq.Context()
-        self._sock: zmq.Socket | None = None
-        self._poller = zmq.Poller()
+        self._sock: T.Dealer | None = None
         self._open()
 
     # ---------------------------------------------------------------------------------------------- socket
     def _open(self) -> None:
-        s = self._ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        if self._server_key is not None:
-            pub, sec = self._client_keys or zmq.curve_keypair()
-            s.curve_serverkey = self._server_key
-            s.curve_publickey = pub
-            s.curve_secretkey = sec
-        if "[" in self.endpoint:
-            s.setsockopt(zmq.IPV6, 1)
-        try:
-            s.connect(self.endpoint)
-        except zmq.ZMQError as e:
-            s.close(0)
-            raise BackendUnavailable(f"cannot connect to {self.endpoint!r}: {e}") from None
-        self._sock = s
-        self._poller = zmq.Poller()
-        self._poller.register(s, zmq.POLLIN)
+        try:     # pyzmq when importable, else the standard-library ZMTP dealer (transport.py)
+            self._sock = T.open_dealer(self.endpoint, self._server_key, self._client_keys)
+        except T.TransportError as e:
+            raise BackendUnavailable(str(e)) from None
 
     def _reset(self) -> None:
         """Lazy Pirate: drop the socket (and anything queued on it) and connect a fresh one."""
         if self._sock is not None:
-            self._sock.close(0)
+            self._sock.close()
             self._sock = None
         self._open()
 
     def close(self) -> None:
         if self._sock is not None:
-            self._sock.close(0)
+            self._sock.close()
             self._sock = None
-        self._ctx.term()
 
     def __enter__(self) -> "Client":
         return self
@@ -181,16 +164,16 @@ class Client:
 
     def _send(self, header: dict[str, Any], data: Sequence[Any] = (), track: bool = False) -> Any:
         assert self._sock is not None, "client is closed"
-        return self._sock.send_multipart([P.encode_header(header), *data], copy=False, track=track)
+        return self._sock.send([P.encode_header(header), *data], track=track)
 
     def _recv(self, timeout_s: float) -> tuple[dict[str, Any], list[Any]] | None:
         """One reply (header, data frames) or None after ``timeout_s``. A malformed reply is BackendError."""
-        if not self._poller.poll(max(0, int(timeout_s * 1000))):
-            return None
         assert self._sock is not None
-        frames = self._sock.recv_multipart(copy=False)
+        frames = self._sock.recv(timeout_s)
+        if frames is None:
+            return None
         try:
-            header = P.decode_header(frames[0].buffer)
+            header = P.decode_header(frames[0])
         except P.ProtocolError as e:
             raise BackendError("bad_reply", f"the server sent a malformed reply: {e.message}") from None
         if header.get("v") != P.PROTOCOL_VERSION or header.get("type") not in P.REPLY_TYPES:
@@ -339,7 +322,7 @@ class Client:
             if cancel_id is None and self._sock is not None:
                 try:
                     self._send({"type": P.CANCEL, "id": P.new_id(), "job": job_id})
-                except zmq.ZMQError:
+                except (OSError, ValueError):
                     pass
             raise
 
@@ -363,9 +346,9 @@ def _decode_result(h: dict[str, Any], frames: list[Any]) -> ColorizeResult:
             if mw < 0 or mh < 0 or len(fr) != mw * mh:
                 raise ValueError("mask frame size does not match the header")
             instances.append(Instance(int(meta["class_id"]), str(meta["class_name"]), float(meta["score"]),
-                                      (x0, y0, x1, y1), (ox, oy), (mw, mh), fr.buffer))
+                                      (x0, y0, x1, y1), (ox, oy), (mw, mh), getattr(fr, "buffer", fr)))
         timings = {str(k): float(v) for k, v in (h.get("timings") or {}).items()}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BackendError("bad_reply", f"malformed result from the server: {e!r}") from None
-    return ColorizeResult(job_id, width, height, fmt, frames[0].buffer, instances, timings,
+    return ColorizeResult(job_id, width, height, fmt, getattr(frames[0], "buffer", frames[0]), instances, timings,
                           bool(h.get("refusable", True)))
