@@ -7,9 +7,9 @@
 
 What an install writes into ``<profile>/plug-ins/colorize-patch/``:
   colorize-patch.py   the plug-in (executable; GIMP ignores it silently otherwise)
-  patchcolor_client/  the ZeroMQ client package (standard library + pyzmq)
+  patchcolor_client/  the client package (standard library; pyzmq only when GIMP's Python has it)
   config.json         backend_command (the plug-in appends ``--endpoint E`` when it is missing), endpoint, log_file
-  zmq/, pyzmq.libs/   only when GIMP's Python has no pyzmq and a wheel could be placed (see ensure_pyzmq)
+  zmq/, pyzmq.libs/   optional: a pyzmq wheel for GIMP's Python (Linux/macOS; see ensure_pyzmq)
 and, on a native Linux GIMP whose Python is /usr/bin/python3, ``<profile>/interpreters/colorize-patch.interp`` that
 pins .py plug-ins to /usr/bin/python3 (a pyenv/conda python3 first on PATH otherwise makes every Python plug-in crash).
 """
@@ -124,6 +124,13 @@ def profile_kind(profile_dir: Path, system: str | None = None) -> str:
 # Install / uninstall
 # ---------------------------------------------------------------------------------------------------------------------
 
+def _shell_quote(text: str) -> str:
+    if os.name == "nt":
+        return subprocess.list2cmdline([text])
+    import shlex
+    return shlex.quote(text)
+
+
 def _ignore(_dir, names):
     return [n for n in names if n == "__pycache__" or n.endswith((".pyc", ".pyo")) or n == "config.json"]
 
@@ -154,6 +161,8 @@ def install_plugin(profile_dir, backend_cmd: list[str], endpoint: str, log_path=
             "backend_command": [str(c) for c in backend_cmd],
             "endpoint": endpoint,
             "log_file": str(log_path) if log_path else None,
+            # named in the plug-in's messages when the backend cannot be started from inside GIMP's sandbox
+            "autostart_command": f"python3 {_shell_quote(str(HERE.parent / 'install.py'))} --autostart",
         }
         cfg.update(extra_config or {})
         (tree / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
@@ -249,19 +258,29 @@ def gimp_python(kind: str) -> tuple[list[str] | None, str]:
     return None, f"unknown GIMP kind {kind}"
 
 
-_PROBE = ("import sys, platform, sysconfig; sys.path.insert(0, sys.argv[1])\n"
-          "try:\n import zmq; z = zmq.__version__\nexcept Exception as e:\n z = ''\n"
-          "print(z); print('%d.%d' % sys.version_info[:2]); print(sysconfig.get_platform()); "
-          "print(platform.machine())")
+_PROBE = ("import json, sys, platform, sysconfig; sys.path.insert(0, sys.argv[1])\n"
+          "try:\n import zmq; z = str(zmq.__version__)\nexcept Exception:\n z = ''\n"
+          "print(json.dumps({'zmq': z, 'python': '%d.%d' % sys.version_info[:2], "
+          "'platform': sysconfig.get_platform(), 'machine': platform.machine()}))")
 
 
 def probe_python(cmd: list[str], plugin_dir: Path) -> dict | None:
-    """zmq version (''=missing), Python version, platform and machine of GIMP's Python (plug-in folder on sys.path)."""
+    """What GIMP's Python has: {"zmq": version or "" when missing, "python": "3.13", "platform", "machine"}
+    (the plug-in folder on sys.path, so a wheel placed there counts). None when it cannot be run.
+
+    The probe prints one JSON line (its last line: anything a sitecustomize prints before it is ignored), so an empty
+    zmq version can never be mistaken for a missing line."""
     r = _run(cmd + ["-c", _PROBE, str(plugin_dir)], timeout=120)
     if not r or r.returncode != 0:
         return None
-    lines = (r.stdout.strip().splitlines() + ["", "", "", ""])[:4]
-    return {"zmq": lines[0], "python": lines[1], "platform": lines[2], "machine": lines[3]}
+    for line in reversed(r.stdout.splitlines()):
+        try:
+            info = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(info, dict) and {"zmq", "python", "platform", "machine"} <= set(info):
+            return {k: str(info[k]) for k in ("zmq", "python", "platform", "machine")}
+    return None
 
 
 def _is_debian_like() -> bool:
@@ -313,51 +332,44 @@ def _unpack_wheel(wheel: Path, dest: Path):
                 os.chmod(dest / info.filename, mode)
 
 
+BUILTIN_NOTE = ("the plug-in then uses its built-in ZeroMQ transport, which is all a backend on this computer "
+                "needs; only a remote backend with CURVE keys needs pyzmq")
+
+
 def ensure_pyzmq(plugin_dir: Path, kind: str) -> tuple[bool | None, list[str]]:
-    """Make GIMP's Python able to ``import zmq``; say honestly what was done and what is left to do."""
-    msgs: list[str] = []
+    """An optimisation only: the plug-in works without pyzmq (patchcolor_client/zmtp.py). Checks GIMP's Python and,
+    on Debian/Ubuntu as root, installs python3-zmq; on Linux/macOS it may place a matching pyzmq wheel beside the
+    plug-in (never on Windows: GIMP's MSYS2 Python cannot load PyPI's win_amd64 wheels). Returns (has pyzmq, notes)."""
     cmd, desc = gimp_python(kind)
     if cmd is None:
-        return None, [f"Could not check whether GIMP's Python has pyzmq ({desc}). If Filters > Colorize (Patch) "
-                      "reports that pyzmq is missing, re-run install.py with --pyzmq-wheel FILE (a pyzmq wheel for "
-                      "GIMP's Python version and platform)."]
+        return None, [f"Could not run GIMP's Python ({desc}) to look for pyzmq; {BUILTIN_NOTE}."]
     info = probe_python(cmd, plugin_dir)
     if info is None:
-        return None, [f"Could not run GIMP's Python ({desc}) to check for pyzmq."]
+        return None, [f"Could not run GIMP's Python ({desc}) to look for pyzmq; {BUILTIN_NOTE}."]
     if info["zmq"]:
         return True, [f"GIMP's Python ({desc}, {info['python']}) imports pyzmq {info['zmq']}."]
-
+    msgs = [f"GIMP's Python ({desc}, {info['python']}) has no pyzmq; {BUILTIN_NOTE}."]
+    if kind == "linux" and _is_debian_like() and hasattr(os, "geteuid") and os.geteuid() == 0 \
+            and shutil.which("apt-get"):
+        _run(["apt-get", "install", "-y", "-q", "python3-zmq"], timeout=600,
+             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        info2 = probe_python(cmd, plugin_dir)
+        if info2 and info2["zmq"]:
+            return True, [f"Installed python3-zmq for GIMP's Python ({desc})."]
+        return False, msgs
     if kind == "linux" and _is_debian_like():
-        apt = ["apt-get", "install", "-y", "-q", "python3-zmq"]
-        if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-            r = _run(apt, timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-            info = probe_python(cmd, plugin_dir)
-            if info and info["zmq"]:
-                return True, [f"Installed python3-zmq for GIMP's Python ({desc})."]
-            msgs.append("apt-get install python3-zmq failed" + (f": {r.stderr.strip()[-300:]}" if r else ""))
-        else:
-            msgs.append("GIMP's Python (/usr/bin/python3) has no pyzmq: run `sudo apt install python3-zmq` "
-                        "(the Debian/Ubuntu package is the right one for the system's GIMP).")
-            return False, msgs
-    elif kind == "linux":
-        msgs.append("GIMP's Python (/usr/bin/python3) has no pyzmq; your distribution's package is the best fix "
-                    "(Fedora: python3-zmq, Arch: python-pyzmq, openSUSE: python3-pyzmq). Trying a wheel instead.")
-
-    platforms = _wheel_platforms(info)
+        msgs.append("Optional, for remote backends: sudo apt install python3-zmq")
+        return False, msgs
+    if kind not in ("linux", "macos"):
+        return False, msgs
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = download_pyzmq_wheel(info["python"], platforms, Path(tmp))
+        wheel = download_pyzmq_wheel(info["python"], _wheel_platforms(info), Path(tmp))
         if wheel is None:
-            msgs.append(f"GIMP's Python ({desc}, CPython {info['python']}, {info['platform']}) has no pyzmq, and no "
-                        f"matching pyzmq wheel could be downloaded (offline?). Download one on a connected machine "
-                        f"(`pip download pyzmq --only-binary=:all: --no-deps --python-version {info['python']} "
-                        f"--platform {platforms[0] if platforms else '<platform>'}`) and re-run install.py with "
-                        "--pyzmq-wheel FILE.")
             return False, msgs
         _unpack_wheel(wheel, plugin_dir)
-        msgs.append(f"Placed {wheel.name} in {plugin_dir} for GIMP's Python ({desc}).")
-    info = probe_python(cmd, plugin_dir)
-    if info and info["zmq"]:
-        msgs.append(f"GIMP's Python now imports pyzmq {info['zmq']}.")
-        return True, msgs
-    msgs.append("The unpacked pyzmq wheel does not import in GIMP's Python; install pyzmq for it by hand.")
+    info2 = probe_python(cmd, plugin_dir)
+    if info2 and info2["zmq"]:
+        return True, [f"Placed a pyzmq wheel for GIMP's Python ({desc}) in {plugin_dir}: pyzmq {info2['zmq']}."]
+    for d in list(plugin_dir.glob("pyzmq-*.dist-info")) + [plugin_dir / "zmq", plugin_dir / "pyzmq.libs"]:
+        shutil.rmtree(d, ignore_errors=True)        # a wheel that does not load would only shadow nothing
     return False, msgs

@@ -985,3 +985,39 @@ def test_watchdog_cancels_the_job_when_the_plugin_dies(backend):
     wd.proc.wait(30)
     t.join(180)
     assert isinstance(box.get("err"), JobCancelled), box
+
+
+def test_installer_pyzmq_probe_with_and_without_zmq(tmp_path):
+    """The probe must tell a Python with pyzmq from one without (it once read "imports pyzmq 3.11" for both)."""
+    sys.path.insert(0, str(REPO / "gimp_plugin"))
+    try:
+        import gimp_install
+    finally:
+        sys.path.remove(str(REPO / "gimp_plugin"))
+    import zmq
+    with_zmq = gimp_install.probe_python([sys.executable], tmp_path)
+    assert with_zmq is not None and with_zmq["zmq"] == zmq.__version__
+    assert with_zmq["python"] == "%d.%d" % sys.version_info[:2]
+    # -S: no site-packages, so this very Python has no pyzmq
+    without = gimp_install.probe_python([sys.executable, "-S"], tmp_path)
+    assert without is not None and without["zmq"] == "" and without["python"] == with_zmq["python"]
+    assert without["platform"] and without["machine"]
+    # a pyzmq placed in the plug-in folder counts (the folder is on the probe's sys.path)
+    fake = tmp_path / "zmq"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("__version__ = '0.0-fake'\n")
+    assert gimp_install.probe_python([sys.executable, "-S"], tmp_path)["zmq"] == "0.0-fake"
+    # ensure_pyzmq: without pyzmq it reports False and says the built-in transport is used, never "run install.py"
+    (fake / "__init__.py").unlink()
+    fake.rmdir()
+    real = gimp_install.gimp_python
+    try:
+        gimp_install.gimp_python = lambda kind: ([sys.executable, "-S"], "test python")
+        ok, msgs = gimp_install.ensure_pyzmq(tmp_path, "windows")
+        assert ok is False and "built-in ZeroMQ transport" in msgs[0] and "install.py" not in " ".join(msgs)
+        gimp_install.gimp_python = lambda kind: ([sys.executable], "test python")
+        ok, msgs = gimp_install.ensure_pyzmq(tmp_path, "windows")
+        assert ok is True and zmq.__version__ in msgs[0]
+    finally:
+        gimp_install.gimp_python = real
+    assert gimp_install.probe_python([sys.executable, "-c", "raise SystemExit(3)", "--"], tmp_path) is None
