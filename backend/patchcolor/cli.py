@@ -82,8 +82,14 @@ def add_colorize_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="seed: the PatchColorization method as written (≤1280 px output, hard masks); "
                         "default: full resolution, feathered masks (default)")
-    p.add_argument("--colorizer", choices=["eccv16", "siggraph17"])
-    p.add_argument("--detector", choices=["r101", "detectron2", "torchvision-v2", "none"])
+    from .registry import registry   # the one list of model names
+
+    models = registry()
+    p.add_argument("--colorizer", choices=models.choices("colorizer"),
+                   help="colorization network (default eccv16; " + ", ".join(
+                       f"{m.name}: {m.label}" for m in models.models if m.kind == "colorizer") + ")")
+    p.add_argument("--detector", choices=models.choices("detector"),
+                   help="object detector (default r101; none: whole image only)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--max-side", type=int, help="long side of the working copy (default 1280)")
