@@ -6,8 +6,9 @@ Standard library only; runs with any ``python3`` >= 3.10 (``python3 install.py -
 Steps of a plain ``python3 install.py``:
 
 1. create ``.venv`` (``python -m venv``) unless it exists (``--skip-venv``: use this interpreter instead);
-2. ``pip install -e .[test]`` into it (pinned dependencies come from pyproject.toml; nothing is upgraded, and the
-   step is skipped when pyproject.toml is unchanged since the last successful run - ``--reinstall`` forces it);
+2. ``pip install -e .[test] -c constraints.txt`` into it (pyproject.toml declares version ranges; constraints.txt
+   holds the exact tested versions; nothing is upgraded, and the step is skipped when neither file changed since
+   the last successful run - ``--reinstall`` forces it);
 3. write ``.venv/patchcolor-install.json`` (python, backend command, models folder);
 4. fetch the required weights (``--optional``: all of them) into ``models/``: resumable HTTP Range downloads into
    ``<file>.part`` with retries, checked against the catalogue before the atomic rename; or, with
@@ -275,9 +276,9 @@ class ModelOutcome:
 def _report(entry: Any, res: Any) -> None:
     if res.status == "unconfirmed":
         warn(f"{entry.file}: {res.message}")
-    elif res.prefix_algorithm and res.prefix_algorithm != entry.hash_prefix_algorithm:
+    elif res.prefix_algorithm and not entry.hash_prefix.confirmed:
         say(f"  {entry.file}: the name's prefix matched its {res.prefix_algorithm} digest "
-            f"(catalogue declares '{entry.hash_prefix_algorithm}'; recorded in verified.json)")
+            f"(catalogue declares {entry.hash_prefix.describe()}; recorded in verified.json)")
 
 
 def _accept(part: Path, final: Path, entry: Any, folder: Path) -> Any:
@@ -493,8 +494,15 @@ def ensure_venv(venv: Path) -> Path:
     return py
 
 
+CONSTRAINTS = ROOT / "constraints.txt"
+
+
 def _pyproject_hash() -> str:
-    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    """sha256 of pyproject.toml and constraints.txt together (either changing re-runs pip)."""
+    h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
+    if CONSTRAINTS.is_file():
+        h.update(CONSTRAINTS.read_bytes())
+    return h.hexdigest()
 
 
 def record_path(python: Path) -> Path:
@@ -515,8 +523,9 @@ def read_record(python: Path) -> dict[str, Any]:
 
 
 def pip_install(python: Path, reinstall: bool = False) -> None:
-    """``pip install -e .[test]`` into ``python``'s environment (no ``--upgrade``: only what is missing or
-    pinned differently changes). Skipped when pyproject.toml is unchanged and ``patchcolor`` imports."""
+    """``pip install -e .[test] -c constraints.txt`` into ``python``'s environment (no ``--upgrade``: only what
+    is missing or pinned differently changes; the constraints file pins the tested versions within
+    pyproject.toml's ranges). Skipped when neither file changed and ``patchcolor`` imports."""
     rec = read_record(python)
     if not reinstall and rec.get("pyproject_sha256") == _pyproject_hash():
         ok = subprocess.run([str(python), "-c", "import patchcolor"], check=False, capture_output=True,
@@ -525,6 +534,8 @@ def pip_install(python: Path, reinstall: bool = False) -> None:
             say("The package is already installed and pyproject.toml is unchanged (--reinstall forces pip).")
             return
     cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-e", f"{ROOT}[test]"]
+    if CONSTRAINTS.is_file():
+        cmd += ["-c", str(CONSTRAINTS)]
     say("Installing the package: " + " ".join(cmd))
     proc = subprocess.run(cmd, check=False)
     if proc.returncode != 0:
@@ -668,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     folder = resolve_models_dir(args)
     try:
-        catalog = M.load_catalog()
+        catalog = list(M.registry().files)
     except (OSError, ValueError, KeyError) as e:
         warn(f"cannot read the model catalogue: {e}")
         return EXIT_ENV

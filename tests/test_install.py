@@ -41,71 +41,24 @@ def sha256(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
+EITHER = {"algos": ("sha256", "md5"), "confirmed": False}      # Detectron2's undocumented name suffix
+
+
 def entry_for(module: Any, data: bytes, *, name: str | None = None, algo: str = "sha256", prefix: str | None = None,
-              required: bool = True, url: str = "https://example.invalid/x", **kw: Any) -> Any:
+              required: bool = True, url: str = "https://example.invalid/x", algos: tuple[str, ...] | None = None,
+              confirmed: bool = True, **kw: Any) -> Any:
     """A catalogue entry whose file name carries the real prefix of ``data`` (our own data, no weights)."""
     digest = hashlib.new("md5" if algo == "md5" else "sha256", data).hexdigest()
     prefix = prefix if prefix is not None else digest[:8]
     name = name or f"weights-{prefix}.pth"
-    return module.ModelEntry(id=kw.pop("id", "test"), role="colorizer", file=name, url=url, required=required,
-                             hash_prefix=prefix, hash_prefix_algorithm=kw.pop("hash_prefix_algorithm", algo), **kw)
+    hp = module.HashPrefix(prefix, algos or (algo,), confirmed)
+    return module.WeightFile(id=kw.pop("id", "test"), file=name, url=url, required=required, hash_prefix=hp, **kw)
 
 
 def torch_like_bytes(n: int, seed: int = 0) -> bytes:
     """Bytes framed like a torch zip checkpoint (local header ... end-of-central-directory)."""
     body = os.urandom(n) if seed == 0 else hashlib.sha256(str(seed).encode()).digest() * (n // 32)
     return b"PK\x03\x04" + body + b"PK\x05\x06" + b"\0" * 18
-
-
-# ----------------------------------------------------------------------------------------------- catalogue
-def test_catalog_is_well_formed() -> None:
-    raw = json.loads((ROOT / "models" / "catalog.json").read_text())
-    models = raw["models"]
-    ids = [m["id"] for m in models]
-    assert len(ids) == len(set(ids))
-    files = [m["file"] for m in models]
-    assert len(files) == len(set(files))
-    assert {m["id"] for m in models if m["required"]} == {"eccv16", "r101"}
-    assert {m["id"] for m in models if not m["required"]} == {"siggraph17", "torchvision-v2"}
-    for m in models:
-        assert m["url"].startswith("https://"), m["id"]
-        assert m["url"].rsplit("/", 1)[1] == m["file"], m["id"]
-        assert pm.hash_suffix_from_name(m["file"]) == m["hash_prefix"], m["id"]
-        assert pm.is_hex(m["hash_prefix"]) and len(m["hash_prefix"]) >= 6
-        assert m["hash_prefix_algorithm"] in ("sha256", "md5", "sha256|md5 (unverified)")
-        assert m["sha256"] is None or (len(m["sha256"]) == 64 and pm.is_hex(m["sha256"]))
-        if m["sha256"]:
-            assert m["sha256"].startswith(m["hash_prefix"]) or "md5" in m["hash_prefix_algorithm"]
-        assert m["size"] is None or (isinstance(m["size"], int) and m["size"] > 0)
-        if m["size"] is None:                      # unknown sizes must say so honestly, with an estimate
-            assert isinstance(m["approx_size"], int) and m["approx_size"] > 1_000_000
-        assert m.get("on_prefix_mismatch", "reject") in ("reject", "warn")
-        if m.get("on_prefix_mismatch") == "warn":  # only allowed where the algorithm is a guess
-            assert "unverified" in m["hash_prefix_algorithm"]
-    torch_hub = {m["id"]: m for m in models}
-    for mid in ("eccv16", "siggraph17", "torchvision-v2"):
-        assert torch_hub[mid]["hash_prefix_algorithm"] == "sha256"
-        assert len(torch_hub[mid]["hash_prefix"]) == 8
-
-
-def test_load_catalog_and_model_ids() -> None:
-    cat = pm.load_catalog()
-    assert all(isinstance(e, pm.ModelEntry) for e in cat)
-    by_id = {e.id: e for e in cat}
-    assert set(pm.MODEL_IDS.values()) <= set(by_id)
-    assert pm.get_entry("detectron2").file == pm.get_entry("r101").file == "model_final_a3ec72.pkl"
-    assert pm.get_entry("eccv16").prefix_algorithms == ("sha256",) and pm.get_entry("eccv16").prefix_confirmed
-    r101 = pm.get_entry("r101")
-    assert r101.prefix_algorithms == ("sha256", "md5") and not r101.prefix_confirmed
-    with pytest.raises(KeyError):
-        pm.get_entry("nope")
-
-
-def test_hash_suffix_from_name() -> None:
-    assert pm.hash_suffix_from_name("colorization_release_v2-9b330a0b.pth") == "9b330a0b"
-    assert pm.hash_suffix_from_name("maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth") == "73cbd019"
-    assert pm.hash_suffix_from_name("model_final_a3ec72.pkl") == "a3ec72"
-    assert pm.hash_suffix_from_name("weights.pth") is None
 
 
 # ----------------------------------------------------------------------------------------------- verify_file
@@ -151,10 +104,9 @@ def test_either_algorithm_prefix_is_accepted_and_reported(tmp_path: Path) -> Non
     f = tmp_path / "model_final.pkl"
     f.write_bytes(data)
     md5 = hashlib.md5(data).hexdigest()
-    either = "sha256|md5 (unverified)"
-    r = pm.verify_file(f, entry_for(pm, data, prefix=md5[:6], hash_prefix_algorithm=either))
+    r = pm.verify_file(f, entry_for(pm, data, prefix=md5[:6], **EITHER))
     assert r.ok and r.prefix_algorithm == "md5" and r.md5 == md5
-    r = pm.verify_file(f, entry_for(pm, data, prefix=sha256(data)[:6], hash_prefix_algorithm=either))
+    r = pm.verify_file(f, entry_for(pm, data, prefix=sha256(data)[:6], **EITHER))
     assert r.ok and r.prefix_algorithm == "sha256"
     # a confirmed sha256 entry does not accept an md5 prefix
     assert pm.verify_file(f, entry_for(pm, data, prefix=md5[:6], algo="sha256")).status == "corrupt"
@@ -165,7 +117,7 @@ def test_unconfirmed_algorithm_policy(tmp_path: Path) -> None:
     data = pickle.dumps({"model": {"w": os.urandom(80_000)}}, protocol=2)
     f = tmp_path / "model_final_abcdef.pkl"
     f.write_bytes(data)
-    kw: dict[str, Any] = {"name": f.name, "prefix": "abcdef", "hash_prefix_algorithm": "sha256|md5 (unverified)"}
+    kw: dict[str, Any] = {"name": f.name, "prefix": "abcdef", **EITHER}
     assert pm.verify_file(f, entry_for(pm, data, **kw)).status == "corrupt"
     warn = entry_for(pm, data, on_prefix_mismatch="warn", approx_size=len(data), **kw)
     r = pm.verify_file(f, warn)
@@ -196,25 +148,15 @@ def test_weight_path_found_alias_and_pinned_size(tmp_path: Path) -> None:
     f = tmp_path / "model_final_a3ec72.pkl"
     f.write_bytes(b"\x80\x02" + b"x" * 5000 + b".")
     assert pm.weight_path("detectron2", tmp_path) == f == pm.weight_path("r101", tmp_path)
-    res = pm.verify_file(f, pm.get_entry("r101"))           # neither prefix matches our bytes
+    res = pm.verify_file(f, pm.registry().file("r101"))           # neither prefix matches our bytes
     res.status = "unconfirmed"                               # simulate an accepted file, then pin it
-    assert pm.record_verified(tmp_path, pm.get_entry("r101"), res)
-    assert not pm.record_verified(tmp_path, pm.get_entry("r101"), res)   # an existing pin is never replaced
+    assert pm.record_verified(tmp_path, pm.registry().file("r101"), res)
+    assert not pm.record_verified(tmp_path, pm.registry().file("r101"), res)   # an existing pin is never replaced
     assert pm.load_verified(tmp_path)["model_final_a3ec72.pkl"]["sha256"] == res.sha256
     assert pm.weight_path("r101", tmp_path) == f
     f.write_bytes(b"\x80\x02.")
     with pytest.raises(WeightsCorrupt, match="install.py"):
         pm.weight_path("r101", tmp_path)
-
-
-def test_models_dir_env_and_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATCHCOLOR_MODELS", str(tmp_path / "m"))
-    assert pm.models_dir() == tmp_path / "m"
-    monkeypatch.delenv("PATCHCOLOR_MODELS")
-    assert pm.models_dir() == ROOT / "models"
-    monkeypatch.setattr(pm, "REPO_MODELS", tmp_path / "absent")
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    assert pm.models_dir() == tmp_path / "data" / "patchcolor" / "models"
 
 
 # ----------------------------------------------------------------------------------------------- downloads
@@ -382,9 +324,14 @@ def run_install(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 
 
 def write_catalog(path: Path, entries: list[Any]) -> Path:
-    keys = ("id", "role", "file", "url", "required", "hash_prefix", "hash_prefix_algorithm", "size",
-            "approx_size", "sha256", "on_prefix_mismatch")
-    path.write_text(json.dumps({"schema": 1, "models": [{k: getattr(e, k) for k in keys} for e in entries]}))
+    """A schema-2 catalogue with one colorizer model per entry (optional unless the entry is required)."""
+    keys = ("id", "file", "url", "size", "approx_size", "sha256", "on_prefix_mismatch")
+    files = [{**{k: getattr(e, k) for k in keys}, "hash_prefix": {
+        "hex": e.hash_prefix.hex, "algorithms": list(e.hash_prefix.algorithms), "confirmed": e.hash_prefix.confirmed}}
+        for e in entries]
+    models = [{"name": e.id, "kind": "colorizer", "file": e.id, "optional": not e.required, "label": e.id,
+               "builder": "patchcolor.colorize.eccv16:ECCVGenerator"} for e in entries]
+    path.write_text(json.dumps({"schema": 2, "files": files, "models": models}))
     return path
 
 
@@ -512,12 +459,6 @@ def test_gimp_step_without_installer_or_with_a_broken_one(tmp_path: Path) -> Non
     assert inst.load_gimp_installer(broken) is None
 
 
-def test_weights_corrupt_helper_names_file_and_command(tmp_path: Path) -> None:
-    err = pm.weights_corrupt("siggraph17", "missing key model1.0.weight", tmp_path)
-    assert isinstance(err, WeightsCorrupt) and err.code == "weights_corrupt"
-    assert str(tmp_path / "siggraph17-df00044c.pth") in str(err) and "python3 install.py" in str(err)
-
-
 def test_models_from_finds_files_in_a_mirrored_layout(tmp_path: Path) -> None:
     deep = tmp_path / "COCO-InstanceSegmentation" / "mask_rcnn_R_101_FPN_3x" / "138205316"
     deep.mkdir(parents=True)
@@ -534,7 +475,7 @@ def test_a_pinned_file_is_not_replaced_by_a_different_download(tmp_path: Path, s
     assert len(a) == len(b)                                  # same size: only the pinned sha256 tells them apart
     srv = serve(b)
     e = entry_for(inst.M, a, name="model_final_abcdef.pkl", prefix="abcdef", url=srv.url,
-                  hash_prefix_algorithm="sha256|md5 (unverified)", on_prefix_mismatch="warn", approx_size=len(a))
+                  on_prefix_mismatch="warn", approx_size=len(a), **EITHER)
     (tmp_path / e.file).write_bytes(a)
     first = inst.fetch_model(e, tmp_path, retries=0, retry_wait=0, progress=False)
     assert first.action == "present" and first.result.status == "unconfirmed" and srv.log == []

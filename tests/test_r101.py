@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_r101 import fake_r101_model, r101_key_shapes, write_r101_pkl, write_tv_v2_pth  # noqa: E402
 from patchcolor.errors import BadOptions, PatchColorError, WeightsCorrupt, WeightsMissing  # noqa: E402
-from patchcolor.segment import WEIGHT_FILES, filter_instances, load_detector  # noqa: E402
+from patchcolor.registry import registry  # noqa: E402
+from patchcolor.segment import filter_instances, load_detector  # noqa: E402
 from patchcolor.segment.base import DetectorSettings, Instance  # noqa: E402
 from patchcolor.segment.d2_pickle import convert_to_torchvision, read_d2_pickle, tv_to_d2_key  # noqa: E402
 from patchcolor.segment.r101 import (D2AnchorGenerator, D2RoIAlign, R101Detector, build_r101_fpn,  # noqa: E402
@@ -42,7 +43,7 @@ def tv_shapes() -> dict[str, torch.Size]:
 
 @pytest.fixture(scope="module")
 def biased_pkl(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_r101_pkl(tmp_path_factory.mktemp("r101") / WEIGHT_FILES["r101"], seed=1, bias_class=BIAS_CLASS)
+    return write_r101_pkl(tmp_path_factory.mktemp("r101") / registry().file("r101").file, seed=1, bias_class=BIAS_CLASS)
 
 
 @pytest.fixture(scope="module")
@@ -437,7 +438,7 @@ def test_torchvision_v2_detector(tmp_path: Path) -> None:
     from patchcolor.segment.tv_v2 import LABEL_TO_CLASS, TorchvisionV2Detector
 
     assert LABEL_TO_CLASS[18] == 16 and LABEL_TO_CLASS[90] == 79 and LABEL_TO_CLASS[12] == -1 and LABEL_TO_CLASS[0] == -1
-    path = write_tv_v2_pth(tmp_path / WEIGHT_FILES["torchvision-v2"], bias_label=18)   # COCO 18 = dog = class 16
+    path = write_tv_v2_pth(tmp_path / registry().file("torchvision-v2").file, bias_label=18)   # COCO 18 = dog = class 16
     det = load_detector("torchvision-v2", tmp_path, CPU)
     assert isinstance(det, TorchvisionV2Detector) and det.name == "torchvision-v2"
     det.model.transform.min_size, det.model.transform.max_size = (160,), 267   # small test resize ...

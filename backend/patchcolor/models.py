@@ -1,17 +1,17 @@
-"""The model catalogue, where the weight files live, and how a file is checked.
+"""Where each weight file is, and how a file is checked (the catalogue itself is :mod:`.registry`).
 
 This module must stay **standard-library only**: ``install.py`` loads it (without importing the ``patchcolor``
 package, i.e. before torch exists) to share the exact same verification rules.
 
-* ``models/catalog.json`` (tracked) lists every weight file: id, file name, URL, size, hash prefix and which hash
-  algorithm the prefix belongs to.
-* ``models/verified.json`` (git-ignored, written by ``install.py``) pins the full sha256 of each file the first time
-  it passed the check; later checks compare against it.
+* ``catalog.json`` (package data, read by :mod:`.registry`) lists every weight file: id, file name, URL, size and
+  a typed hash prefix (:class:`~.registry.HashPrefix`: hex, the algorithms it may prefix, confirmed or not).
+* ``<models>/verified.json`` (git-ignored, written by ``install.py``) pins the full sha256 of each file the first
+  time it passed the check; later checks compare against it.
 
 Hash prefixes: the official file names carry a hash prefix.  For the torch.hub / torchvision files
 (``colorization_release_v2-9b330a0b.pth``, ``siggraph17-df00044c.pth``, ``maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth``)
 it is the SHA-256 prefix that ``torch.hub.check_hash`` tests.  For Detectron2's ``model_final_a3ec72.pkl`` the
-algorithm is not documented (Detectron2 calls it a "commit"); the catalogue declares ``"sha256|md5 (unverified)"``:
+algorithm is not documented (Detectron2 calls it a "commit"); the catalogue declares sha256 or md5, unconfirmed:
 a match of either is accepted and recorded, and ``on_prefix_mismatch`` decides what happens when neither matches.
 """
 from __future__ import annotations
@@ -20,189 +20,67 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import WeightsCorrupt, WeightsMissing
+from . import registry as _registry
+from .registry import HashPrefix, WeightFile, corrupt_error, missing_error, models_dir, registry
 
 CHUNK = 1 << 20                      # 1 MiB streaming-hash chunks
-REPO_ROOT = Path(__file__).resolve().parents[2]
-REPO_MODELS = REPO_ROOT / "models"
-CATALOG_NAME = "catalog.json"
 VERIFIED_NAME = "verified.json"
-INSTALL_CMD = "python3 install.py"
-INSTALL_FROM_CMD = "python3 install.py --models-from DIR"
-
-#: Names the pipeline uses (``Options.colorizer`` / ``Options.detector``) -> catalogue id.
-#: ``detectron2`` (the real library) and ``r101`` (our torchvision port) read the same checkpoint file.
-MODEL_IDS: dict[str, str] = {
-    "eccv16": "eccv16",
-    "siggraph17": "siggraph17",
-    "r101": "r101",
-    "detectron2": "r101",
-    "torchvision-v2": "torchvision-v2",
-}
-COLORIZERS = ("eccv16", "siggraph17")
-DETECTORS = ("r101", "detectron2", "torchvision-v2")
 
 Status = Literal["ok", "unconfirmed", "missing", "corrupt"]
-_HEX = re.compile(r"^[0-9a-f]+$")
-_NAME_HASH = re.compile(r"[-_]([0-9a-f]{6,64})\.[A-Za-z0-9]+$")
-_KNOWN_ALGOS = ("sha256", "md5")
+
+__all__ = ["CHUNK", "VERIFIED_NAME", "HashPrefix", "Status", "WeightFile", "VerifyResult", "hash_file", "load_verified", "models_dir",
+           "record_verified", "verify_file", "verify_model", "weight_path", "weights_status"]
 
 
-# --------------------------------------------------------------------------------------------------- catalogue
-@dataclass(frozen=True)
-class ModelEntry:
-    """One weight file of the catalogue."""
-
-    id: str
-    role: str                          # "colorizer" | "detector"
-    file: str                          # file name inside the models folder
-    url: str
-    required: bool
-    hash_prefix: str                   # hex prefix carried by the official file name
-    hash_prefix_algorithm: str         # "sha256", "md5" or "sha256|md5 (unverified)"
-    size: int | None = None            # exact size in bytes, when verified
-    approx_size: int | None = None     # estimate (from parameter counts) when the exact size is unknown
-    sha256: str | None = None          # full sha256 of the official file, when known
-    on_prefix_mismatch: Literal["reject", "warn"] = "reject"
-    description: str = ""
-    notes: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def prefix_algorithms(self) -> tuple[str, ...]:
-        """The algorithms whose hex digest may start with ``hash_prefix`` (e.g. ``("sha256", "md5")``)."""
-        spec = self.hash_prefix_algorithm.split("(")[0]
-        return tuple(a.strip() for a in spec.split("|") if a.strip())
-
-    @property
-    def prefix_confirmed(self) -> bool:
-        """False when the prefix's algorithm is a guess (the declaration says ``unverified``)."""
-        return "unverified" not in self.hash_prefix_algorithm and len(self.prefix_algorithms) == 1
-
-    @property
-    def size_hint(self) -> int | None:
-        """Exact size when known, otherwise the estimate (for messages and progress only)."""
-        return self.size if self.size is not None else self.approx_size
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelEntry:
-        known = {"id", "role", "file", "url", "required", "hash_prefix", "hash_prefix_algorithm", "size",
-                 "approx_size", "sha256", "on_prefix_mismatch", "description", "notes"}
-        missing = {"id", "role", "file", "url", "required", "hash_prefix", "hash_prefix_algorithm"} - set(d)
-        if missing:
-            raise ValueError(f"catalogue entry {d.get('id', '?')!r} lacks {', '.join(sorted(missing))}")
-        return cls(**{k: d[k] for k in known if k in d}, extra={k: v for k, v in d.items() if k not in known})
-
-
-def catalog_path() -> Path:
-    """The catalogue in use: $PATCHCOLOR_CATALOG, else the repo's ``models/catalog.json``."""
-    env = os.environ.get("PATCHCOLOR_CATALOG")
-    if env:
-        return Path(env).expanduser()
-    return REPO_MODELS / CATALOG_NAME
-
-
-def load_catalog(path: Path | None = None) -> list[ModelEntry]:
-    """Read and validate the catalogue (see :func:`catalog_path`); falls back to the copy packaged with
-    ``patchcolor`` (package data ``catalog.json``) when the repo's file is absent (non-editable install)."""
-    p = Path(path) if path is not None else catalog_path()
-    if p.is_file():
-        data = json.loads(p.read_text(encoding="utf-8"))
-    else:
-        try:
-            from importlib.resources import files
-            data = json.loads((files(__package__ or "patchcolor") / CATALOG_NAME).read_text(encoding="utf-8"))
-        except Exception as exc:  # any failure means "no catalogue"
-            raise FileNotFoundError(f"model catalogue not found: {p}") from exc
-    entries = [ModelEntry.from_dict(m) for m in data["models"]]
-    ids = [e.id for e in entries]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate ids in the model catalogue {p}")
-    return entries
-
-
-def get_entry(model_id: str, catalog: Iterable[ModelEntry] | None = None) -> ModelEntry:
-    """Catalogue entry for a pipeline name or catalogue id (``detectron2`` resolves to ``r101``)."""
-    cid = MODEL_IDS.get(model_id, model_id)
-    for e in (catalog if catalog is not None else load_catalog()):
-        if e.id == cid:
-            return e
-    raise KeyError(f"unknown model {model_id!r} (known: {', '.join(sorted(MODEL_IDS))})")
-
-
-def hash_suffix_from_name(file_name: str) -> str | None:
-    """The hex hash carried by an official file name: the text after the last '-' or '_' before the extension
-    (torch.hub: ``name-<sha256 prefix>.pth``; Detectron2: ``model_final_<6 hex>.pkl``)."""
-    m = _NAME_HASH.search(file_name)
-    return m.group(1) if m else None
-
-
-# --------------------------------------------------------------------------------------------------- folders
-def _data_home() -> Path:
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-
-
-def models_dir() -> Path:
-    """Folder holding the weight files: $PATCHCOLOR_MODELS, else the repo's ``models/``, else
-    ``~/.local/share/patchcolor/models`` (a non-editable install has no repo folder)."""
-    return _default_models_dir()
-
-
-def _default_models_dir() -> Path:
-    env = os.environ.get("PATCHCOLOR_MODELS")
-    if env:
-        return Path(env).expanduser()
-    if REPO_MODELS.is_dir():
-        return REPO_MODELS
-    return _data_home() / "patchcolor" / "models"
-
-
-def _install_hint(entry: ModelEntry, folder: Path) -> str:
-    where = f" in {REPO_ROOT}" if (REPO_ROOT / "install.py").is_file() else " in the Patch Colorization source folder"
-    opt = "" if folder.resolve() == _default_models_dir().resolve() else f" --models-dir {folder}"
-    return (f"Run `{INSTALL_CMD}{opt}`{where} to download it, or `{INSTALL_FROM_CMD}{opt}` to copy it from a "
-            f"folder that already has it (or put {entry.file} from {entry.url} into {folder} yourself).")
-
-
-def weight_path(model_id: str, models_dir: Path | None = None) -> Path:
-    """Path of the weight file for ``model_id`` (pipeline name or catalogue id).
+def weight_path(model: str, models_dir: Path | None = None) -> Path:
+    """Path of the weight file for ``model`` (model name or file id) in ``models_dir`` (default folder if None).
 
     Cheap checks only (no hashing): raises :class:`WeightsMissing` when the file is absent and
     :class:`WeightsCorrupt` when its size differs from the catalogue's exact size or from the size pinned in
-    ``verified.json``.  Both messages name the file, the folder and the install command.
+    ``verified.json``.  Both messages come from the registry (file, folder, the exact install command).
     """
-    folder = Path(models_dir) if models_dir is not None else _default_models_dir()
-    entry = get_entry(model_id)
+    folder = Path(models_dir) if models_dir is not None else _registry.models_dir()
+    entry = registry().file(model)
     path = folder / entry.file
     if not path.is_file():
-        partial = path.with_name(path.name + ".part")
-        extra = " A partial download is there; the same command resumes it." if partial.exists() else ""
-        raise WeightsMissing(f"The {entry.description or entry.id} weights file {entry.file} is missing from "
-                             f"{folder}. {_install_hint(entry, folder)}{extra}")
+        raise missing_error(model, folder)
     size = path.stat().st_size
     pinned = load_verified(folder).get(entry.file)
     expected = entry.size if entry.size is not None else (pinned or {}).get("size")
     if expected is not None and size != expected:
-        raise WeightsCorrupt(f"The weights file {path} has {size} bytes instead of {expected}: it is damaged or "
-                             f"incomplete. Delete it and run `{INSTALL_CMD}` again (or `{INSTALL_FROM_CMD}`); "
-                             f"`python3 install.py --verify` checks every file.")
+        raise corrupt_error(model, path, f"{size} bytes instead of {expected}: damaged or incomplete")
     return path
 
 
-def weights_corrupt(model_id: str, reason: str, models_dir: Path | None = None) -> WeightsCorrupt:
-    """The error a loader raises when a weight file exists but cannot be used (bad keys/shapes, unreadable):
-    one sentence naming the file, the reason and the repair command."""
-    folder = Path(models_dir) if models_dir is not None else _default_models_dir()
-    entry = get_entry(model_id)
-    return WeightsCorrupt(f"The weights file {folder / entry.file} is damaged or not the official file ({reason}). "
-                          f"Delete it and run `{INSTALL_CMD}` again (or `{INSTALL_FROM_CMD}`); "
-                          f"`python3 install.py --verify` checks every file.")
+def weights_status(models_dir: Path | None = None) -> dict[str, Any]:
+    """The service's ``info`` section on weights: ``{"models_dir", "colorizers": {name: status},
+    "detectors": {name: status, "none": "ok"}, "models": [{name, kind, label, optional, file, status}]}``,
+    status "ok" | "missing" | "corrupt" (cheap checks of :func:`weight_path`: presence and size, no hashing)."""
+    from .errors import WeightsCorrupt, WeightsMissing
+    from .registry import NO_DETECTOR, describe
+
+    folder = Path(models_dir) if models_dir is not None else _registry.models_dir()
+    reg = registry()
+
+    def status(name: str) -> str:
+        try:
+            weight_path(name, folder)
+            return "ok"
+        except WeightsMissing:
+            return "missing"
+        except WeightsCorrupt:
+            return "corrupt"
+
+    found = {m.name: status(m.name) for m in reg.models}
+    return {"models_dir": str(folder),
+            "colorizers": {n: found[n] for n in reg.names("colorizer")},
+            "detectors": {**{n: found[n] for n in reg.names("detector")}, NO_DETECTOR: "ok"},
+            "models": [{**d, "status": found[d["name"]]} for d in describe(reg)]}
 
 
 # --------------------------------------------------------------------------------------------------- verification
@@ -267,7 +145,7 @@ def _plausible_structure(path: Path, size: int) -> str | None:
     return "it is neither a torch checkpoint nor a pickle file"
 
 
-def verify_file(path: Path, entry: ModelEntry, full: bool = True,
+def verify_file(path: Path, entry: WeightFile, full: bool = True,
                 recorded: Mapping[str, Any] | None = None) -> VerifyResult:
     """Check ``path`` against ``entry``.
 
@@ -291,10 +169,10 @@ def verify_file(path: Path, entry: ModelEntry, full: bool = True,
         res.message = "size ok (not hashed)"
         return res
 
-    algos = [a for a in entry.prefix_algorithms if a in _KNOWN_ALGOS] or ["sha256"]
+    algos = list(entry.hash_prefix.algorithms)
     digests = hash_file(path, ["sha256", *algos])
     res.hashed, res.sha256, res.md5 = True, digests["sha256"], digests.get("md5")
-    prefix = entry.hash_prefix.lower()
+    prefix = entry.hash_prefix.hex
     res.prefix_algorithm = next((a for a in algos if digests[a].startswith(prefix)), None)
 
     if entry.sha256 and res.sha256 != entry.sha256.lower():
@@ -313,7 +191,7 @@ def verify_file(path: Path, entry: ModelEntry, full: bool = True,
         return res
 
     shown = ", ".join(f"{a} {digests[a][:len(prefix)]}" for a in algos)
-    if entry.prefix_confirmed or entry.on_prefix_mismatch != "warn":
+    if entry.hash_prefix.confirmed or entry.on_prefix_mismatch != "warn":
         res.status, res.message = "corrupt", f"hash prefix mismatch: name says {prefix}, file has {shown}"
         return res
     # The suffix's algorithm is unknown and neither candidate matched: accept only a plausible file.
@@ -335,7 +213,7 @@ def verify_file(path: Path, entry: ModelEntry, full: bool = True,
 # --------------------------------------------------------------------------------------------------- verified.json
 def load_verified(folder: Path | None = None) -> dict[str, dict[str, Any]]:
     """``{file name: record}`` from ``<models>/verified.json`` (empty when absent or unreadable)."""
-    p = Path(folder if folder is not None else _default_models_dir()) / VERIFIED_NAME
+    p = Path(folder if folder is not None else models_dir()) / VERIFIED_NAME
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
         files = data.get("files", {})
@@ -344,7 +222,7 @@ def load_verified(folder: Path | None = None) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def record_verified(folder: Path, entry: ModelEntry, result: VerifyResult) -> bool:
+def record_verified(folder: Path, entry: WeightFile, result: VerifyResult) -> bool:
     """Pin ``result``'s sha256/size in ``<folder>/verified.json`` (atomic write). Only a hashed, usable result is
     recorded, and an existing pin is never replaced. Returns True when a new record was written."""
     if not (result.usable and result.hashed and result.sha256):
@@ -367,17 +245,14 @@ def record_verified(folder: Path, entry: ModelEntry, result: VerifyResult) -> bo
     return True
 
 
-def verify_model(model_id: str, models_dir: Path | None = None, full: bool = True,
+def verify_model(model: str, models_dir: Path | None = None, full: bool = True,
                  record: bool = False) -> VerifyResult:
-    """Verify the installed file of ``model_id`` against the catalogue and its pin; optionally pin it."""
-    folder = Path(models_dir) if models_dir is not None else _default_models_dir()
-    entry = get_entry(model_id)
+    """Verify the installed file of ``model`` (name or file id) against the catalogue and its pin; optionally
+    pin it."""
+    folder = Path(models_dir) if models_dir is not None else _registry.models_dir()
+    entry = registry().file(model)
     res = verify_file(folder / entry.file, entry, full=full, recorded=load_verified(folder).get(entry.file))
     if record:
         record_verified(folder, entry, res)
     return res
 
-
-def is_hex(s: str) -> bool:
-    """True for a non-empty lowercase hex string."""
-    return bool(_HEX.match(s))

@@ -15,8 +15,8 @@ FusionMode = Literal["seed", "feather"]
 @dataclass(frozen=True)
 class Options:
     preset: Preset = "default"
-    colorizer: str = "eccv16"            # "eccv16" | "siggraph17"
-    detector: str = "r101"               # "r101" | "detectron2" | "torchvision-v2" | "none"
+    colorizer: str = "eccv16"            # a colorizer name of the model registry (patchcolor.registry)
+    detector: str = "r101"               # a detector name of the registry, or "none"
     max_side: int = 1280                 # working-copy long side (detector, networks, fusion)
     full_resolution: bool = True         # output at the input's size (seed: output at working size)
     fusion: FusionMode = "feather"
@@ -63,14 +63,21 @@ def make_options(preset: str = "default", **overrides: Any) -> Options:
 
 
 def validate(o: Options) -> None:
-    if o.colorizer not in ("eccv16", "siggraph17"):
-        raise ValueError(f"unknown colorizer {o.colorizer!r} (eccv16, siggraph17)")
-    if o.detector not in ("r101", "detectron2", "torchvision-v2", "none"):
-        raise ValueError(f"unknown detector {o.detector!r} (r101, detectron2, torchvision-v2, none)")
+    """Raise ValueError (one sentence) for the first out-of-range field; model names come from the registry."""
+    from .registry import registry
+
+    reg = registry()
+    for kind, value in (("colorizer", o.colorizer), ("detector", o.detector)):
+        if value not in reg.choices(kind):
+            raise ValueError(f"unknown {kind} {value!r} ({', '.join(reg.choices(kind))})")
+    if o.preset not in PRESETS:
+        raise ValueError(f"unknown preset {o.preset!r} ({', '.join(PRESETS)})")
     if not 64 <= o.max_side <= 8192:
         raise ValueError("max_side must be between 64 and 8192")
     if o.fusion not in ("seed", "feather"):
         raise ValueError("fusion must be 'seed' or 'feather'")
+    if o.order not in ("score", "area"):
+        raise ValueError("order must be 'score' or 'area'")
     if not 0.0 <= o.feather <= 0.5:
         raise ValueError("feather must be between 0 and 0.5 (fraction of the box diagonal)")
     if not 0.0 <= o.saturation <= 4.0:

@@ -14,37 +14,45 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import WeightsCorrupt, WeightsMissing
+from ..errors import WeightsCorrupt
 from ..hints import HintTensors
 from ..precision import autocast
+from ..registry import corrupt_error, missing_error, registry
 from .eccv16 import ECCVGenerator
 from .siggraph17 import SIGGRAPHGenerator
 
 NET_SIZE = 256  # both networks see 256×256 inputs (the seed's stretch)
-ARCHITECTURES = {"eccv16": ECCVGenerator, "siggraph17": SIGGRAPHGenerator}
+ARCHITECTURES = {"eccv16": ECCVGenerator, "siggraph17": SIGGRAPHGenerator}   # tests check the registry's builders
 
 
 def load_colorizer(name: str, path: Path, device: torch.device) -> torch.nn.Module:
-    """Build ``name`` and load its official state_dict from ``path``; eval mode, no grad, on ``device``."""
-    model = ARCHITECTURES[name]()
+    """Build colorizer ``name`` (the registry's builder) and load its official state_dict from ``path``; eval
+    mode, no grad, on ``device``. Raises BadOptions (unknown name) or the registry's WeightsMissing /
+    WeightsCorrupt (file, folder and the exact install command)."""
+    model = registry().model(name, "colorizer").build_target()()
+    path = Path(path)
     if not path.is_file():
-        raise WeightsMissing(f"the {name} weights {path.name} are not in {path.parent}: run `python3 install.py`")
+        raise missing_error(name, path.parent)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated zip, non-tensor objects refused by weights_only
-        raise WeightsCorrupt(f"cannot read {path}: {e}. Run `python3 install.py --verify`") from None
+        raise corrupt_error(name, path, f"{type(e).__name__}: {e}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    check_state_dict(model, state, path)
+    try:
+        check_state_dict(model, state, path)
+    except WeightsCorrupt as e:
+        raise corrupt_error(name, path, e.message) from None
     model.load_state_dict(state, strict=False)  # strictness already enforced (num_batches_tracked is optional)
     model.eval().requires_grad_(False)
     return model.to(device)
 
 
 def check_state_dict(model: torch.nn.Module, state: object, path: Path) -> None:
-    """Exact keys and shapes, except that ``*.num_batches_tracked`` may be absent."""
+    """Exact keys and shapes, except that ``*.num_batches_tracked`` may be absent. Raises WeightsCorrupt with the
+    reason only (:func:`load_colorizer` words the user's message through the registry)."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsCorrupt(f"{path.name} is not a state_dict of tensors. Run `python3 install.py --verify`")
+        raise WeightsCorrupt("it is not a state_dict of tensors")
     expected = {k: v.shape for k, v in model.state_dict().items()}
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state) - optional)
@@ -53,8 +61,7 @@ def check_state_dict(model: torch.nn.Module, state: object, path: Path) -> None:
     if missing or unexpected or wrong:
         parts = [f"{label}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise WeightsCorrupt(f"{path.name} does not match the {type(model).__name__} network ({'; '.join(parts)}). "
-                             "Run `python3 install.py --verify`")
+        raise WeightsCorrupt(f"it does not match the {type(model).__name__} network: {'; '.join(parts)}")
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:

@@ -1,49 +1,48 @@
-"""Instance segmentation: the detector registry and the seed's small-box filter.
+"""Instance segmentation: detector loading (names from :mod:`patchcolor.registry`) and the seed's small-box filter.
 
-``load_detector(name, models_dir, device)`` builds one of
+``load_detector(name, models_dir, device)`` builds one of the registry's detectors
   * ``r101``           – Detectron2's R101-FPN 3x checkpoint on torchvision (default, :mod:`.r101`),
   * ``torchvision-v2`` – torchvision's Mask R-CNN R50-FPN v2 (:mod:`.tv_v2`),
   * ``detectron2``     – the same R101 checkpoint on the real detectron2 library, if installed.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..errors import BadOptions
+from ..errors import PatchColorError, WeightsCorrupt, WeightsMissing
+from ..registry import corrupt_error, missing_error, registry
 from .base import COCO_CLASSES, COCO_IDS, Detector, DetectorSettings, Instance
 
-#: detector name -> weight file name inside the models folder
-WEIGHT_FILES: dict[str, str] = {
-    "r101": "model_final_a3ec72.pkl",
-    "torchvision-v2": "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
-    "detectron2": "model_final_a3ec72.pkl",
-}
-
-__all__ = ["COCO_CLASSES", "COCO_IDS", "Detector", "DetectorSettings", "Instance", "WEIGHT_FILES",
-           "filter_instances", "load_detector"]
+__all__ = ["COCO_CLASSES", "COCO_IDS", "Detector", "DetectorSettings", "Instance", "filter_instances",
+           "load_detector"]
 
 
 def load_detector(name: str, models_dir: Path, device: torch.device) -> Detector:
-    """Build detector ``name`` with its weights from ``models_dir`` (loaded once, eval, no grad).
+    """Build detector ``name`` (the registry's builder) with its weights from ``models_dir`` (loaded once, eval,
+    no grad).
 
-    Raises BadOptions (unknown name), WeightsMissing / WeightsCorrupt (weight file), PatchColorError
-    (detectron2 not installed)."""
-    if name not in WEIGHT_FILES:
-        raise BadOptions(f"Unknown detector {name!r}; choose one of {', '.join(WEIGHT_FILES)}.")
-    path = Path(models_dir) / WEIGHT_FILES[name]
-    device = torch.device(device)
-    if name == "r101":
-        from .r101 import R101Detector
-        return R101Detector(path, device)
-    if name == "torchvision-v2":
-        from .tv_v2 import TorchvisionV2Detector
-        return TorchvisionV2Detector(path, device)
-    from .detectron2_impl import Detectron2Detector
-    return Detectron2Detector(path, device)
+    Raises BadOptions (unknown name), the registry's WeightsMissing / WeightsCorrupt (file, folder and the exact
+    install command, whatever the builder said), PatchColorError (detectron2 not installed)."""
+    reg = registry()
+    spec = reg.model(name, "detector")
+    if spec.requires and importlib.util.find_spec(spec.requires) is None:
+        fallback = next(m.name for m in reg.models if m.kind == "detector" and not m.optional)
+        raise PatchColorError(f"The {name} detector needs the {spec.requires} package, which is not installed; "
+                              f"use --detector {fallback} (the default) or install {spec.requires}.")
+    path = Path(models_dir) / spec.weights.file
+    if not path.is_file():
+        raise missing_error(name, path.parent)
+    try:
+        return spec.build_target()(path, torch.device(device))
+    except WeightsMissing:
+        raise missing_error(name, path.parent) from None
+    except WeightsCorrupt as e:
+        raise corrupt_error(name, path, e.message) from None
 
 
 def filter_instances(instances: Sequence[Instance], width: int, height: int, min_area_frac: float,
