@@ -581,22 +581,8 @@ class Server:
 
 
 def weights_info(models_dir: Path | None) -> dict[str, Any]:
-    """``{"models_dir": ..., "colorizers": {name: status}, "detectors": {name: status}}`` with status "ok",
-    "missing" or "corrupt" (cheap checks: presence and size, no hashing; see patchcolor.models.weight_path)."""
+    """The weights part of ``info``, from the model registry (names, kinds, labels for the GIMP dialog, status
+    "ok" / "missing" / "corrupt" by cheap checks): see :func:`patchcolor.models.weights_status`."""
     from .. import models
-    from ..errors import WeightsCorrupt, WeightsMissing
 
-    def status(name: str) -> str:
-        try:
-            models.weight_path(name, models_dir)
-            return "ok"
-        except WeightsMissing:
-            return "missing"
-        except WeightsCorrupt:
-            return "corrupt"
-        except Exception:   # no catalogue entry / unreadable catalogue
-            return "unknown"
-
-    folder = Path(models_dir) if models_dir is not None else models.models_dir()
-    return {"models_dir": str(folder), "colorizers": {n: status(n) for n in models.COLORIZERS},
-            "detectors": {**{n: status(n) for n in models.DETECTORS}, "none": "ok"}}
+    return models.weights_status(models_dir)
