@@ -1,0 +1,137 @@
+"""Preview benchmark (prints figures; asserts nothing): PreviewSession on a 6000×4000 layer, warm models.
+
+Random official-format weights (tests/fake_colorizers.py, a biased random R101 from tests/fake_r101.py so it
+finds objects), max_instances 4, CPU, fp32. Rows, in the order a dialog produces them:
+
+    open      PreviewSession(...) on the 24 MP layer: the 384 px proxy (cv2 INTER_AREA)
+    first     first render: working copy, detector, networks (full image + each crop), fuse, finish
+    option    a saturation / feather / order change: fuse + finish on the proxy only (the warm case)
+    hint      a colour hint painted inside one object: the full image and that crop through SIGGRAPH17
+    hint-move the hint moved: the same inputs again
+    same      the last request again (all cached)
+
+Goal (issue 10): a warm preview (models loaded, the image's detections and network outputs cached, i.e. the
+"option" row) <= 1.5 s on this 2-core CPU.
+
+    .venv/bin/python bench/bench_preview.py [--reps 3] [--side 384]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "backend"))
+
+
+def make_layer(h: int = 4000, w: int = 6000) -> np.ndarray:
+    """A 24 MP gray photo (scikit-image's astronaut, bilinear upscale)."""
+    import cv2
+    from skimage import data
+    from skimage.color import rgb2gray
+
+    base = (rgb2gray(data.astronaut()) * 255).astype(np.uint8)
+    return cv2.resize(base, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def hint_map(w: int, h: int, box: tuple[float, float, float, float], rgb=(40, 60, 230)):
+    """A transparent (h, w) hint map with one dab at the centre of ``box`` (proxy pixels)."""
+    from patchcolor.prepare import SourceImage
+
+    m = np.zeros((h, w, 4), np.uint8)
+    cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+    m[max(0, cy - 2):cy + 2, max(0, cx - 2):cx + 2] = (*rgb, 255)
+    return SourceImage(np.ascontiguousarray(m[..., :3]), np.ascontiguousarray(m[..., 3]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each warm row (median printed)")
+    ap.add_argument("--side", type=int, default=384, help="proxy long side")
+    ap.add_argument("--max-instances", type=int, default=4)
+    args = ap.parse_args()
+
+    import torch
+
+    from fake_colorizers import write_colorizer_pth
+    from fake_r101 import write_r101_pkl
+    from patchcolor.options import make_options
+    from patchcolor.pipeline import Pipeline
+    from patchcolor.precision import cpu_report
+    from patchcolor.prepare import SourceImage
+    from patchcolor.preview import PreviewSession
+
+    cpu = cpu_report()
+    print(f"CPU: {cpu.model}, {cpu.cores} cores, {cpu.isa}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory() as d:
+        models = Path(d)
+        write_colorizer_pth("eccv16", models, seed=1)
+        write_colorizer_pth("siggraph17", models, seed=2)
+        write_r101_pkl(models / "model_final_a3ec72.pkl", seed=3, bias_class=0)
+        pipe = Pipeline(models, device="cpu")
+        opts = make_options("default", colorizer="siggraph17", max_instances=args.max_instances)
+        t = time.perf_counter()
+        pipe.colorizer("siggraph17"), pipe.detector(opts.detector)
+        warm_src = SourceImage(make_layer(480, 640))
+        pipe.run(warm_src, opts)                                   # load + warm up every model
+        print(f"models loaded and warmed: {time.perf_counter() - t:.1f} s")
+
+        src = SourceImage(make_layer())
+        rows: list[tuple[str, float, str]] = []
+        t = time.perf_counter()
+        session = PreviewSession(pipe, src, long_side=args.side)
+        rows.append(("open", time.perf_counter() - t, f"proxy {session.proxy.width}x{session.proxy.height}"))
+        first = session.render(opts)
+        rows.append(("first", first.timings["total"],
+                     f"{first.instances} objects, {first.computed} network inputs; "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in first.timings.items() if k != "total")))
+
+        def timed(label: str, make, note: str = "") -> None:
+            times, pv = [], None
+            for r in range(args.reps):
+                o, hints = make(r)
+                t0 = time.perf_counter()
+                pv = session.render(o, hints=hints)
+                times.append(time.perf_counter() - t0)
+            rows.append((label, statistics.median(times),
+                         f"{pv.computed} network inputs; min {min(times):.3f} max {max(times):.3f} s {note}"))
+
+        timed("option", lambda r: (make_options("default", colorizer="siggraph17", max_instances=args.max_instances,
+                                                saturation=1.1 + 0.1 * r, feather=0.03 + 0.01 * r), None),
+              "(saturation/feather changed each time)")
+        # the hint sits in the first object; the proxy-size hint map is what the dialog sends
+        sx = session.proxy.width / src.width
+        box = first_box = (0.0, 0.0, float(src.width), float(src.height))
+        if first.instances:
+            res_box = session._found[next(iter(session._found))][0].box     # working pixels
+            wsx = session.proxy.width / session._work[opts.max_side].shape[1]
+            box = tuple(v * wsx for v in res_box)
+        else:
+            box = tuple(v * sx for v in first_box)
+        pw, ph = session.proxy.width, session.proxy.height
+        colours = [(40, 60, 230), (230, 40, 40), (40, 200, 60), (200, 200, 40)]
+        timed("hint", lambda r: (opts, hint_map(pw, ph, box, colours[r % 4])), "(hint colour changed each time)")
+        def moved(r: int) -> tuple[float, ...]:
+            d = 6 * (r + 1)
+            return box[0] + d, box[1] + d, box[2] + d, box[3] + d
+
+        timed("hint-move", lambda r: (opts, hint_map(pw, ph, moved(r), colours[0])), "(hint moved each time)")
+        timed("same", lambda r: (opts, hint_map(pw, ph, box, colours[0])))
+        print(f"{'row':10s} {'seconds':>8s}  notes")
+        for label, s, note in rows:
+            print(f"{label:10s} {s:8.3f}  {note}")
+        print(f"cache: {session.nbytes / 2**20:.1f} MiB held by the session; goal: 'option' <= 1.5 s; "
+              f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (other processes share the CPU)")
+
+
+if __name__ == "__main__":
+    main()
