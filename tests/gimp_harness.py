@@ -90,7 +90,18 @@ class Gimp3:
         return Path(dest)
 
     # ---- running --------------------------------------------------------------------------------------------------
-    def command(self, work: Workdir, batch_inner: str) -> list[str]:
+    def block_pyzmq(self, work: Workdir) -> str:
+        """A folder for PYTHONPATH whose ``zmq`` package raises ImportError (and notes each attempt in
+        out/zmq_import_blocked.txt): GIMP's Python then behaves as one without pyzmq, as on Windows or Flatpak.
+        A backend the plug-in starts does not inherit PYTHONPATH, so it still has the real pyzmq."""
+        pkg = work.host / "nozmq" / "zmq"
+        pkg.mkdir(parents=True, exist_ok=True)
+        note = work.inner_path("out", "zmq_import_blocked.txt")
+        (pkg / "__init__.py").write_text(f"open({note!r}, 'a').write('blocked\\n')\n"
+                                         "raise ImportError('pyzmq is blocked for this GIMP test')\n")
+        return work.inner_path("nozmq")
+
+    def command(self, work: Workdir, batch_inner: str, block_pyzmq: bool = False) -> list[str]:
         env = [
             f"HOME={work.inner_path('home')}",
             f"GIMP3_DIRECTORY={work.inner_path('profile')}",
@@ -101,14 +112,17 @@ class Gimp3:
             f"PATH={CLEAN_PATH}",
             "LANG=C.UTF-8",
         ]
+        if block_pyzmq:
+            env.append(f"PYTHONPATH={self.block_pyzmq(work)}")
         code = f'exec(open("{batch_inner}").read())'
         gimp = [GIMP_CONSOLE, "-i", "--batch-interpreter=python-fu-eval", "-b", code, "--quit"]
         prefix = ["chroot", str(self.root)] if self.mode == "chroot" else []
         return prefix + ["env", "-i", *env] + gimp
 
-    def run_batch(self, work: Workdir, batch_name: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(work, work.inner_path(batch_name)), capture_output=True, text=True,
-                              errors="replace", timeout=timeout)
+    def run_batch(self, work: Workdir, batch_name: str, timeout: float = 300,
+                  block_pyzmq: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(work, work.inner_path(batch_name), block_pyzmq), capture_output=True,
+                              text=True, errors="replace", timeout=timeout)
 
     def cleanup(self, work: Workdir):
         shutil.rmtree(work.host, ignore_errors=True)

@@ -143,8 +143,35 @@ def call(name, image, drawables, **props):
     vals = [res.index(i) for i in range(1, res.length())]
     return res.index(0).value_nick, vals, pdb.get_last_error()
 
+def parts(group):
+    """(Colorized layer, {mask index: mask layer}, Masks group) found by parasite, as re-fuse finds them."""
+    found = {"col": None, "masks": {}, "masks_group": None}
+    def walk(g):
+        for c in g.get_children():
+            if c.get_parasite("colorize-patch-masks") is not None:
+                found["masks_group"] = c
+            if c.is_group_layer():
+                walk(c)
+            elif c.get_parasite("colorize-patch-colorized") is not None:
+                found["col"] = c
+            elif c.get_parasite("colorize-patch-mask") is not None:
+                found["masks"][json.loads(bytes(c.get_parasite("colorize-patch-mask").get_data()))["index"]] = c
+    walk(group)
+    return found["col"], [found["masks"][i] for i in sorted(found["masks"])], found["masks_group"]
+
+def find_group(image):
+    for l in image.get_layers():
+        if l.get_parasite("colorize-patch") is not None:
+            return l
+
+def clear(layer):
+    w, h = layer.get_width(), layer.get_height()
+    layer.get_buffer().set(Gegl.Rectangle.new(0, 0, w, h), "Y' u8", bytes(w * h))
+    layer.update(0, 0, w, h)
+
 def describe(it):
     d = {"name": it.get_name(), "group": it.is_group_layer(), "visible": it.get_visible(),
+         "opacity": it.get_opacity(),
          "offsets": list(it.get_offsets()[1:]), "size": [it.get_width(), it.get_height()],
          "alpha": it.has_alpha(), "has_mask": (not it.is_group_layer()) and it.get_mask() is not None}
     if it.is_group_layer():
@@ -206,23 +233,21 @@ def colorize_case(key, image, src, **props):
     c["precision_after"] = image.get_precision().value_nick
     c["selected_after"] = [l.get_name() for l in image.get_selected_layers()]
     c["meta"] = json.loads(bytes(group.get_parasite("colorize-patch").get_data()).decode())
-    kids = group.get_children()
+    col, masks, _ = parts(group)
     rfmt = RESULT.get(fmt, fmt)
-    dump(kids[0], BABL[rfmt], key + "_colorized.raw")
-    if kids[0].get_mask() is not None:
-        dump(kids[0].get_mask(), "Y' u8", key + "_colmask.raw")
-    for i, ml in enumerate(kids[1:]):
+    dump(col, BABL[rfmt], key + "_colorized.raw")
+    if col.get_mask() is not None:
+        dump(col.get_mask(), "Y' u8", key + "_colmask.raw")
+    for i, ml in enumerate(masks):
         dump(ml, "Y' u8", "%s_mask%d.raw" % (key, i))
     return group
 
 def refuse_case(key, image, group, k, select_layer=None):
     """Clear mask layer k to black and re-fuse."""
     c = R["cases"][key]
-    kids = group.get_children()
-    ml = kids[1 + k]
-    w, h = ml.get_width(), ml.get_height()
-    ml.get_buffer().set(Gegl.Rectangle.new(0, 0, w, h), "Y' u8", bytes(w * h))
-    ml.update(0, 0, w, h)
+    col, masks, _ = parts(group)
+    ml = masks[k]
+    clear(ml)
     c["refuse_k"] = k
     ok, *sel_before = Gimp.Selection.bounds(image)
     status, vals, err = call("plug-in-colorize-patch-refuse", image, [select_layer or ml], endpoint="")
@@ -233,7 +258,7 @@ def refuse_case(key, image, group, k, select_layer=None):
     ok, *sel_after = Gimp.Selection.bounds(image)
     c["selection_before_refuse"], c["selection_after_refuse"] = sel_before, sel_after
     rfmt = RESULT.get(c["wire_format"], c["wire_format"])
-    dump(kids[0], BABL[rfmt], key + "_refused.raw")
+    dump(col, BABL[rfmt], key + "_refused.raw")
     c["tree_after_refuse"] = tree(image)
 
 def step(key, fn):
@@ -313,10 +338,61 @@ def gray8():
     img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["inputs"]["gray8_png"]))
     src = img.get_selected_layers()[0]
     group = colorize_case("gray8", img, src)
-    if group is not None and R["cases"]["gray8"]["n"] >= 1:
+    c = R["cases"]["gray8"]
+    if group is not None and c["n"] >= 1:
+        # a mask layer's eye shows it: the projection changes where the object is, and only there
+        col, masks, _ = parts(group)
+        visible(img, "gray8_vis_before.raw")
+        masks[0].set_visible(True)
+        visible(img, "gray8_vis_mask0.raw")
+        masks[0].set_visible(False)
         refuse_case("gray8", img, group, P["refuse_k"])
+    try:
+        import zmq
+        R["gimp_python_zmq"] = zmq.__version__
+    except ImportError as e:
+        R["gimp_python_zmq"] = None
     img.delete()
 step("gray8", gray8)
+
+# ---- re-fuse after XCF save/reopen and a backend restart == re-fuse without the restart
+def restart():
+    import os, time
+    c = R["cases"]["restart"] = {}
+    img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["inputs"]["gray8_png"]))
+    src = img.get_selected_layers()[0]
+    args = dict(P["dialog_args"]); args.update(endpoint=P["restart_endpoint"])
+    s, v, e = call("plug-in-colorize-patch", img, [src], **args)
+    c["colorize"] = {"status": s, "error": e}
+    if s != "success":
+        return
+    c["n"] = v[1]
+    xcf = OUT + "/restart.xcf"
+    Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(xcf), None)
+    img.delete()
+    k = P["refuse_k"]
+    def reopen_and_refuse(name):
+        im = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(xcf))
+        g = find_group(im)
+        col, masks, _ = parts(g)
+        clear(masks[k])
+        s, v, e = call("plug-in-colorize-patch-refuse", im, [masks[k]], endpoint="")
+        res = {"status": s, "error": e, "job": json.loads(bytes(g.get_parasite("colorize-patch").get_data()))["job_id"]}
+        dump(col, "R'G'B' u8", name + ".raw")
+        if s == "success":      # again, now on the job the backend made (instant path with the index map)
+            s2, v2, e2 = call("plug-in-colorize-patch-refuse", im, [g], endpoint="")
+            res["again"] = {"status": s2, "error": e2}
+            dump(col, "R'G'B' u8", name + "_again.raw")
+        im.delete()
+        return res
+    c["before"] = reopen_and_refuse("restart_before")       # the backend still has the job
+    open(OUT + "/restart_request", "w").write("1")
+    end = time.time() + 240
+    while not os.path.exists(OUT + "/restarted") and time.time() < end:
+        time.sleep(0.2)
+    c["restarted"] = os.path.exists(OUT + "/restarted")
+    c["after"] = reopen_and_refuse("restart_after")
+step("restart", restart)
 
 # ---- B: a 16-bit RGB PNG
 def rgb16():
@@ -401,36 +477,78 @@ def _wait_ping(endpoint: str, proc: subprocess.Popen, log: Path, deadline_s: flo
     raise RuntimeError(f"patchcolor serve did not answer within {deadline_s} s:\n{log.read_text()[-3000:]}")
 
 
+def _start_backend(models_dir: Path, log: Path, endpoint: str) -> subprocess.Popen:
+    """`patchcolor serve` at ``endpoint``, answering pings (or RuntimeError)."""
+    if not PATCHCOLOR.exists():
+        pytest.fail(f"{PATCHCOLOR} is missing: run install.py")
+    env = {**os.environ, "PATCHCOLOR_MODELS": str(models_dir)}
+    with open(log, "ab") as f:
+        proc = subprocess.Popen([str(PATCHCOLOR), "serve", "--endpoint", endpoint, "--device", "cpu",
+                                 "--models", str(models_dir), "--max-pixels", str(MAX_PIXELS)],
+                                stdout=f, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_ping(endpoint, proc, log, 120)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def backend(models_dir, tmp_path_factory):
     """The real backend (`patchcolor serve`) on a free loopback port, killed by PID afterwards."""
     if os.environ.get("PATCHCOLOR_GIMP_TEST_ENDPOINT"):      # use a backend that is already running
         yield os.environ["PATCHCOLOR_GIMP_TEST_ENDPOINT"]
         return
-    if not PATCHCOLOR.exists():
-        pytest.fail(f"{PATCHCOLOR} is missing: run install.py")
-    port = free_port()
-    endpoint = f"tcp://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("backend") / "serve.log"
-    env = {**os.environ, "PATCHCOLOR_MODELS": str(models_dir)}
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([str(PATCHCOLOR), "serve", "--endpoint", endpoint, "--device", "cpu",
-                                 "--models", str(models_dir), "--max-pixels", str(MAX_PIXELS)],
-                                stdout=f, stderr=subprocess.STDOUT, env=env)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = _start_backend(models_dir, tmp_path_factory.mktemp("backend") / "serve.log", endpoint)
     try:
-        _wait_ping(endpoint, proc, log, 120)
         yield endpoint
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+class Restarter:
+    """A second backend for the restart case: when the GIMP batch writes out/restart_request, it is stopped and a
+    fresh one is started on the same endpoint (it knows no job), then out/restarted is written."""
+
+    def __init__(self, models_dir: Path, log: Path, out: Path):
+        self.models_dir, self.log, self.out = models_dir, log, out
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.proc = _start_backend(models_dir, log, self.endpoint)
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            if (self.out / "restart_request").exists():
+                try:
+                    _stop(self.proc)
+                    self.proc = _start_backend(self.models_dir, self.log, self.endpoint)
+                    (self.out / "restarted").write_text("1")
+                except Exception as e:      # noqa: BLE001 - reported by the test
+                    self.error = repr(e)
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(150)
+        _stop(self.proc)
 
 
 @pytest.fixture(scope="module")
-def gimp_run(backend):
+def gimp_run(backend, models_dir):
     """Run every GIMP case in one headless GIMP start; returns (result dict, out folder, params)."""
     work = GIMP.workdir("plugin")
     out = work.host / "out"
@@ -468,13 +586,16 @@ def gimp_run(backend):
         "autostart_endpoint": f"tcp://127.0.0.1:{free_port()}", "dialog_args": DIALOG_ARGS,
         "selection": [20, 14, 44, 34], "refuse_k": 0,
     }
+    restarter = Restarter(models_dir, work.host / "restart-serve.log", out)
+    params["restart_endpoint"] = restarter.endpoint
     (work.host / "params.json").write_text(json.dumps(params))
     (work.host / "batch.py").write_text(BATCH.replace("PARAMS_PATH", repr(work.inner_path("params.json"))))
     t0 = time.monotonic()
     try:
-        proc = GIMP.run_batch(work, "batch.py", timeout=600)
+        proc = GIMP.run_batch(work, "batch.py", timeout=600, block_pyzmq=True)
     finally:
         _kill_autostarted(out)
+        restarter.close()
     elapsed = time.monotonic() - t0
     steps = ""
     if (out / "result.json").exists():
@@ -487,6 +608,9 @@ def gimp_run(backend):
         pytest.fail(f"GIMP batch failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")
     result = json.loads(result_file.read_text())
     result["_stderr"] = proc.stderr
+    result["_restart_error"] = restarter.error
+    result["_zmq_blocked"] = (out / "zmq_import_blocked.txt").read_text() if (out / "zmq_import_blocked.txt").exists() \
+        else ""
     result["_pluginrc"] = (work.host / "profile" / "pluginrc").read_text(errors="replace")
     result["_marker"] = (out / "fake_backend_starts.txt").read_text() if (out / "fake_backend_starts.txt").exists() \
         else ""
@@ -561,13 +685,14 @@ def expected(gimp_run, backend):
                 continue
             w, h = cs["src_size"]
             job = cs["meta"]["job_id"]
+            tok = {"token": cs["meta"]["token"]} if cs["meta"].get("token") else {}
             masks = [(out / f"{key}_mask{i}.raw").read_bytes() for i in range(cs["n"])]
-            e = {"reuse": bytes(c.refuse(job, masks).pixels)}
+            e = {"reuse": bytes(c.refuse(job, masks, **tok).pixels)}
             if "refuse_k" in cs:
                 cleared = list(masks)
                 cleared[cs["refuse_k"]] = bytes(w * h)
-                e["refused"] = bytes(c.refuse(job, cleared).pixels)
-                e["full_colour"] = bytes(c.refuse(job, [bytes(w * h)] * len(masks)).pixels)
+                e["refused"] = bytes(c.refuse(job, cleared, **tok).pixels)
+                e["full_colour"] = bytes(c.refuse(job, [bytes(w * h)] * len(masks), **tok).pixels)
             if key == "gray8":
                 r = c.colorize(w, h, cs["wire_format"], (out / f"{key}_src.raw").read_bytes(), OPTIONS)
                 e.update(pixels=bytes(r.pixels), masks=[bytes(i.full_mask(w, h)) for i in r.instances],
@@ -630,8 +755,8 @@ def test_autostart_starts_one_local_backend(gimp_run):
     runs = case(gimp_run, "autostart")["runs"]
     for r in runs:
         assert r["status"] == "execution-error", r
-        assert r["error"].startswith("The colorize backend cannot find its model weights"), r["error"]
-        assert "run: python3 install.py" in r["error"]
+        assert r["error"].startswith("The colorize backend cannot find model weights"), r["error"]
+        assert "python3 install.py --optional" in r["error"] and "--models-dir" in r["error"]
         assert r["tree_same"] and r["base"] == "gray"
     assert gimp_run[0]["_marker"].count("started") == 1, "the backend must be started exactly once"
 
@@ -651,14 +776,21 @@ def _check_structure(cs, name_of_parent, expected_names):
     assert cs["group_pos"] == cs["src_pos_before"] and cs["src_pos_after"] == cs["src_pos_before"] + 1
     g = cs["group"]
     assert g["name"] == "Colorize (Patch)" and g["group"] and g["visible"]
-    kids = g["children"]
+    top = g["children"]
+    # "Masks" (visible group, hidden 50 % mask layers) above "Colorized": turning a mask's eye on shows it
+    assert [k["name"] for k in top] == (["Masks", "Colorized"] if expected_names else ["Colorized"])
+    col = top[-1]
+    assert col["visible"] and col["size"] == [w, h] and col["offsets"] == [ox, oy] and not col["group"]
+    kids = top[0]["children"] if expected_names else []
+    if expected_names:
+        assert top[0]["group"] and top[0]["visible"]
     names = [k["name"] for k in kids]
     assert len(set(names)) == len(names)
-    assert [_unique_suffix_removed(n) for n in names] == ["Colorized"] + expected_names
-    assert kids[0]["visible"] and kids[0]["size"] == [w, h] and kids[0]["offsets"] == [ox, oy]
-    for m in kids[1:]:
+    assert [_unique_suffix_removed(n) for n in names] == expected_names
+    for m in kids:
         assert not m["visible"] and m["size"] == [w, h] and m["offsets"] == [ox, oy] and not m["alpha"], m
-    assert cs["n"] == len(kids) - 1 == len(cs["meta"]["instances"])
+        assert abs(m["opacity"] - 50.0) < 0.01, m
+    assert cs["n"] == len(kids) == len(cs["meta"]["instances"])
     assert cs["meta"]["format"] == cs["wire_format"] and cs["meta"]["job_id"]
 
 
@@ -721,8 +853,56 @@ def test_gray8_png(gimp_run, expected):
     assert cs["base_before"] == "gray" and cs["base_after"] == "rgb"
     assert cs["precision_after"] == cs["precision_before"]
     assert cs["selected_after"] == ["Colorize (Patch)"]
-    assert not cs["group"]["children"][0]["has_mask"]
+    assert not cs["group"]["children"][-1]["has_mask"]
     _check_pixels(gimp_run[1], "gray8", cs, expected["gray8"], l_tol=1.0)
+
+
+@needs_gimp
+def test_a_mask_layer_shows_when_its_eye_is_turned_on(gimp_run):
+    out = gimp_run[1]
+    cs = case(gimp_run, "gray8", colorized=True)
+    w, h = cs["src_size"]
+    before = raw(out, "gray8_vis_before.raw", (h, w, 4)).astype(int)
+    shown = raw(out, "gray8_vis_mask0.raw", (h, w, 4)).astype(int)
+    mask = raw(out, "gray8_mask0.raw", (h, w)) > 0
+    diff = np.abs(shown - before)[..., :3].max(axis=-1)
+    assert (diff[mask] > 0).mean() > 0.9, "the object does not show"
+    # 50 % white over the image inside, 50 % black outside: both visible, and the photo still shows through
+    assert shown[..., :3][mask].mean() > before[..., :3][mask].mean()
+    assert shown[..., :3][~mask].mean() < before[..., :3][~mask].mean()
+
+
+@needs_gimp
+def test_gimp_python_runs_without_pyzmq(gimp_run):
+    """The GIMP run blocks `import zmq` for every plug-in: all cases above used the built-in ZMTP transport."""
+    result = gimp_run[0]
+    assert result.get("gimp_python_zmq", "missing") is None, "GIMP's Python could import zmq"
+    assert "blocked" in result["_zmq_blocked"], "the plug-in never tried pyzmq"
+    assert case(gimp_run, "gray8")["status"] == "success"
+
+
+@needs_gimp
+def test_refuse_after_xcf_reopen_and_backend_restart(gimp_run):
+    result, out, params = gimp_run
+    cs = case(gimp_run, "restart")
+    assert result["_restart_error"] is None, result["_restart_error"]
+    assert cs["colorize"]["status"] == "success", cs["colorize"]["error"]
+    assert cs["n"] >= 1 and cs["restarted"]
+    b, a = cs["before"], cs["after"]
+    assert b["status"] == "success", b["error"]
+    assert a["status"] == "success", a["error"]
+    assert a["job"] != b["job"], "after the restart the group must point at the backend's new job"
+    w, h = 96, 80
+    before = raw(out, "restart_before.raw", (h, w, 3)).astype(np.float64)
+    after = raw(out, "restart_after.raw", (h, w, 3)).astype(np.float64)
+    mse = float(((before - after) ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    print(f"\n[test_gimp_plugin] re-fuse after restart vs without: PSNR {psnr:.1f} dB", file=sys.stderr)
+    assert psnr >= 50.0, psnr
+    # and the next re-fuse (instant, on the new job, through the index map) gives the same again
+    assert a["again"]["status"] == "success", a["again"]["error"]
+    again = raw(out, "restart_after_again.raw", (h, w, 3)).astype(np.int64)
+    assert int(np.abs(again - after).max()) <= 1
 
 
 @needs_gimp
@@ -739,9 +919,8 @@ def test_rgba_layer_with_offsets_in_a_group(gimp_run, expected):
     assert cs["wire_format"] == "rgba8" and cs["src_offsets"] == [9, 6] and cs["src_size"] == [72, 56]
     _check_structure(cs, "Photos", _meta_names(cs))
     assert cs["src_pos_before"] == 0
-    top = [l["name"] for l in cs["group"]["children"]]
-    assert top[0] == "Colorized"
-    assert cs["group"]["children"][0]["alpha"]
+    assert cs["group"]["children"][-1]["name"] == "Colorized"
+    assert cs["group"]["children"][-1]["alpha"]
     _check_pixels(gimp_run[1], "rgba_group", cs, expected["rgba_group"], l_tol=1.0)
 
 
@@ -750,7 +929,7 @@ def test_selection(gimp_run, expected):
     result, out, params = gimp_run
     cs = case(gimp_run, "selection", colorized=True)
     _check_structure(cs, None, _meta_names(cs))
-    assert cs["group"]["children"][0]["has_mask"], "Colorized needs a layer mask from the selection"
+    assert cs["group"]["children"][-1]["has_mask"], "Colorized needs a layer mask from the selection"
     _check_pixels(out, "selection", cs, expected["selection"], l_tol=1.0)
     W, H = cs["src_size"]
     x, y, w, h = params["selection"]
@@ -809,8 +988,9 @@ def test_refuse_after_clearing_one_mask(gimp_run, expected):
     _check_refuse(out, "gray8", cs, expected["gray8"])
     assert cs["refuse_n"] == cs["n"] - 1 and cs["refuse_layer"] == "Colorized"
     # nothing else changed in the layer tree (same layers, mask layers stay hidden)
-    names = [c["name"] for c in cs["tree_after_refuse"][0]["children"]]
-    assert names == [c["name"] for c in cs["group"]["children"]]
+    after = cs["tree_after_refuse"][0]["children"]
+    assert [c["name"] for c in after] == [c["name"] for c in cs["group"]["children"]]
+    assert after[0]["name"] == "Masks" and not any(m["visible"] for m in after[0]["children"])
 
 
 @needs_gimp
@@ -836,7 +1016,7 @@ def test_float_image_is_sent_as_16_bit(gimp_run):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# backend auto-start logic, without GIMP (the plug-in module imports without gi)
+# backend auto-start logic and the thin plug-in, without GIMP
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _plugin_module():
@@ -846,31 +1026,53 @@ def _plugin_module():
     return mod
 
 
+def _launcher():
+    from patchcolor_client import launcher
+    return launcher
+
+
+def test_plugin_has_no_copy_of_the_client_rules():
+    """One client, one copy of the rules: the plug-in re-implements none of them (issue 9, point 7)."""
+    mod = _plugin_module()
+    for name in ("frame_size", "result_format", "full_mask", "validate_result", "is_local_endpoint",
+                 "ensure_backend", "_spawn_backend", "_FileLock", "Watchdog", "_WATCHDOG"):
+        assert not hasattr(mod, name), name
+    text = PLUGIN_FILE.read_text()
+    assert "import zmq" not in text and "subprocess" not in text
+    assert mod.DEFAULT_ENDPOINT == mod.P.DEFAULT_ENDPOINT
+    assert mod.resolve_endpoint("", {"endpoint": "tcp://127.0.0.1:7000"}) == "tcp://127.0.0.1:7000"
+    assert mod.resolve_endpoint(" tcp://[::1]:1 ", {"endpoint": "x"}) == "tcp://[::1]:1"
+    assert mod.resolve_endpoint("", {}, "tcp://127.0.0.1:9") == "tcp://127.0.0.1:9"
+    assert mod.resolve_endpoint("", {}) == mod.P.DEFAULT_ENDPOINT
+
+
+def test_crop_mask():
+    mod = _plugin_module()
+    w, h = 7, 5
+    frame = bytearray(w * h)
+    frame[1 * w + 2] = 200
+    frame[3 * w + 4] = 255
+    frame[2 * w + 3] = 100            # below 50 %: outside
+    origin, size, data = mod.crop_mask(bytes(frame), w, h)
+    assert origin == (2, 1) and size == (3, 3)
+    assert data == bytes([255, 0, 0, 0, 0, 0, 0, 0, 255])
+    assert mod.crop_mask(bytes(w * h), w, h) is None
+
+
 def test_autostart_never_starts_two(models_dir, tmp_path, monkeypatch):
     """Two plug-ins asking at once for a dead local endpoint start exactly one real `patchcolor serve`."""
-    mod = _plugin_module()
-    monkeypatch.setattr(mod.tempfile, "gettempdir", lambda: str(tmp_path))
+    L = _launcher()
+    monkeypatch.setattr(L.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setenv("PATCHCOLOR_MODELS", str(models_dir))
-    Client = _client()
     spawned = []
-    real_spawn = mod._spawn_backend
+    real_spawn = L.spawn_backend
 
-    def spawn(cmd, log_file):
-        p = real_spawn(cmd, log_file)
+    def spawn(cmd, log_file, cfg, endpoint):
+        p = real_spawn(cmd, log_file, cfg, endpoint)
         spawned.append(p)
         return p
-    monkeypatch.setattr(mod, "_spawn_backend", spawn)
-
-    def ping(endpoint, timeout_s):
-        c = Client(endpoint, timeout_s=timeout_s, retries=0)
-        try:
-            c.ping(timeout_s)
-            return True
-        except Exception:
-            return False
-        finally:
-            c.close()
-
+    monkeypatch.setattr(L, "spawn_backend", spawn)
+    ping = L.default_ping()
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = {"backend_command": [str(PATCHCOLOR), "serve", "--device", "cpu"], "log_file": str(tmp_path / "b.log"),
            "ping_timeout_s": 0.5, "start_timeout_s": 120}
@@ -878,7 +1080,7 @@ def test_autostart_never_starts_two(models_dir, tmp_path, monkeypatch):
 
     def worker():
         try:
-            results.append(mod.ensure_backend(endpoint, True, cfg, ping, texts.append))
+            results.append(L.ensure_backend(endpoint, True, cfg, ping, texts.append))
         except Exception as e:          # noqa: BLE001
             errors.append(e)
     threads = [threading.Thread(target=worker) for _ in range(2)]
@@ -890,10 +1092,10 @@ def test_autostart_never_starts_two(models_dir, tmp_path, monkeypatch):
         assert not errors, errors
         assert sorted(results) == [False, True], results     # one started it, the other found it running
         assert len(spawned) == 1
-        assert mod.STARTING_TEXT in texts
+        assert L.STARTING_TEXT in texts
         assert ping(endpoint, 2.0)
         # a third call finds it up and starts nothing
-        assert mod.ensure_backend(endpoint, True, cfg, ping) is False and len(spawned) == 1
+        assert L.ensure_backend(endpoint, True, cfg, ping) is False and len(spawned) == 1
     finally:
         for p in spawned:
             p.send_signal(signal.SIGTERM)
@@ -904,22 +1106,30 @@ def test_autostart_never_starts_two(models_dir, tmp_path, monkeypatch):
 
 
 def test_autostart_rules_without_a_backend(tmp_path, monkeypatch):
-    mod = _plugin_module()
-    monkeypatch.setattr(mod.tempfile, "gettempdir", lambda: str(tmp_path))
+    L = _launcher()
+    monkeypatch.setattr(L.tempfile, "gettempdir", lambda: str(tmp_path))
     dead = lambda endpoint, timeout_s: False      # noqa: E731
-    cfg = {"backend_command": [sys.executable, "-c", "import sys; sys.exit(3)"], "log_file": str(tmp_path / "l")}
-    with pytest.raises(mod.PluginError, match="not an address on this computer"):
-        mod.ensure_backend("tcp://10.1.2.3:5555", True, cfg, dead)
-    with pytest.raises(mod.PluginError, match="automatic start is turned off"):
-        mod.ensure_backend("tcp://127.0.0.1:9", False, cfg, dead)
-    with pytest.raises(mod.PluginError, match="no backend command is recorded"):
-        mod.ensure_backend("tcp://127.0.0.1:9", True, {}, dead)
-    with pytest.raises(mod.PluginError, match=r"stopped while starting \(exit code 3\)"):
-        mod.ensure_backend("tcp://127.0.0.1:9", True, cfg, dead)
-    assert mod.backend_command(cfg, "tcp://127.0.0.1:9")[-2:] == ["--endpoint", "tcp://127.0.0.1:9"]
-    for ep, local in (("tcp://127.0.0.1:5555", True), ("tcp://localhost:1", True), ("tcp://[::1]:5", True),
-                      ("ipc:///tmp/x", True), ("tcp://192.168.1.2:5555", False), ("tcp://gpu-box:5555", False)):
-        assert mod.is_local_endpoint(ep) is local, ep
+    cfg = {"backend_command": [sys.executable, "-c", "import sys; sys.exit(3)"], "log_file": str(tmp_path / "l"),
+           "autostart_command": "python3 /x/install.py --autostart"}
+    with pytest.raises(L.LaunchError, match="not an address on this computer"):
+        L.ensure_backend("tcp://10.1.2.3:5555", True, cfg, dead)
+    with pytest.raises(L.LaunchError, match="not an address on this computer"):   # looks local, is a host name
+        L.ensure_backend("tcp://127.example.com:5555", True, cfg, dead)
+    with pytest.raises(L.LaunchError, match="automatic start is turned off") as ei:
+        L.ensure_backend("tcp://127.0.0.1:9", False, cfg, dead)
+    assert "--endpoint tcp://127.0.0.1:9" in str(ei.value) and "/x/install.py --autostart" in str(ei.value)
+    with pytest.raises(L.LaunchError, match="no backend command is recorded"):
+        L.ensure_backend("tcp://127.0.0.1:9", True, {}, dead)
+    with pytest.raises(L.LaunchError, match=r"stopped while starting \(exit code 3\)"):
+        L.ensure_backend("tcp://127.0.0.1:9", True, cfg, dead)
+    # the command cannot run (a sandboxed GIMP cannot see the venv): the exact manual command and --autostart
+    missing = {**cfg, "backend_command": [str(tmp_path / "no-such-venv" / "patchcolor"), "serve"]}
+    with pytest.raises(L.LaunchError) as ei:
+        L.ensure_backend("tcp://127.0.0.1:9", True, missing, dead)
+    msg = str(ei.value)
+    assert "Could not start the colorize backend" in msg and "serve --endpoint tcp://127.0.0.1:9" in msg
+    assert "/x/install.py --autostart" in msg and "Run install.py again" not in msg
+    assert L.backend_command(cfg, "tcp://127.0.0.1:9")[-2:] == ["--endpoint", "tcp://127.0.0.1:9"]
 
 
 def test_installer_layout(tmp_path):
@@ -960,9 +1170,12 @@ def test_watchdog_cancels_the_job_when_the_plugin_dies(backend):
     """GIMP cancels a plug-in by killing it: the watchdog's pipe closes without "done" and it cancels the job."""
     import uuid
     from patchcolor_client.client import JobCancelled
-    mod = _plugin_module()
+    L = _launcher()
     Client = _client()
+    from patchcolor_client import protocol as CP
     job = uuid.uuid4().hex
+    token = CP.new_token() if hasattr(CP, "new_token") else None
+    tok = {"token": token} if token else {}
     w, h = 768, 576
     pixels = np.clip(np.rint(photo(h, w) * 255), 0, 255).astype(np.uint8).tobytes()
     started, box = threading.Event(), {}
@@ -971,15 +1184,15 @@ def test_watchdog_cancels_the_job_when_the_plugin_dies(backend):
         c = Client(backend, timeout_s=60)
         try:
             box["res"] = c.colorize(w, h, "gray8", pixels, OPTIONS, job_id=job,
-                                    progress=lambda *a: started.set())
+                                    progress=lambda *a: started.set(), **tok)
         except Exception as e:      # noqa: BLE001
             box["err"] = e
         finally:
             c.close()
     t = threading.Thread(target=run)
     t.start()
-    wd = mod.Watchdog(backend, None)
-    wd.job(job)
+    wd = L.Watchdog(backend, None)
+    wd.job(job, token)
     assert started.wait(60), "the job did not start"
     wd.proc.stdin.close()           # what the plug-in's death looks like to the watchdog
     wd.proc.wait(30)

@@ -288,8 +288,9 @@ class Watchdog:
         except OSError:
             self.proc = None                # no watchdog: cancelling then relies on the backend noticing
 
-    def job(self, job_id: str) -> None:
-        self._send(f"job {job_id}\n")
+    def job(self, job_id: str, token: str | None = None) -> None:
+        """The job to cancel if the plug-in dies (``token``: its secret, needed by servers that bind jobs)."""
+        self._send(f"job {job_id} {token or ''}".rstrip() + "\n")
 
     def done(self) -> None:
         self._send("done\n")
@@ -312,20 +313,20 @@ class Watchdog:
 
 
 def watchdog_main(endpoint: str, key: str | None, lines: Any = None) -> int:
-    """Read ``job ID`` / ``done`` lines from stdin; at EOF without ``done``, cancel the last job. Exit code 0."""
-    job = None
+    """Read ``job ID [TOKEN]`` / ``done`` lines from stdin; at EOF without ``done``, cancel the last job."""
+    job, token = None, None
     for line in (lines if lines is not None else sys.stdin):
-        line = line.strip()
-        if line.startswith("job "):
-            job = line[4:]
-        elif line == "done":
+        words = line.split()
+        if len(words) in (2, 3) and words[0] == "job":
+            job, token = words[1], (words[2] if len(words) == 3 else None)
+        elif words == ["done"]:
             return 0
     if job:
         from .client import Client
         try:
             c = Client(endpoint, timeout_s=5.0, server_public_key=key or None)
             try:
-                c.cancel(job)
+                c.cancel(job, token) if token else c.cancel(job)
             finally:
                 c.close()
         except Exception as e:      # noqa: BLE001 - the plug-in is gone: stderr is all there is
