@@ -74,8 +74,12 @@ class PreviewSession:
     """One image's previews. ``render`` may be called from several threads (one at a time runs)."""
 
     def __init__(self, pipe: Pipeline, src: SourceImage, long_side: int = PROXY_SIDE,
-                 cache_bytes: int = 256 << 20):
-        self.pipe, self.src = pipe, src
+                 cache_bytes: int = 256 << 20, keep_source: bool = True):
+        """keep_source=False: the session does not hold ``src`` (a service request's frame); every
+        :meth:`render` is then given the same image again (``src=``)."""
+        self.pipe = pipe
+        self.src: SourceImage | None = src if keep_source else None
+        self.size = (src.width, src.height)
         self.proxy = make_proxy(src, long_side)
         self.cache_bytes = cache_bytes
         self._work: dict[int, np.ndarray] = {}
@@ -90,15 +94,21 @@ class PreviewSession:
                    + sum(i.mask.nbytes for f in self._found.values() for i in f))
 
     def render(self, opts: Options, hints: SourceImage | None = None, progress: ProgressFn | None = None,
-               cancelled: CancelFn | None = None) -> Preview:
+               cancelled: CancelFn | None = None, src: SourceImage | None = None) -> Preview:
         """The result of ``pipe.run(src, opts, hints=hints)`` at proxy size, 8-bit.
 
         hints: a colour-hint map at the image's size or any scaled copy (the proxy's size is enough for a
         preview and fastest; a full run maps the full-size map, so crops may then differ by a working pixel).
+        src:   the session's image again (needed when it was made with keep_source=False).
         """
+        src = src if src is not None else self.src
+        if src is None:
+            raise ValueError("this preview session keeps no image: pass src")
+        if (src.width, src.height) != self.size:
+            raise ValueError(f"the image is {src.width}x{src.height}, the session's is {self.size[0]}x{self.size[1]}")
         with self._lock:
             t0 = time.perf_counter()
-            job = _Job(self.pipe, self.src, opts, progress, cancelled)
+            job = _Job(self.pipe, src, opts, progress, cancelled)
             work = self._work.get(job.opts.max_side)
             if work is None:
                 work = self._work[job.opts.max_side] = job.prepare()
