@@ -13,7 +13,10 @@ Steps of a plain ``python3 install.py``:
 4. fetch the required weights (``--optional``: all of them) into ``models/``: resumable HTTP Range downloads into
    ``<file>.part`` with retries, checked against the catalogue before the atomic rename; or, with
    ``--models-from DIR``, hard-link/copy them from an offline folder, checked the same way;
-5. install the GIMP plug-in into every GIMP 3 profile found (or each ``--gimp-profile DIR``).
+5. install the GIMP plug-in into every GIMP 3 profile found (or each ``--gimp-profile DIR``);
+6. with ``--autostart``: register the backend as a login service (``patchcolor service install``: a systemd user
+   unit, a macOS LaunchAgent or a Windows Startup entry; loopback only, models loaded on the first job), so the
+   plug-in finds it whatever sandbox GIMP runs in. ``--uninstall`` removes the plug-in and that service.
 
 Exit codes:
   0  everything requested is installed (or ``--verify``: every required file ok, nothing corrupt)
@@ -22,7 +25,8 @@ Exit codes:
   3  the package and its venv are installed and work, but required weights are missing (no internet?):
      the message lists each file, where to put it and its URL
   4  creating the virtual environment or installing the package failed (or a folder could not be written)
-  5  the GIMP plug-in could not be installed/uninstalled (everything else succeeded)
+  5  the GIMP plug-in (or the --autostart login service) could not be installed/uninstalled (everything else
+     succeeded)
 130 interrupted (a partial download is kept and resumed next time)
 CI runs ``python3 install.py --no-models`` (exit 0 without network).
 """
@@ -617,13 +621,26 @@ def gimp_step(args: argparse.Namespace, backend_cmd: list[str] | None,
                 msgs = list(getattr(res, "messages", None) or [f"GIMP plug-in installed in {prof}"])
                 for line in msgs:
                     say(f"GIMP: {line}")
-                if getattr(res, "pyzmq_ok", None) is False:
-                    warn(f"GIMP's Python in {prof} cannot import zmq yet; the plug-in will say so when run "
-                         "(see the messages above)")
         except Exception as e:  # noqa: BLE001 - report every profile, never a traceback
             failed = True
             warn(f"GIMP plug-in {'removal' if args.uninstall else 'installation'} failed for {prof}: {e}")
     return EXIT_GIMP if failed else EXIT_OK
+
+
+def service_step(python: Path, action: str, args: argparse.Namespace, folder: Path) -> int:
+    """``patchcolor service install|uninstall`` in the venv's Python; 0 or EXIT_GIMP (messages printed)."""
+    if not Path(python).exists():
+        if action == "uninstall":
+            return EXIT_OK                      # no venv: no service could have been installed from it
+        warn(f"{python} does not exist: cannot register the login service")
+        return EXIT_GIMP
+    cmd = [str(python), "-m", "patchcolor.cli", "service", action, "--endpoint", args.endpoint]
+    if action == "install":
+        cmd += ["--models", str(folder), "--log", str(Path(args.log).expanduser())]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    for line in (r.stdout + r.stderr).splitlines():
+        say(f"Login service: {line}")
+    return EXIT_OK if r.returncode == 0 else EXIT_GIMP
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -655,6 +672,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     gp.add_argument("--gimp-profile", metavar="DIR", action="append", default=[],
                     help="install into this GIMP profile (repeatable; default: every GIMP 3 profile found)")
     gp.add_argument("--no-gimp", action="store_true", help="do not touch GIMP")
+    gp.add_argument("--autostart", action="store_true",
+                    help="also register the backend as a login service (systemd user unit / LaunchAgent / Windows "
+                         "Startup entry), for a GIMP that cannot start it itself (Flatpak, Snap, macOS)")
     gp.add_argument("--uninstall", action="store_true",
                     help="remove the plug-in from the profiles and exit (.venv and models/ are kept)")
     gp.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"backend endpoint (default {DEFAULT_ENDPOINT})")
@@ -662,8 +682,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.no_models and (a.models_from or a.optional):
         p.error("--no-models cannot be combined with --models-from or --optional")
-    if a.uninstall and a.no_gimp:
-        p.error("--uninstall only removes the GIMP plug-in; it cannot be combined with --no-gimp")
+    if a.uninstall and a.autostart:
+        p.error("--uninstall removes the login service too; it cannot be combined with --autostart")
     if a.models_from and not Path(a.models_from).expanduser().is_dir():
         p.error(f"--models-from: {a.models_from} is not a folder")
     return a
@@ -686,7 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verify:
         return verify_table(catalog, folder)
     if args.uninstall:
-        return gimp_step(args, None)
+        gcode = EXIT_OK if args.no_gimp else gimp_step(args, None)
+        return service_step(venv_python(VENV), "uninstall", args, folder) or gcode
 
     code = EXIT_OK
     python = Path(sys.executable)
@@ -707,6 +728,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.models_only and not args.no_gimp:
         gcode = gimp_step(args, backend_command(python))
         code = code or gcode
+
+    if args.autostart and not args.models_only:
+        code = code or service_step(python, "install", args, folder)
 
     say("")
     if code == EXIT_OK:

@@ -485,3 +485,26 @@ def test_a_pinned_file_is_not_replaced_by_a_different_download(tmp_path: Path, s
     assert (tmp_path / (e.file + ".corrupt")).read_bytes() == b     # moved aside ...
     assert out.action == "refused" and "verified" in out.detail     # ... and the download (b again) refused
     assert not (tmp_path / e.file).exists() and srv.log == [None]
+
+
+def test_autostart_registers_and_uninstall_removes_the_login_service(tmp_path: Path, monkeypatch: Any) -> None:
+    """install.py --autostart -> `patchcolor service install` in the venv: no systemd user instance runs here, so
+    the unit file is written (and the message says what would be run); --uninstall removes it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    py = Path(sys.executable)
+    args = argparse.Namespace(endpoint="tcp://127.0.0.1:5597", log=str(tmp_path / "serve.log"))
+    assert inst.service_step(py, "install", args, tmp_path / "models") == inst.EXIT_OK
+    unit = tmp_path / "cfg" / "systemd" / "user" / "patchcolor.service"
+    text = unit.read_text()
+    assert f"-m patchcolor.cli serve --endpoint tcp://127.0.0.1:5597 --models {tmp_path / 'models'}" in text
+    assert f"StandardError=append:{tmp_path / 'serve.log'}" in text
+    args.endpoint = "tcp://0.0.0.0:5597"                      # never a network-facing service
+    assert inst.service_step(py, "install", args, tmp_path / "models") == inst.EXIT_GIMP
+    args.endpoint = "tcp://127.0.0.1:5597"
+    assert inst.service_step(py, "uninstall", args, tmp_path / "models") == inst.EXIT_OK and not unit.exists()
+    assert inst.service_step(tmp_path / "no-venv" / "python", "uninstall", args, tmp_path) == inst.EXIT_OK
+    a = inst.parse_args(["--autostart", "--no-models"])
+    assert a.autostart and not a.uninstall
+    with pytest.raises(SystemExit):
+        inst.parse_args(["--autostart", "--uninstall"])
