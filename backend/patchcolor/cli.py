@@ -2,75 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
 
-import numpy as np
-
+from .batch import IMAGE_SUFFIXES, atomic_write, output_suffix, save_image, write_masks  # noqa: F401 (moved there)
 from .errors import PatchColorError
 from .options import PRESETS, make_options
 
 log = logging.getLogger("patchcolor")
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2", ".ppm", ".pgm",
-                  ".pbm", ".pnm", ".tga", ".psd", ".dib", ".jfif", ".pcx", ".sgi", ".ico", ".im", ".xbm"}
-
-
-def iter_inputs(paths: list[Path], recursive: bool) -> Iterator[tuple[Path, Path]]:
-    """(input file, output path relative to OUT without suffix) for files and folders, sorted, non-images skipped."""
-    for p in paths:
-        if p.is_dir():
-            files = sorted(f for f in (p.rglob("*") if recursive else p.iterdir()) if f.is_file())
-            for f in files:
-                if f.suffix.lower() in IMAGE_SUFFIXES:
-                    yield f, f.relative_to(p).with_suffix("")
-                elif not f.name.startswith("."):
-                    log.warning("skipping %s: not an image file", f)
-        elif p.is_file():
-            yield p, Path(p.stem)
-        else:
-            log.warning("skipping %s: no such file or folder", p)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; give the file the user's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_image(path: Path, image: np.ndarray) -> None:
-    """(H, W) / (H, W, 3|4) uint8 -> PNG via PIL; uint16 -> 16-bit PNG or TIFF via OpenCV (PIL has no RGB16)."""
-    def write(tmp: Path) -> None:
-        if image.dtype == np.uint16:
-            import cv2
-
-            bgr = image if image.ndim == 2 else image[..., [2, 1, 0, 3][: image.shape[2]]]
-            if not cv2.imwrite(str(tmp), np.ascontiguousarray(bgr)):
-                raise OSError(f"could not write {path}")
-        else:
-            from PIL import Image
-
-            Image.fromarray(image).save(tmp, format="TIFF" if path.suffix.lower() in (".tif", ".tiff") else "PNG")
-    atomic_write(path, write)
-
-
-def output_suffix(fmt: str, bit_depth: int) -> str:
-    return ".tif" if fmt == "tiff" else ".png"
 
 
 def add_colorize_parser(sub) -> argparse.ArgumentParser:
@@ -101,9 +41,18 @@ def add_colorize_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["png", "tiff"], default="png",
                    help="output file type; 16-bit inputs give 16-bit outputs in both")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    p.add_argument("--suffix", default="", metavar="TEXT",
+                   help="appended to output names (e.g. _color); required when OUT is (inside) an input folder")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="read, colorize and write one image at a time (default: decode/encode overlap the networks)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--max-pixels", type=float, default=250e6, help="refuse larger images (default 250e6)")
     p.add_argument("--models", type=Path, help="weights folder (default: models/ or $PATCHCOLOR_MODELS)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray (pip install 'patchcolor[ray]'): auto (the running cluster), ray://HOST:10001, "
+                        "or nothing (a local Ray for this run); OUT and the inputs must be on storage every node sees")
+    p.add_argument("--ray-cpus-per-worker", type=float, default=1.0, metavar="N",
+                   help="with --ray and no GPUs: CPUs (torch threads) per colorizing actor (default 1)")
     try:
         from .service.cli_serve import add_remote_arguments
         add_remote_arguments(p)
@@ -122,58 +71,55 @@ def _options(args: argparse.Namespace):
     return make_options(args.preset, **overrides)
 
 
-def write_masks(folder: Path, result, width: int, height: int) -> None:
-    """One full-size 8-bit PNG per instance (255 inside) plus instances.json (class, score, box)."""
-    meta = []
-    for k, inst in enumerate(result.instances):
-        name = f"{k:02d}_{inst.class_name.replace(' ', '-')}_{round(inst.score * 100)}.png"
-        save_image(folder / name, inst.full_mask(width, height))
-        meta.append({"file": name, "class": inst.class_name, "score": round(inst.score, 4),
-                     "box": [round(v, 2) for v in inst.box]})
-    atomic_write(folder / "instances.json", lambda t: t.write_text(json.dumps(meta, indent=1)))
-
-
 def cmd_colorize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .prepare import load_image
+    from . import batch
 
+    if getattr(args, "ray", None):
+        from .cluster import cmd_colorize_ray
+
+        return cmd_colorize_ray(args)
     opts = _options(args)
-    jobs = list(iter_inputs(args.inputs, args.recursive))
-    if not jobs:
+    plan = batch.plan_batch(args.inputs, args.output, fmt=args.format, suffix=args.suffix,
+                            overwrite=args.overwrite, masks=args.masks, recursive=args.recursive)
+    for note in plan.notes:
+        log.warning("%s", note)
+    if not plan.items and not plan.done:
         log.error("no images found in %s", ", ".join(map(str, args.inputs)))
         return 1
-    seen: dict[Path, Path] = {}
-    run = None
-    failed = done = skipped = 0
-    bar = tqdm(jobs, unit="img", disable=None)
-    for src_path, rel in bar:
-        bar.set_postfix_str(src_path.name[-30:])
-        out = args.output / rel.with_suffix(output_suffix(args.format, 8))
-        if out in seen:   # a.jpg and a.png in one folder: keep both
-            out = out.with_name(f"{rel.name}_{src_path.suffix.lstrip('.')}{out.suffix}")
-        seen[out] = src_path
-        if out.exists() and not args.overwrite:
-            skipped += 1
-            continue
-        try:
-            src = load_image(src_path, int(args.max_pixels))
-            if run is None:
-                run = _runner(args)
-            result = run(src, opts)
-            save_image(out, result.image)
-            if args.masks:
-                h, w = result.image.shape[:2]
-                write_masks(out.with_name(out.stem + "_masks"), result, w, h)
-            done += 1
-        except PatchColorError as e:
-            failed += 1
-            tqdm.write(f"error: {src_path}: {e.message}", file=sys.stderr)
-            if e.code in ("weights_missing", "weights_corrupt", "device_unavailable", "backend_unavailable"):
-                break   # every other image would fail the same way
-    log.info("%d colorized, %d already done (use --overwrite to redo), %d failed", done, skipped, failed)
-    print(f"{done} colorized, {skipped} skipped (output exists), {failed} failed -> {args.output}", file=sys.stderr)
-    return 1 if failed else 0
+    removed = batch.clean_stale_tmp(plan.out_dir)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    batch.install_sigterm_cleanup()
+    runner = None
+
+    def run(src):
+        nonlocal runner
+        if runner is None:
+            runner = _runner(args)
+        return runner(src, opts)
+
+    bar = tqdm(total=len(plan.items) + len(plan.done), unit="img", disable=None)
+
+    def on_outcome(o: batch.ItemOutcome) -> None:
+        bar.update(1)
+        bar.set_postfix_str(o.item.src.name[-30:])
+        if o.status == "failed":
+            tqdm.write(f"error: {o.item.src}: {o.message}", file=sys.stderr)
+
+    try:
+        summary = batch.run_batch(plan, run, max_pixels=int(args.max_pixels), overlap=not args.no_overlap,
+                                  on_outcome=on_outcome)
+    except SystemExit:
+        bar.close()
+        print("terminated: temporary files removed; run again to resume", file=sys.stderr)
+        raise
+    bar.close()
+    if summary.stopped:
+        print(f"stopped: {summary.stopped}", file=sys.stderr)
+    print(summary.line(plan.out_dir), file=sys.stderr)
+    return 0 if summary.ok else 1
 
 
 def _runner(args: argparse.Namespace):
