@@ -139,11 +139,25 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def iter_sources(inputs: Iterable[Path], recursive: bool, out_dir: Path, notes: list[str]
-                 ) -> list[tuple[Path, str, Path]]:
-    """(file, output name relative to OUT without extension, input root) for files and folders, sorted;
-    non-images, missing paths, our own temporary files and anything inside the output folder are skipped."""
-    found: list[tuple[Path, str, Path]] = []
+def _is_output(f: Path, rf: Path, root: Path, out_dir: Path, suffix: str) -> bool:
+    """Is this file in an input folder one of our outputs (or our state)? Inside an output folder that is not the
+    input folder: everything; in an input folder used as output folder: names ending in the suffix and their
+    mask folders."""
+    if not _inside(rf, out_dir):
+        return False
+    if out_dir != root:
+        return True
+    rel = rf.relative_to(out_dir)
+    return (STATE_DIR in rel.parts or (bool(suffix) and (_strip_ext(rf.name).endswith(suffix)
+                                                          or any(p.endswith(suffix + "_masks") for p in rel.parts[:-1]))))
+
+
+def iter_sources(inputs: Iterable[Path], recursive: bool, out_dir: Path, notes: list[str], suffix: str = ""
+                 ) -> list[tuple[Path, str, Path, bool]]:
+    """(file, output name relative to OUT without extension, input root, given as part of a folder) for files and
+    folders, sorted;
+    non-images, missing paths, our own temporary files and our outputs (see _is_output) are skipped."""
+    found: list[tuple[Path, str, Path, bool]] = []
     seen: set[Path] = set()
     for p in inputs:
         p = Path(p)
@@ -152,7 +166,8 @@ def iter_sources(inputs: Iterable[Path], recursive: bool, out_dir: Path, notes: 
             files = sorted(f for f in (p.rglob("*") if recursive else p.iterdir()) if f.is_file())
             for f in files:
                 rf = f.resolve()
-                if _inside(rf, out_dir) or f.name.startswith(TMP_PREFIX) or STATE_DIR in f.relative_to(p).parts:
+                if (f.name.startswith(TMP_PREFIX) or STATE_DIR in f.relative_to(p).parts
+                        or _is_output(f, rf, root, out_dir, suffix)):
                     continue
                 if f.suffix.lower() not in IMAGE_SUFFIXES:
                     if not f.name.startswith("."):
@@ -162,12 +177,12 @@ def iter_sources(inputs: Iterable[Path], recursive: bool, out_dir: Path, notes: 
                     seen.add(rf)
                     rel = f.relative_to(p)
                     found.append((f, str(rel.parent / _strip_ext(rel.name)) if rel.parent != Path(".")
-                                  else _strip_ext(rel.name), root))
+                                  else _strip_ext(rel.name), root, True))
         elif p.is_file():
             rp = p.resolve()
             if rp not in seen:
                 seen.add(rp)
-                found.append((p, _strip_ext(p.name), rp.parent))
+                found.append((p, _strip_ext(p.name), rp.parent, False))
         else:
             notes.append(f"skipping {p}: no such file or folder")
     return found
@@ -184,18 +199,19 @@ def plan_batch(inputs: Iterable[Path], out_dir: Path, *, fmt: str = "png", suffi
     if "/" in suffix or "\\" in suffix:
         raise BadOptions(f"the output suffix {suffix!r} must not contain a path separator")
     notes: list[str] = []
-    sources = iter_sources(inputs, recursive, out_dir, notes)
+    sources = iter_sources(inputs, recursive, out_dir, notes, suffix)
     if not suffix:
-        for _, _, root in sources:
-            if _inside(out_dir, root):
+        for _, _, root, from_folder in sources:
+            # a folder input: OUT must not be it or inside it; a file input: OUT must not be its folder
+            if out_dir == root or (from_folder and _inside(out_dir, root)):
                 raise BadOptions(f"the output folder {out_dir} is {'the' if out_dir == root else 'inside the'} "
                                  f"input folder {root}: outputs would replace or be taken for the photos; "
                                  "choose another -o folder or give the outputs a --suffix (e.g. _color)")
     _check_writable(out_dir)
     ext = output_suffix(fmt)
-    taken = {str(f.resolve()).casefold() for f, _, _ in sources}   # never write onto an input
+    taken = {str(f.resolve()).casefold() for f, _, _, _ in sources}   # never write onto an input
     items, done = [], []
-    for f, name, _ in sources:
+    for f, name, _, _ in sources:
         source = SourceId.of(f)
         for cand in _candidates(name, f.suffix.lstrip(".").lower(), suffix):
             path = out_dir / (cand + ext)
@@ -422,10 +438,14 @@ def write_item(item: BatchItem, result, compress_level: int = PNG_COMPRESS_LEVEL
     t2 = time.perf_counter()
     rec = {"source": asdict(item.source), "outputs": outputs, "masks": item.mask_dir is not None,
            "instances": len(result.instances)}
-    item.marker.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(item.marker, lambda p: p.write_text(json.dumps(rec)))
+    _write_marker(item, rec)
     t.update(masks=t1 - t0, encode=t2 - t1, marker=time.perf_counter() - t2)
     return t
+
+
+def _write_marker(item: BatchItem, rec: dict) -> None:
+    item.marker.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(item.marker, lambda p: p.write_text(json.dumps(rec)))
 
 
 def describe_os_error(e: OSError, path: Path) -> PatchColorError:
@@ -574,6 +594,9 @@ def run_batch(plan: BatchPlan, run: RunFn, *, max_pixels: int, compress_level: i
 
     def write_one(job) -> None:
         item, c, result, secs = job
+        if stop.is_set():          # the batch stopped (disk full, backend gone): not attempted
+            c.release()
+            return
         try:
             secs.update(write_item(item, result, compress_level))
             report(ItemOutcome(item, "done", seconds=secs))
