@@ -30,8 +30,17 @@ from ..prepare import SourceImage, working_size
 if TYPE_CHECKING:   # patchcolor.result imports torch (through segment): not needed to parse requests
     from ..result import Result
 
-# The client's stdlib table and prepare.py's numpy table must describe the same formats.
-assert {k: (ch, dt.itemsize) for k, (ch, dt) in NUMPY_PIXEL_FORMATS.items()} == PIXEL_FORMATS
+
+def check_pixel_tables(numpy_table: Any = NUMPY_PIXEL_FORMATS, wire_table: Any = PIXEL_FORMATS) -> None:
+    """The client's stdlib table (channels, bytes per sample) and prepare.py's numpy table must describe the same
+    formats. Raises RuntimeError (checked at import, also under ``python -O``, unlike an ``assert``)."""
+    derived = {k: (ch, np.dtype(dt).itemsize) for k, (ch, dt) in numpy_table.items()}
+    if derived != dict(wire_table):
+        raise RuntimeError(f"pixel format tables disagree: prepare.PIXEL_FORMATS gives {derived}, "
+                           f"the wire protocol's PIXEL_FORMATS {dict(wire_table)}")
+
+
+check_pixel_tables()
 
 Buffer = Union[bytes, bytearray, memoryview]
 #: How far (result pixels) a given instance's box may reach past the image: float rounding of scaled boxes.
