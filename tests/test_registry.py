@@ -212,3 +212,40 @@ def test_install_py_reads_the_same_registry() -> None:
     out = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT / "install.py")], check=True,
                          capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == str([(f.id, f.required) for f in R.registry().files])
+
+
+# ----------------------------------------------------------------------------------------------- small items
+def test_validate_checks_every_choice_field_including_order() -> None:
+    from dataclasses import replace
+
+    from patchcolor.options import DEFAULT, make_options, validate
+
+    assert make_options(order="score").order == "score"
+    for field_name, bad in (("order", "random"), ("preset", "fast"), ("colorizer", "nope"), ("detector", "yolo")):
+        with pytest.raises(ValueError, match=field_name):
+            validate(replace(DEFAULT, **{field_name: bad}))
+
+
+def test_pixel_format_tables_are_checked_even_under_python_O() -> None:
+    """The two pixel-format tables (client stdlib / prepare.py numpy) are compared by a real check, not an
+    ``assert`` that ``python -O`` strips."""
+    import numpy as np
+    from patchcolor.service import protocol as P
+
+    P.check_pixel_tables()
+    with pytest.raises(RuntimeError, match="disagree"):
+        P.check_pixel_tables(wire_table={**P.PIXEL_FORMATS, "gray8": (1, 2)})
+    code = ("import numpy as np, patchcolor.prepare as p; "
+            "p.PIXEL_FORMATS = dict(p.PIXEL_FORMATS, gray8=(1, np.dtype(np.uint16))); "
+            "import patchcolor.service.protocol")
+    r = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "pixel format tables disagree" in r.stderr, r.stderr
+    assert np.dtype(np.uint16).itemsize == 2
+
+
+def test_no_dead_stage_list_in_the_pipeline() -> None:
+    """The stage names live in the protocol (progress messages); pipeline.STAGES was an unused second copy."""
+    import patchcolor.pipeline as pipeline
+    from patchcolor.service import protocol as P
+
+    assert not hasattr(pipeline, "STAGES") and P.STAGES == ("prepare", "segment", "colorize", "fuse", "finish")

@@ -35,7 +35,6 @@ from .segment.base import DetectorSettings, Instance
 ProgressFn = Callable[[str, float], None]   # (stage name, fraction 0..1 within the stage)
 CancelFn = Callable[[], bool]               # True -> stop at the next stage/batch boundary (raises Cancelled)
 
-STAGES = ("prepare", "segment", "colorize", "fuse", "finish")
 log = logging.getLogger("patchcolor")
 
 
