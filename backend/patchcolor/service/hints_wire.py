@@ -145,7 +145,7 @@ def preview_message(req_id: str, job: str, preview: Any, v: int) -> tuple[dict[s
     from .protocol import image_to_wire
 
     fmt, pixels = image_to_wire(preview.image)
-    header = {"v": v, "type": "result", "id": req_id, "job": job, "preview": True,
+    header = {"v": v, "type": "result", "id": req_id, "job": job, "preview": True, "refusable": False,
               "width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "format": fmt, "instances": [],
               "n_instances": int(preview.instances), "hints": int(preview.hints), "computed": int(preview.computed),
               "timings": {str(k): round(float(t), 4) for k, t in preview.timings.items()}}
