@@ -198,6 +198,7 @@ def test_every_loader_message_comes_from_the_registry(tmp_path: Path, kind: str,
         msg = _loader_error(kind, name, tmp_path)
         assert msg.startswith(f"The weights file {path} is damaged"), msg
         assert want_cmd in msg and "weights_only" not in msg and "\n" not in msg, msg
+        assert msg.count(wf.file) == 1, msg                        # named once, not again in the reason
     if path.suffix == ".pth":
         torch.save({"conv.weight": torch.zeros(1)}, path)
         msg = _loader_error(kind, name, tmp_path)

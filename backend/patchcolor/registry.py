@@ -305,12 +305,13 @@ def missing_error(name_or_file: str, folder: Path, reg: Registry | None = None) 
 
 
 _HINT_TAIL = re.compile(r"[;.]?\s*(?:run|Run) `python3? install\.py[^`]*`.*$", re.S)
+_FILE_SUBJECT = re.compile(r"^(?:The |the )?(?:[\w-]+ )?weights file \S+ ")   # "The detector weights file X is ..."
 
 
 def clean_reason(reason: str) -> str:
     """A loader's reason without its own repair advice (ours is appended) and without library advice that must
     never reach a user (torch's "weights_only=False" hint); first line only, at most 300 characters."""
-    text = _HINT_TAIL.sub("", str(reason).strip()).strip()
+    text = _FILE_SUBJECT.sub("it ", _HINT_TAIL.sub("", str(reason).strip()).strip())   # our message names it
     if "weights_only" in text:       # torch's refusal of a pickled non-tensor object, with unsafe advice
         text = "it holds objects other than tensors, which are refused for safety"
     text = text.splitlines()[0] if text else "unreadable"
