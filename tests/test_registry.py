@@ -135,6 +135,10 @@ def test_every_reader_of_model_names_follows_the_registry(tmp_path: Path, monkey
     assert list(info["colorizers"]) == ["eccv16", "siggraph17", "eccv16-copy"]
     assert list(info["detectors"]) == ["r101", "detectron2", "none"]
     assert {m["name"]: m["label"] for m in info["models"]}["eccv16-copy"] == "Copy"
+    import importlib.util
+
+    if importlib.util.find_spec("detectron2") is None:              # the library is not installed here
+        assert info["detectors"]["detectron2"] == "unavailable" and info["detectors"]["r101"] == "missing"
 
 
 # ----------------------------------------------------------------------------------------------- messages

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -60,7 +61,8 @@ def weight_path(model: str, models_dir: Path | None = None) -> Path:
 def weights_status(models_dir: Path | None = None) -> dict[str, Any]:
     """The service's ``info`` section on weights: ``{"models_dir", "colorizers": {name: status},
     "detectors": {name: status, "none": "ok"}, "models": [{name, kind, label, optional, file, status}]}``,
-    status "ok" | "missing" | "corrupt" (cheap checks of :func:`weight_path`: presence and size, no hashing)."""
+    status "ok" | "missing" | "corrupt" (cheap checks of :func:`weight_path`: presence and size, no hashing), or
+    "unavailable" when the Python package the model requires (e.g. detectron2) is not installed."""
     from .errors import WeightsCorrupt, WeightsMissing
     from .registry import NO_DETECTOR, describe
 
@@ -68,6 +70,9 @@ def weights_status(models_dir: Path | None = None) -> dict[str, Any]:
     reg = registry()
 
     def status(name: str) -> str:
+        needs = reg.model(name).requires
+        if needs and importlib.util.find_spec(needs) is None:
+            return "unavailable"
         try:
             weight_path(name, folder)
             return "ok"
