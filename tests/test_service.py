@@ -333,9 +333,10 @@ def test_cli_colorize_remote_end_to_end(echo_server, tmp_path, capsys):
 
     rng = np.random.default_rng(5)
     gray = rng.integers(0, 256, (24, 32), dtype=np.uint8)
-    Image.fromarray(gray).save(tmp_path / "in.png")
+    (tmp_path / "src").mkdir()
+    Image.fromarray(gray).save(tmp_path / "src" / "in.png")
     out = tmp_path / "out"
-    rc = cli_main(["colorize", str(tmp_path / "in.png"), "-o", str(out), "--remote", echo_server.endpoint,
+    rc = cli_main(["colorize", str(tmp_path / "src" / "in.png"), "-o", str(out), "--remote", echo_server.endpoint,
                    "--detector", "none", "--masks"])
     assert rc == 0, capsys.readouterr().err
     got = np.asarray(Image.open(out / "in.png"))
@@ -343,7 +344,7 @@ def test_cli_colorize_remote_end_to_end(echo_server, tmp_path, capsys):
     meta = json.loads((out / "in_masks" / "instances.json").read_text())
     assert [m["class"] for m in meta] == ["person"] and meta[0]["box"] == [0.0, 0.0, 32.0, 24.0]
     # a dead endpoint: one clear error, exit code 1
-    rc = cli_main(["colorize", str(tmp_path / "in.png"), "-o", str(tmp_path / "out2"), "--remote",
+    rc = cli_main(["colorize", str(tmp_path / "src" / "in.png"), "-o", str(tmp_path / "out2"), "--remote",
                    f"tcp://127.0.0.1:{free_port()}", "--remote-timeout", "0.5"])
     assert rc == 1 and "no answer from" in capsys.readouterr().err
 
@@ -379,13 +380,16 @@ def test_busy_queue_cancel_queued_and_ping_while_running(tmp_path):
         wait_for("a", "accepted")
         wait_for("a", "progress")                    # a is running
         colorize("b")
-        wait_for("b", "accepted")                    # b waits in the queue (capacity 1)
+        token_b = wait_for("b", "accepted")["token"]   # b waits in the queue (capacity 1)
         colorize("c")
         assert wait_for("c", "error")["code"] == "busy"
         with Client(srv.endpoint, timeout_s=5) as other:
             assert other.ping(1.0) < 1.0             # answered while a job runs
             assert other.info()["queued"] == 1
-            assert other.cancel("b") == "cancelled"  # queued: dropped at once, from another client
+            with pytest.raises(BackendError) as ei:   # another client without b's token may not touch it
+                other.cancel("b")
+            assert ei.value.code == "unknown_job"
+            assert other.cancel("b", token=token_b) == "cancelled"  # queued: dropped at once, by its token
             with pytest.raises(BackendError) as ei:
                 other.cancel("nope")
             assert ei.value.code == "unknown_job"
@@ -564,7 +568,7 @@ def test_parse_request_validation():
     req = parse(hdr, bytes(300))
     assert isinstance(req, P.ColorizeRequest) and req.options.preset == "seed" and req.options.feather == 0.0
     cases = [
-        ({**hdr, "v": 2}, [bytes(300)], "version"),
+        ({**hdr, "v": 99}, [bytes(300)], "version"),
         ({**hdr, "type": "explode"}, [bytes(300)], "bad_request"),
         ({**hdr, "width": 101}, [bytes(300)], "image_too_large"),
         ({**hdr, "width": True}, [bytes(300)], "bad_request"),

@@ -9,7 +9,8 @@ transport.py): GIMP's Python runs it.
                          should_cancel=lambda: False)                 # polled about every 0.1 s
         res.pixels          # memoryview, res.fmt ("rgb8" for gray8/rgb8 input, ...), res.width x res.height
         res.instances[0].mask, .mask_origin, .mask_size, .box, .class_name, .score
-        res2 = c.refuse(res.job_id, edited_full_size_masks)
+        res2 = c.refuse(res.job_id, edited_full_size_masks)   # res.token: the job's secret (kept by this
+                                                              # Client; another Client needs token=res.token)
 
 A ``Client`` is not thread-safe: use it from one thread (pass ``should_cancel`` to cancel from a UI).
 
@@ -95,6 +96,7 @@ class ColorizeResult:
     instances: list[Instance]
     timings: dict[str, float] = field(default_factory=dict)
     refusable: bool = True     # False when the server could not keep this job's state (refuse -> unknown_job)
+    token: str = field(default="", repr=False)   # the job's secret: refuse/cancel of this job need it
 
 
 def load_public_key(key: str | bytes | os.PathLike[str]) -> bytes:
@@ -129,6 +131,7 @@ class Client:
         self.retries = max(0, int(retries))
         self._server_key = load_public_key(server_public_key) if server_public_key is not None else None
         self._client_keys: tuple[bytes, bytes] | None = None
+        self._tokens: dict[str, str] = {}    # job id -> token of the jobs this Client started (newest 256)
         if client_secret_key is not None:
             pub, sec = T.load_certificate(os.fspath(client_secret_key))
             if not sec:
@@ -176,7 +179,7 @@ class Client:
             header = P.decode_header(frames[0])
         except P.ProtocolError as e:
             raise BackendError("bad_reply", f"the server sent a malformed reply: {e.message}") from None
-        if header.get("v") != P.PROTOCOL_VERSION or header.get("type") not in P.REPLY_TYPES:
+        if header.get("v") not in P.SUPPORTED_VERSIONS or header.get("type") not in P.REPLY_TYPES:
             raise BackendError("bad_reply", f"unexpected reply (v={header.get('v')!r}, "
                                             f"type={str(header.get('type'))[:32]!r})")
         return header, frames[1:]
@@ -215,20 +218,32 @@ class Client:
         """Server description: protocol and package versions, devices, colorizers/detectors and their weights."""
         return self._request({"type": P.INFO, "id": P.new_id()}, self.timeout_s, self.retries)
 
-    def cancel(self, job_id: str) -> str:
-        """Cancel a job (from any client). Returns "cancelled" (was queued) or "cancelling" (stops at the
-        next stage boundary). BackendError("unknown_job") if it is not queued or running."""
-        return str(self._request({"type": P.CANCEL, "id": P.new_id(), "job": job_id}, self.timeout_s, 0)["state"])
+    def cancel(self, job_id: str, token: str | None = None) -> str:
+        """Cancel a job: any connection that has its ``token`` (default: the one this Client got for it).
+        Returns "cancelled" (was queued) or "cancelling" (stops at the next stage boundary).
+        BackendError("unknown_job") if it is not queued or running, or the token is missing or wrong."""
+        header = {"type": P.CANCEL, "id": P.new_id(), "job": job_id}
+        token = token or self._tokens.get(job_id)
+        if token:
+            header["token"] = token
+        return str(self._request(header, self.timeout_s, 0)["state"])
+
+    def _remember(self, job_id: str, token: str) -> None:
+        self._tokens[job_id] = token
+        while len(self._tokens) > 256:
+            self._tokens.pop(next(iter(self._tokens)))
 
     def colorize(self, width: int, height: int, fmt: str, pixels: InBuffer, options: dict[str, Any] | None = None,
                  progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
-                 job_id: str | None = None, instances: Sequence[Instance] | None = None) -> ColorizeResult:
+                 job_id: str | None = None, instances: Sequence[Instance] | None = None,
+                 token: str | None = None) -> ColorizeResult:
         """Colorize raw pixels (``fmt`` one of protocol.PIXEL_FORMATS, 16-bit little-endian).
 
         ``options``: the CLI's option names (``{"preset": "seed", "detector": "none", ...}``). ``pixels`` is sent
         without copying: do not modify it until this returns. ``instances`` (e.g. an earlier result's, masks
         possibly edited; ``mask`` is ``mask_size[0] * mask_size[1]`` bytes at ``mask_origin``, nonzero = inside):
         colorize with these instead of running the detector (re-fuse when the server no longer has the job).
+        ``token``: the job's secret (default: a fresh one; pass your own to cancel from another process).
         Raises BackendError, BackendUnavailable, JobCancelled."""
         if fmt not in P.PIXEL_FORMATS:
             raise ValueError(f"unknown pixel format {fmt!r} (one of {', '.join(P.PIXEL_FORMATS)})")
@@ -237,7 +252,7 @@ class Client:
             raise ValueError(f"{fmt} {width}x{height} needs {need} bytes, got {memoryview(pixels).nbytes}")
         job_id = job_id or P.new_id()
         header = {"type": P.COLORIZE, "id": P.new_id(), "job": job_id, "width": int(width), "height": int(height),
-                  "format": fmt, "options": dict(options or {})}
+                  "format": fmt, "options": dict(options or {}), "token": token or P.new_token()}
         data = [pixels]
         if instances is not None:
             header["instances"] = []
@@ -253,12 +268,19 @@ class Client:
         return self._job(header, data, progress, should_cancel)
 
     def refuse(self, job_id: str, masks: Sequence[InBuffer], options: dict[str, Any] | None = None,
-               progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> ColorizeResult:
+               progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+               token: str | None = None) -> ColorizeResult:
         """Re-fuse an earlier job with edited masks: one full result-size gray8 mask per instance of that job's
         result, in result order (nonzero = inside; all zero = drop the instance). Instance colours kept on the
         server are reused. BackendError("unknown_job") means the server no longer has that job: colorize again.
-        ``options`` (optional) overrides the earlier job's options. Returns a new job (its own ``job_id``)."""
-        header: dict[str, Any] = {"type": P.REFUSE, "id": P.new_id(), "job": P.new_id(), "base_job": job_id}
+        ``options`` (optional) overrides the earlier job's options. ``token``: the earlier job's (default: the one
+        this Client got for it; without the right one the server answers unknown_job). Returns a new job (its own
+        ``job_id`` and ``token``)."""
+        header: dict[str, Any] = {"type": P.REFUSE, "id": P.new_id(), "job": P.new_id(), "base_job": job_id,
+                                  "token": P.new_token()}
+        base_token = token or self._tokens.get(job_id)
+        if base_token:
+            header["base_token"] = base_token
         if options is not None:
             header["options"] = dict(options)
         return self._job(header, list(masks), progress, should_cancel)
@@ -267,7 +289,8 @@ class Client:
     def _job(self, header: dict[str, Any], data: list[Any], progress: ProgressFn | None,
              should_cancel: CancelFn | None) -> ColorizeResult:
         self.ping()     # fail fast on a dead endpoint before queueing megabytes on the socket
-        req_id, job_id = header["id"], header["job"]
+        req_id, job_id, token = header["id"], header["job"], header["token"]
+        self._remember(job_id, token)
         tracker = self._send(header, data, track=True)
         last_heard = time.monotonic()
         # Replies cannot come before the upload is out; allow it at least 1 MB/s on top of the timeout.
@@ -279,7 +302,7 @@ class Client:
             while True:
                 if should_cancel is not None and cancel_id is None and should_cancel():
                     cancel_id = P.new_id()
-                    self._send({"type": P.CANCEL, "id": cancel_id, "job": job_id})
+                    self._send({"type": P.CANCEL, "id": cancel_id, "job": job_id, "token": token})
                 msg = self._recv(POLL_S)
                 now = time.monotonic()
                 if msg is None:
@@ -290,7 +313,7 @@ class Client:
                         raise BackendUnavailable(f"{self.endpoint} stopped answering during job {job_id}")
                     elif ping_id is None and now - last_heard > self.timeout_s:
                         ping_id, ping_sent = P.new_id(), now
-                        self._send({"type": P.PING, "id": ping_id, "job": job_id})
+                        self._send({"type": P.PING, "id": ping_id, "job": job_id, "token": token})
                     continue
                 last_heard = now
                 reply, frames = msg
@@ -313,7 +336,9 @@ class Client:
                 elif kind == P.RESULT:
                     if cancel_id is not None:
                         raise JobCancelled(f"job {job_id} was cancelled")
-                    return _decode_result(reply, frames)
+                    res = _decode_result(reply, frames)
+                    res.token = token
+                    return res
                 elif kind == P.CANCELLED:
                     raise JobCancelled(str(reply.get("reason") or f"job {job_id} was cancelled"))
                 elif kind == P.ERROR:
@@ -321,7 +346,7 @@ class Client:
         except KeyboardInterrupt:
             if cancel_id is None and self._sock is not None:
                 try:
-                    self._send({"type": P.CANCEL, "id": P.new_id(), "job": job_id})
+                    self._send({"type": P.CANCEL, "id": P.new_id(), "job": job_id, "token": token})
                 except (OSError, ValueError):
                     pass
             raise

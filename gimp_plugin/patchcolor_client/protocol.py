@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import uuid
 from typing import Any
 
-#: Bumped on any incompatible change; a server answers other versions with an ``error`` of code ``version``.
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS: tuple[int, ...] = (PROTOCOL_VERSION,)
+#: Bumped on any change; a server answers versions it does not support with an ``error`` of code ``version``.
+#: 2 added job tokens (docs/protocol.md); a version-2 server still answers version-1 requests, in version 1.
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
 
 #: Largest accepted header frame (bytes).
 MAX_HEADER_BYTES = 64 * 1024
@@ -23,6 +25,10 @@ MAX_HEADER_BYTES = 64 * 1024
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 #: Most instances a result can carry (the pipeline's ``max_instances`` upper bound).
 MAX_INSTANCES = 100
+#: Most data frames any request may carry (``colorize``: the pixels + one mask per given instance).
+MAX_DATA_FRAMES = 1 + MAX_INSTANCES
+#: Job tokens (the secret that binds a job to the client that created it): 16..128 characters from this set.
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
@@ -57,7 +63,7 @@ ERROR_CODES: dict[str, str] = {
     # protocol level
     "bad_request": "the message is malformed (header, types, frame count or sizes)",
     "version": "the server does not speak this protocol version",
-    "too_large": "a frame or header is larger than the server accepts",
+    "too_large": "a header, frame or whole message is larger (or has more frames) than the server accepts",
     "busy": "the job queue is full; try again later",
     "unknown_job": "no such job (finished, never submitted, or its kept state was evicted: run colorize again)",
     "duplicate_job": "a job with this id is already queued or running",
@@ -110,6 +116,15 @@ def new_id() -> str:
 
 def valid_id(value: Any) -> bool:
     return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def new_token() -> str:
+    """A fresh job token (32 hex digits from ``secrets``): only its holder may cancel, probe or re-fuse the job."""
+    return secrets.token_hex(16)
+
+
+def valid_token(value: Any) -> bool:
+    return isinstance(value, str) and TOKEN_PATTERN.fullmatch(value) is not None
 
 
 def _reject_constant(name: str) -> Any:

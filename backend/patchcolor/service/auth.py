@@ -118,7 +118,8 @@ def apply_server_curve(sock: zmq.Socket, keys: ServerKeys) -> None:
 
 
 def make_keys(keys_dir: Path, name: str = SERVER_KEY_NAME, force: bool = False) -> tuple[Path, Path]:
-    """Write ``DIR/NAME.key`` and ``DIR/NAME.key_secret`` (mode 0600). Refuses to overwrite unless ``force``."""
+    """Write ``DIR/NAME.key`` (public, mode 0644) and ``DIR/NAME.key_secret`` (mode 0600). Refuses to overwrite
+    unless ``force``."""
     keys_dir = Path(keys_dir)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise ValueError("key name: 1-64 characters [A-Za-z0-9_.-]")
@@ -132,4 +133,5 @@ def make_keys(keys_dir: Path, name: str = SERVER_KEY_NAME, force: bool = False) 
     finally:
         os.umask(old)
     os.chmod(sec, 0o600)
+    os.chmod(pub, 0o644)      # the public key is for clients to read; only the secret stays private
     return Path(pub), Path(sec)

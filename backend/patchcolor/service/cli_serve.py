@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 
 from ..errors import Cancelled, PatchColorError
 from .auth import EndpointRefused, make_keys
+from .limits import RemoteLimits
 
 if TYPE_CHECKING:   # imported where used: patchcolor.result pulls in torch, which `serve` may not need yet
     from ..options import Options
@@ -64,6 +66,14 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cache-mb", type=float, default=1024.0,
                    help="memory kept for `refuse` (source pixels + instance colours of recent jobs), in MB "
                         "(default 1024)")
+    p.add_argument("--untrusted-loopback", action="store_true",
+                   help="treat loopback clients as remote (behind an SSH tunnel or a proxy): remote option limits, "
+                        "no paths or versions in `info`")
+    p.add_argument("--remote-job-mb", type=float, default=RemoteLimits.job_bytes / 2**20, metavar="MB",
+                   help="estimated memory one remote client's job may need, in MiB (default "
+                        f"{RemoteLimits.job_bytes / 2**20:.0f}); remote jobs also keep net_size <= "
+                        f"{RemoteLimits.net_size}, batch_size <= {RemoteLimits.batch_size}, max_side <= "
+                        f"{RemoteLimits.max_side}, score_thresh >= {RemoteLimits.min_score_thresh}")
     p.add_argument("--shutdown-grace", type=float, default=60.0, metavar="SECONDS",
                    help="how long SIGTERM/SIGINT waits for the running job to stop (default 60)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -89,13 +99,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT,
                         datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr, force=True)
     log = logging.getLogger("patchcolor.service")
-    if args.max_pixels <= 0 or args.queue_size <= 0 or args.cache_mb < 0:
-        log.error("--max-pixels and --queue-size must be positive, --cache-mb >= 0")
+    if args.max_pixels <= 0 or args.queue_size <= 0 or args.cache_mb < 0 or args.remote_job_mb <= 0:
+        log.error("--max-pixels, --queue-size and --remote-job-mb must be positive, --cache-mb >= 0")
         return 2
     cfg = ServerConfig(
         endpoint=args.endpoint, devices=_devices(args.device), models_dir=args.models, max_pixels=args.max_pixels,
         queue_size=args.queue_size, cache_bytes=int(args.cache_mb * 1e6), curve_keys=args.curve_keys,
-        preload=args.preload, shutdown_grace_s=args.shutdown_grace,
+        preload=args.preload, shutdown_grace_s=args.shutdown_grace, untrusted_loopback=args.untrusted_loopback,
+        remote_limits=RemoteLimits(job_bytes=int(args.remote_job_mb * 2**20)),
         pipeline_factory=_load_factory(args.pipeline_factory) if args.pipeline_factory else None)
     try:
         server = Server(cfg)
@@ -170,26 +181,78 @@ def _empty_state() -> FusionState:
     return FusionState((0, 0), np.zeros((2, 0, 0), np.float32), [], [], [])
 
 
+#: ``busy`` retries of ``colorize --remote``: waits of BUSY_FIRST_WAIT_S, doubling up to BUSY_MAX_WAIT_S, at most
+#: BUSY_RETRIES times (about 2 minutes in all), each wait with +-25 % jitter so that clients do not stay in step.
+BUSY_RETRIES = 8
+BUSY_FIRST_WAIT_S = 0.5
+BUSY_MAX_WAIT_S = 30.0
+
+
+def busy_waits(retries: int = BUSY_RETRIES, first_s: float = BUSY_FIRST_WAIT_S, max_s: float = BUSY_MAX_WAIT_S,
+               rng: Any = None) -> list[float]:
+    """The bounded exponential backoff (seconds) between ``busy`` retries."""
+    import random
+
+    rng = rng or random.Random()
+    return [min(max_s, first_s * 2 ** i) * rng.uniform(0.75, 1.25) for i in range(retries)]
+
+
+def check_key_files(server_key: Any, client_key: Path | None) -> None:
+    """One sentence (RemoteError) for a --server-key / --client-key file that does not exist or is not a file."""
+    candidates = [("--client-key", client_key)]
+    if server_key is not None and not (isinstance(server_key, (str, bytes)) and len(server_key) == 40
+                                       and not Path(os.fsdecode(server_key)).exists()):
+        candidates.append(("--server-key", server_key))
+    for flag, key in candidates:
+        if key is None:
+            continue
+        path = Path(os.fsdecode(key))
+        if not path.is_file():
+            what = "no such file" if not path.exists() else "not a file"
+            raise RemoteError("bad_request", f"{flag} {path}: {what} (give the key file made by `patchcolor keys`"
+                              f"{', or the 40-character Z85 public key' if flag == '--server-key' else ''})")
+
+
 def run_remote_colorize(endpoint: str, src: SourceImage, opts: Options, *, server_key: Any = None,
                         client_key: Path | None = None, timeout_s: float = 30.0,
-                        progress: Callable[[str, float], None] | None = None) -> Result:
+                        progress: Callable[[str, float], None] | None = None,
+                        busy_retries: int = BUSY_RETRIES,
+                        say: Callable[[str], None] | None = None) -> Result:
     """Colorize ``src`` on a remote ``patchcolor serve`` with ``opts``: the same Result as ``Pipeline.run``
     (image in the input's bit depth, gray -> RGB, alpha kept; instances with cropped masks), except ``state``,
     which stays on the server (an empty FusionState here; the job id is logged). The image is a read-only view
     of the received frame.
 
-    Errors come back as PatchColorError subclasses with the wire code (``RemoteError``; ``Cancelled``)."""
+    A ``busy`` server (its queue is full) is retried ``busy_retries`` times with bounded exponential backoff
+    (:func:`busy_waits`, the ZeroMQ guide's Lazy Pirate), each retry announced through ``say`` (default: a line
+    on stderr). Errors come back as PatchColorError subclasses with the wire code (``RemoteError``;
+    ``Cancelled``)."""
     from patchcolor_client import BackendError, BackendUnavailable, Client, JobCancelled
 
     from ..result import InstanceResult, Result
     from .protocol import image_from_wire, source_to_wire
 
+    if say is None:
+        def say(text: str) -> None:
+            print(text, file=sys.stderr, flush=True)
+
+    check_key_files(server_key, client_key)
     fmt, pixels = source_to_wire(src)
     t0 = time.perf_counter()
+    waits = busy_waits(busy_retries)
     try:
         with Client(endpoint, timeout_s=timeout_s, server_public_key=server_key, client_secret_key=client_key) as c:
-            res = c.colorize(src.width, src.height, fmt, pixels, opts.to_dict(),
-                             progress=(lambda stage, frac, _overall: progress(stage, frac)) if progress else None)
+            for attempt in range(len(waits) + 1):
+                try:
+                    res = c.colorize(src.width, src.height, fmt, pixels, opts.to_dict(), progress=(
+                        lambda stage, frac, _overall: progress(stage, frac)) if progress else None)
+                    break
+                except BackendError as e:
+                    if e.code != "busy" or attempt == len(waits):
+                        raise
+                    say(f"the server at {endpoint} is busy (its queue is full): retry {attempt + 1} of "
+                        f"{len(waits)} in {waits[attempt]:.1f} s")
+                    time.sleep(waits[attempt])
             image = image_from_wire(res.pixels, res.width, res.height, res.fmt)
             instances = [
                 InstanceResult(i.class_id, i.class_name, i.score, i.box,
@@ -197,16 +260,19 @@ def run_remote_colorize(endpoint: str, src: SourceImage, opts: Options, *, serve
                                i.mask_origin)
                 for i in res.instances]
     except BackendError as e:
-        raise RemoteError(e.code, f"remote backend: {e.message}") from None
+        gave_up = f" (gave up after {len(waits)} retries over {sum(waits):.0f} s)" if e.code == "busy" and waits else ""
+        raise RemoteError(e.code, f"remote backend: {e.message}{gave_up}") from None
     except BackendUnavailable as e:
         raise RemoteError("backend_unavailable", str(e)) from None
     except JobCancelled as e:
         raise Cancelled(str(e)) from None
     except ValueError as e:   # bad key file / endpoint text
         raise RemoteError("bad_request", str(e)) from None
+    except OSError as e:      # a key file that vanished or cannot be read
+        raise RemoteError("bad_request", f"cannot read {e.filename or 'a key file'}: {e.strerror or e}") from None
     timings = dict(res.timings)
     timings["remote_total"] = time.perf_counter() - t0
-    logging.getLogger("patchcolor.service").info("remote job %s on %s", res.job_id, endpoint)
+    logging.getLogger("patchcolor.service").debug("remote job %s on %s", res.job_id, endpoint)
     return Result(image, instances, _empty_state(), timings)
 
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one definition of the protocol)
     ACCEPTED, ACK, CANCEL, CANCELLED, COLORIZE, DEFAULT_ENDPOINT, ERROR, ERROR_CODES, FINAL_TYPES, INFO,
-    MAX_HEADER_BYTES, MAX_INSTANCES, PING, PIXEL_FORMATS, PONG, PROGRESS, PROTOCOL_VERSION, REFUSE, REPLY_TYPES,
-    REQUEST_TYPES, RESULT, RESULT_FORMATS, STAGE_WEIGHTS, STAGES, SUPPORTED_VERSIONS, ProtocolError, decode_header,
-    encode_header, frame_size, overall_fraction, valid_id,
+    MAX_DATA_FRAMES, MAX_HEADER_BYTES, MAX_INSTANCES, PING, PIXEL_FORMATS, PONG, PROGRESS, PROTOCOL_VERSION, REFUSE,
+    REPLY_TYPES, REQUEST_TYPES, RESULT, RESULT_FORMATS, STAGE_WEIGHTS, STAGES, SUPPORTED_VERSIONS, ProtocolError,
+    decode_header, encode_header, frame_size, new_token, overall_fraction, valid_id, valid_token,
 )
 
 from ..options import DEFAULT, Options, make_options
@@ -51,20 +51,26 @@ BOX_SLACK = 0.01
 @dataclass(frozen=True)
 class InfoRequest:
     id: str
+    v: int = PROTOCOL_VERSION
 
 
 @dataclass(frozen=True)
 class PingRequest:
-    """``job`` (optional): the pong then says whether that job is still queued/running (liveness of a job)."""
+    """``job`` (optional): the pong then says whether that job is still queued/running (liveness of a job);
+    ``token`` is that job's token (without it the state is ``unknown`` unless asked on the creating connection)."""
 
     id: str
     job: str | None = None
+    token: str | None = None
+    v: int = PROTOCOL_VERSION
 
 
 @dataclass(frozen=True)
 class CancelRequest:
     id: str
     job: str
+    token: str | None = None
+    v: int = PROTOCOL_VERSION
 
 
 @dataclass
@@ -84,9 +90,11 @@ class GivenInstance:
 
 @dataclass
 class ColorizeRequest:
-    """``pixels`` is a zero-copy view of the received frame (keeps the ZeroMQ message alive).
+    """``pixels`` is a zero-copy view of the received frame (keeps the ZeroMQ message alive); None until the data
+    frames are attached (:func:`attach_frames`).
 
-    ``instances`` (optional): use these instead of the detector (re-fuse after the server lost the job)."""
+    ``instances`` (optional): use these instead of the detector (re-fuse after the server lost the job).
+    ``token``: the client's secret for this job (None: the server makes one)."""
 
     id: str
     job: str
@@ -94,8 +102,11 @@ class ColorizeRequest:
     height: int
     format: str
     options: Options
-    pixels: memoryview = field(repr=False)
+    pixels: memoryview | None = field(default=None, repr=False)
     instances: list[GivenInstance] | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    v: int = PROTOCOL_VERSION
+    instance_metas: list[dict[str, Any]] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -103,13 +114,17 @@ class RefuseRequest:
     """Re-fuse job ``base_job`` with edited masks (full output-size gray8 frames, one per instance).
 
     ``options`` is None when the request kept the base job's options. Mask sizes are checked against the kept
-    job by :func:`check_refuse` (they depend on the base job's output size)."""
+    job by :func:`check_refuse` (they depend on the base job's output size). ``base_token`` is ``base_job``'s
+    token (required to use it), ``token`` the client's secret for the new job (None: the server makes one)."""
 
     id: str
     job: str
     base_job: str
     options: Options | None
-    masks: list[memoryview] = field(repr=False)
+    masks: list[memoryview] = field(default_factory=list, repr=False)
+    base_token: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    v: int = PROTOCOL_VERSION
 
 
 Request = Union[InfoRequest, PingRequest, CancelRequest, ColorizeRequest, RefuseRequest]
@@ -155,6 +170,16 @@ def _job_id(h: dict[str, Any], key: str, req_id: str | None) -> str:
     return str(v)
 
 
+def _token(h: dict[str, Any], key: str, req_id: str | None, job: str | None) -> str | None:
+    v = h.get(key)
+    if v is None:
+        return None
+    if not valid_token(v):
+        raise ProtocolError("bad_request", f"{key!r} must be a string of 16-128 characters [A-Za-z0-9_-]",
+                            req_id, job)
+    return str(v)
+
+
 _OPTION_TYPES: dict[str, type] = {f.name: type(getattr(DEFAULT, f.name)) for f in fields(Options)}
 
 
@@ -196,16 +221,16 @@ def parse_options(obj: Any) -> Options:
         raise ProtocolError("bad_options", str(e)) from None
 
 
-def parse_request(body: Sequence[Any], limits: Limits) -> Request:
-    """Validate a request body (header + data frames) and return its dataclass.
+def request_version(h: dict[str, Any]) -> int:
+    """The version to answer a header in: its own when supported, else this server's."""
+    v = h.get("v")
+    return v if type(v) is int and v in SUPPORTED_VERSIONS else PROTOCOL_VERSION
 
-    Every check happens before anything is allocated: header size, JSON, version, type, ids, dimensions against
-    ``limits``, frame count and each frame's byte size. Raises ProtocolError with the request/job id when known.
-    """
-    if not body:
-        raise ProtocolError("bad_request", "empty message")
-    h = decode_header(_buf(body[0]))
-    data = body[1:]
+
+def parse_header(h: dict[str, Any], limits: Limits) -> tuple[Request, list[int] | None]:
+    """Validate a decoded request header; (request without its data, the exact byte size of every data frame
+    the header announces). The sizes are None for ``refuse`` (they depend on the kept base job; at most
+    MAX_INSTANCES frames). Nothing is allocated. Raises ProtocolError with the request/job id when known."""
     req_id = h.get("id") if valid_id(h.get("id")) else None
     job = h.get("job") if valid_id(h.get("job")) else None
     v = h.get("v")
@@ -220,16 +245,18 @@ def parse_request(body: Sequence[Any], limits: Limits) -> Request:
         raise ProtocolError("bad_request", "'id' must be a string of 1-64 characters [A-Za-z0-9_.:-]", None, job)
 
     if kind == INFO:
-        _expect_frames(data, 0, req_id, job)
-        return InfoRequest(req_id)
+        return InfoRequest(req_id, v), []
     if kind == PING:
-        _expect_frames(data, 0, req_id, job)
-        return PingRequest(req_id, _job_id(h, "job", req_id) if "job" in h else None)
+        if "job" not in h:
+            return PingRequest(req_id, None, None, v), []
+        pjob = _job_id(h, "job", req_id)
+        return PingRequest(req_id, pjob, _token(h, "token", req_id, pjob), v), []
     if kind == CANCEL:
-        _expect_frames(data, 0, req_id, job)
-        return CancelRequest(req_id, _job_id(h, "job", req_id))
+        cjob = _job_id(h, "job", req_id)
+        return CancelRequest(req_id, cjob, _token(h, "token", req_id, cjob), v), []
 
     job = _job_id(h, "job", req_id)
+    token = _token(h, "token", req_id, job)
     if kind == COLORIZE:
         width, height = _int(h, "width", req_id, job), _int(h, "height", req_id, job)
         fmt = h.get("format")
@@ -242,21 +269,69 @@ def parse_request(body: Sequence[Any], limits: Limits) -> Request:
                                 f"over this server's limit of {limits.max_pixels / 1e6:g} MP", req_id, job)
         opts = _options(h, req_id, job)
         metas = _instance_metas(h.get("instances"), result_size(width, height, opts), req_id, job)
-        _expect_frames(data, 1 + (len(metas) if metas is not None else 0), req_id, job)
-        need = frame_size(fmt, width, height)
-        if len(data[0]) != need:
-            raise ProtocolError("bad_request", f"pixel frame is {len(data[0])} bytes; {fmt} {width}x{height} "
-                                f"needs {need}", req_id, job)
-        given = None if metas is None else [_given_instance(m, f, i, req_id, job)
-                                            for i, (m, f) in enumerate(zip(metas, data[1:]))]
-        return ColorizeRequest(req_id, job, width, height, fmt, opts, _buf(data[0]), given)
+        sizes = [frame_size(fmt, width, height)] + [m["mask_size"][0] * m["mask_size"][1] for m in metas or []]
+        return ColorizeRequest(req_id, job, width, height, fmt, opts, token=token, v=v,
+                               instance_metas=metas), sizes
 
     # REFUSE
     base = _job_id(h, "base_job", req_id)
-    if len(data) > MAX_INSTANCES:
-        raise ProtocolError("bad_request", f"at most {MAX_INSTANCES} mask frames", req_id, job)
     refuse_opts = _options(h, req_id, job) if h.get("options") is not None else None
-    return RefuseRequest(req_id, job, base, refuse_opts, [_buf(f) for f in data])
+    return RefuseRequest(req_id, job, base, refuse_opts, [], _token(h, "base_token", req_id, job), token, v), None
+
+
+def check_frames(sizes: list[int] | None, index: int, nbytes: int, req: Request, max_frame_bytes: int) -> None:
+    """Data frame ``index`` (0-based, after the header) of ``nbytes`` against what the header announced (``sizes``;
+    None: up to MAX_INSTANCES frames of at most ``max_frame_bytes``). Raises ProtocolError."""
+    req_id, job = getattr(req, "id", None), getattr(req, "job", None)
+    limit = len(sizes) if sizes is not None else MAX_INSTANCES
+    if index >= limit:
+        if sizes is None:
+            raise ProtocolError("bad_request", f"at most {MAX_INSTANCES} mask frames", req_id, job)
+        raise ProtocolError("bad_request", f"expected {limit} data frame(s) after the header, got more",
+                            req_id, job)
+    if sizes is None:
+        if nbytes > max_frame_bytes:
+            raise ProtocolError("too_large", f"mask frame {index} is {nbytes} bytes, over this server's limit",
+                                req_id, job)
+        return
+    if nbytes != sizes[index]:
+        if index == 0 and isinstance(req, ColorizeRequest):
+            raise ProtocolError("bad_request", f"pixel frame is {nbytes} bytes; {req.format} {req.width}x"
+                                f"{req.height} needs {sizes[0]}", req_id, job)
+        raise ProtocolError("bad_request", f"instance {index - 1}: mask frame is {nbytes} bytes; its mask_size "
+                            f"needs {sizes[index]}", req_id, job)
+
+
+def attach_frames(req: Request, data: Sequence[Any]) -> Request:
+    """Put the (already size-checked) data frames into the request, as zero-copy views."""
+    if isinstance(req, ColorizeRequest):
+        req.pixels = _buf(data[0])
+        if req.instance_metas is not None:
+            req.instances = [_given_instance(m, f, i, req.id, req.job)
+                             for i, (m, f) in enumerate(zip(req.instance_metas, data[1:]))]
+        req.instance_metas = None
+    elif isinstance(req, RefuseRequest):
+        req.masks = [_buf(f) for f in data]
+    return req
+
+
+def parse_request(body: Sequence[Any], limits: Limits) -> Request:
+    """Validate a whole request body (header + data frames) and return its dataclass (the server does the same
+    frame by frame, see server.py; this is the one-shot form).
+
+    Every check happens before anything is allocated: header size, JSON, version, type, ids, dimensions against
+    ``limits``, frame count and each frame's byte size. Raises ProtocolError with the request/job id when known.
+    """
+    if not body:
+        raise ProtocolError("bad_request", "empty message")
+    req, sizes = parse_header(decode_header(_buf(body[0])), limits)
+    data = body[1:]
+    for i, f in enumerate(data):
+        check_frames(sizes, i, len(f), req, limits.max_frame_bytes)
+    if sizes is not None and len(data) != len(sizes):
+        raise ProtocolError("bad_request", f"expected {len(sizes)} data frame(s) after the header, got "
+                            f"{len(data)}", getattr(req, "id", None), getattr(req, "job", None))
+    return attach_frames(req, data)
 
 
 def result_size(width: int, height: int, opts: Options) -> tuple[int, int]:
@@ -321,18 +396,13 @@ def _options(h: dict[str, Any], req_id: str, job: str) -> Options:
         raise
 
 
-def _expect_frames(data: Sequence[Any], n: int, req_id: str | None, job: str | None) -> None:
-    if len(data) != n:
-        raise ProtocolError("bad_request", f"expected {n} data frame(s) after the header, got {len(data)}",
-                            req_id, job)
-
-
 # ------------------------------------------------------------------------------------------- kept job state
 @dataclass
 class JobRecord:
     """What the server keeps of a finished job so that ``refuse`` can re-fuse it (LRU-cached by job id).
 
-    ``pixels`` is the request's source frame (a view; nothing is copied to keep it)."""
+    ``pixels`` is the request's source frame (a view; nothing is copied to keep it). ``token`` (and ``owner``,
+    the creator's CURVE public key, when the server uses CURVE) must be shown to ``refuse`` it."""
 
     width: int
     height: int
@@ -343,6 +413,8 @@ class JobRecord:
     out_width: int
     out_height: int
     n_instances: int
+    token: str = field(default="", repr=False)
+    owner: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -367,16 +439,17 @@ def check_refuse(req: RefuseRequest, rec: JobRecord) -> list[np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------------ replies
 def error_header(code: str, message: str, req_id: str | None = None, job: str | None = None,
-                 **extra: Any) -> dict[str, Any]:
-    h: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": ERROR, "id": req_id, "code": code, "message": message}
+                 v: int = PROTOCOL_VERSION, **extra: Any) -> dict[str, Any]:
+    h: dict[str, Any] = {"v": v, "type": ERROR, "id": req_id, "code": code, "message": message}
     if job is not None:
         h["job"] = job
     h.update(extra)
     return h
 
 
-def progress_header(req_id: str, job: str, stage: str, fraction: float, overall: float) -> dict[str, Any]:
-    return {"v": PROTOCOL_VERSION, "type": PROGRESS, "id": req_id, "job": job, "stage": stage,
+def progress_header(req_id: str, job: str, stage: str, fraction: float, overall: float,
+                    v: int = PROTOCOL_VERSION) -> dict[str, Any]:
+    return {"v": v, "type": PROGRESS, "id": req_id, "job": job, "stage": stage,
             "fraction": round(float(fraction), 4), "overall": round(float(overall), 4)}
 
 
@@ -417,7 +490,8 @@ def mask_to_wire(mask: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(mask, dtype=bool).view(np.uint8) * np.uint8(255)
 
 
-def result_message(req_id: str, job: str, result: Result) -> tuple[dict[str, Any], list[Any]]:
+def result_message(req_id: str, job: str, result: Result, v: int = PROTOCOL_VERSION
+                   ) -> tuple[dict[str, Any], list[Any]]:
     """Result -> (header dict, [pixels, mask_0, ...]). The pixels go out as they are (no copy); the caller
     encodes the header (it may add fields first) and sends ``[encode_header(header), *frames]``."""
     fmt, pixels = image_to_wire(result.image)
@@ -432,7 +506,7 @@ def result_message(req_id: str, job: str, result: Result) -> tuple[dict[str, Any
             "box": [float(x) for x in inst.box], "mask_origin": [int(inst.mask_origin[0]), int(inst.mask_origin[1])],
             "mask_size": [int(m.shape[1]), int(m.shape[0])],
         })
-    header = {"v": PROTOCOL_VERSION, "type": RESULT, "id": req_id, "job": job, "width": width, "height": height,
+    header = {"v": v, "type": RESULT, "id": req_id, "job": job, "width": width, "height": height,
               "format": fmt, "instances": instances,
               "timings": {str(k): float(v) for k, v in (result.timings or {}).items()}}
     return header, frames

@@ -10,14 +10,24 @@ Threads:
   data...]`` to the main thread over an inproc PUSH/PULL pair. Pixels travel as zero-copy messages the whole way:
   received frame -> ``SourceImage.from_buffer`` view -> pipeline; result array -> inproc -> ROUTER -> TCP.
 
-A peer that has gone away is noticed when the server next sends to it (``ZMQ_ROUTER_MANDATORY`` makes that an
-``EHOSTUNREACH``; heartbeats drop dead TCP peers): its running job is cancelled at the next stage boundary.
+Requests are read frame by frame (receive.py): the header is checked first, then every data frame against what
+the header announced; a message that breaks the rules is drained without keeping its frames and answered with
+one ``error``. Remote clients' jobs are admitted by limits.py (option bounds + memory estimate).
+
+Jobs belong to their creator: each has a secret token (``accepted``/``result`` carry it) that ``cancel``,
+``ping`` with a job and ``refuse`` must show, plus the creator's CURVE key where the server uses CURVE.
+
+A peer that has gone away is noticed through the ROUTER's monitor socket (``EVENT_DISCONNECTED``, also after a
+heartbeat timeout; requests carry their connection's file descriptor, see peers.py): its queued jobs are dropped
+at once and its running job is cancelled at the next stage boundary. A reply to a vanished peer
+(``ZMQ_ROUTER_MANDATORY`` -> ``EHOSTUNREACH``) cancels its job too.
 SIGTERM/SIGINT: queued jobs are cancelled, the running ones are asked to stop, sockets are closed, exit code 0
 (a second signal exits at once).
 """
 from __future__ import annotations
 
 import errno
+import hmac
 import itertools
 import logging
 import os
@@ -41,6 +51,9 @@ from ..prepare import SourceImage
 from . import protocol as P
 from .auth import ServerKeys, apply_server_curve, check_endpoint, start_authenticator
 from .cache import ByteLRU
+from .limits import RemoteLimits, available_memory, check_job
+from .peers import Connections, Peer
+from .receive import Incoming, receive_message, release_memory
 
 log = logging.getLogger("patchcolor.service")
 
@@ -63,6 +76,8 @@ class ServerConfig:
     shutdown_grace_s: float = 60.0
     heartbeat_ms: int = 5000
     pipeline_factory: PipelineFactory | None = None
+    untrusted_loopback: bool = False        # treat loopback clients as remote (SSH tunnel, proxy)
+    remote_limits: RemoteLimits = field(default_factory=RemoteLimits)
 
 
 @dataclass(eq=False)
@@ -84,7 +99,10 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"           # queued -> running -> done | cancelled
     submitted: float = field(default_factory=time.monotonic)
-    peer: str = ""
+    peer: Peer | None = None
+    token: str = field(default="", repr=False)
+    v: int = P.PROTOCOL_VERSION     # protocol version of the request: every reply about the job uses it
+    seq: int = 0                    # per-server job number: what the log shows at INFO (ids only at DEBUG)
 
 
 class JobQueue:
@@ -156,10 +174,6 @@ def default_pipeline_factory(models_dir: Path | None, device: str, max_pixels: i
     return Pipeline(models_dir=models_dir, device=device, max_pixels=max_pixels)
 
 
-def _peer(envelope: Sequence[bytes]) -> str:
-    return envelope[0].hex()[:10] if envelope else "?"
-
-
 class _RateLimitedLog:
     """At most ``burst`` log lines per ``window_s`` (malformed traffic must not flood the log)."""
 
@@ -192,6 +206,10 @@ class Server:
         self.config = config
         self.limits = P.Limits(config.max_pixels)
         self.keys: ServerKeys | None = check_endpoint(config.endpoint, config.curve_keys)
+        self.local_transport = config.endpoint.startswith(("ipc://", "inproc://"))
+        self.conns = Connections()
+        self.monitor: zmq.Socket | None = None
+        self._seq = itertools.count(1)
         self._given_pipelines = list(pipelines) if pipelines is not None else None
         self.cache: ByteLRU[str, P.JobRecord] = ByteLRU(config.cache_bytes)
         self.queue = JobQueue(config.queue_size)
@@ -210,7 +228,6 @@ class Server:
         self.workers: list[threading.Thread] = []
         self.bound_endpoint: str | None = None
         self.started = time.time()
-        self.counters = {"requests": 0, "rejected": 0, "jobs": 0, "results": 0, "errors": 0, "cancelled": 0}
 
     # ------------------------------------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -254,6 +271,7 @@ class Server:
             raise OSError(f"cannot listen on {cfg.endpoint}: {e}") from None
         self.router = r
         self.bound_endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.monitor = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.events = self.ctx.socket(zmq.PULL)
         self.events.setsockopt(zmq.LINGER, 0)
         self.events.bind(self._events_ep)
@@ -281,6 +299,8 @@ class Server:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.events, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
         while not self._stop.is_set():
             try:
                 ready = dict(poller.poll(100))
@@ -290,6 +310,8 @@ class Server:
                 raise
             if self.events in ready:
                 self._forward_events()
+            if self.monitor in ready:
+                self._drain_monitor()
             if self.router in ready:
                 self._read_requests()
         return self._shutdown(poller)
@@ -306,7 +328,7 @@ class Server:
     def _shutdown(self, poller: zmq.Poller) -> int:
         self._stopping = True
         for job in self.queue.drain():
-            self._send_final_now(job, {"v": P.PROTOCOL_VERSION, "type": P.CANCELLED, "id": job.req_id,
+            self._send_final_now(job, {"v": job.v, "type": P.CANCELLED, "id": job.req_id,
                                        "job": job.job_id, "reason": "server shutting down"})
         for job in self.jobs.values():
             job.cancel.set()
@@ -323,6 +345,10 @@ class Server:
         if stuck:
             log.error("worker(s) %s did not stop within %.0f s", ", ".join(stuck), self.config.shutdown_grace_s)
         assert self.router is not None and self.events is not None
+        if self.monitor is not None:
+            self.router.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
         self.router.close(linger=1000)
         self.events.close(linger=0)
         if self.auth is not None:
@@ -342,13 +368,47 @@ class Server:
         assert self.router is not None
         for _ in range(budget):
             try:
-                frames = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+                msg = receive_message(self.router, self.limits, self._refuse_sizes)
+            except zmq.ZMQError as e:
+                log.warning("receive failed: %s", e)
+                return
+            if msg is None:
                 return
             try:
-                self._on_request(frames)
+                self._on_message(msg)
             except Exception:   # never die on a message
                 log.exception("unexpected failure while handling a request")
+
+    def _drain_monitor(self) -> None:
+        """Disconnected clients: drop their queued jobs now, cancel their running ones (main thread)."""
+        if self.monitor is None:
+            return
+        from zmq.utils.monitor import parse_monitor_message
+
+        while True:
+            try:
+                event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except (zmq.ZMQError, ValueError, IndexError) as e:
+                log.debug("unreadable monitor event: %s", e)
+                continue
+            if event.get("event") != zmq.EVENT_DISCONNECTED:
+                continue
+            conn = self.conns.disconnected(int(event["value"]))
+            orphans = [j for j in self.jobs.values() if j.peer is not None and j.peer.conn == conn]
+            dropped = running = 0
+            for job in orphans:
+                if self.queue.remove(job):
+                    self.jobs.pop(job.job_id, None)
+                    job.pixels = job.masks = job.fusion_state = job.instances = None
+                    dropped += 1
+                elif not job.cancel.is_set():
+                    job.cancel.set()
+                    running += 1
+            if orphans:
+                log.info("client %s disconnected: %d queued job(s) dropped, %d running job(s) cancelled",
+                         orphans[0].peer.label if orphans[0].peer else "?", dropped, running)
 
     def _forward_events(self, budget: int = 256) -> None:
         assert self.events is not None
@@ -373,15 +433,15 @@ class Server:
             self.router.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as e:
-            peer = bytes(frames[0]).hex()[:10] if frames else "?"
+            who = job.peer.label if job is not None and job.peer is not None else "?"
             if e.errno == zmq.EHOSTUNREACH:
                 if job is not None and job.state in ("queued", "running") and not job.cancel.is_set():
-                    log.info("client %s is gone: cancelling job %s", peer, job.job_id)
+                    log.info("client %s is gone: cancelling job #%d", who, job.seq)
                     self._cancel(job)
             elif e.errno == zmq.EAGAIN:
-                log.warning("client %s is not reading its replies: message dropped", peer)
+                log.warning("client %s is not reading its replies: message dropped", who)
             else:
-                log.warning("send to client %s failed: %s", peer, e)
+                log.warning("send to client %s failed: %s", who, e)
             return False
 
     def _reply(self, envelope: list[bytes], header: dict[str, Any], data: Sequence[Any] = (),
@@ -391,103 +451,152 @@ class Server:
     def _send_final_now(self, job: Job, header: dict[str, Any]) -> None:
         """Final message for a job that never reached a worker (main thread)."""
         self.jobs.pop(job.job_id, None)
-        self.counters["cancelled"] += header["type"] == P.CANCELLED
         job.pixels = job.masks = job.fusion_state = job.instances = None
         self._reply(job.envelope, header)
 
-    def _on_request(self, frames: list[Any]) -> None:
-        if not frames:
-            return
-        envelope, body = P.split_envelope(frames)
-        self.counters["requests"] += 1
-        try:
-            req = P.parse_request(body, self.limits)
-            self._dispatch(envelope, req)
-        except P.ProtocolError as e:
-            self.counters["rejected"] += 1
-            self._rejected_log("rejected request from %s: %s: %s", _peer(envelope), e.code, e.message)
-            extra = {"supported": list(P.SUPPORTED_VERSIONS)} if e.code == "version" else {}
-            self._reply(envelope, P.error_header(e.code, e.message, e.req_id, e.job, **extra))
+    def _peer_of(self, msg: Incoming) -> Peer:
+        return self.conns.peer(msg.envelope[0], msg.header_frame, self.local_transport,
+                               self.config.untrusted_loopback)
 
-    def _dispatch(self, envelope: list[bytes], req: P.Request) -> None:
+    def _may_use(self, token: str, owner: str | None, creator: Peer | None, given: str | None,
+                 peer: Peer) -> bool:
+        """Whether ``peer`` may act on a job: its CURVE key must be the creator's (when there was one), and it
+        must show the job's token, or (requests without a token, e.g. protocol 1) be the creating connection."""
+        if owner is not None and peer.user_id != owner:
+            return False
+        if given is not None:
+            return hmac.compare_digest(given.encode(), token.encode())
+        return creator is not None and creator.conn == peer.conn and creator.identity == peer.identity
+
+    def _refuse_sizes(self, req: P.Request, header_frame: Any, sizes: list[int] | None) -> list[int] | None:
+        """Exact mask frame sizes of a ``refuse`` (from the kept job) before its frames are kept."""
+        if not isinstance(req, P.RefuseRequest):
+            return sizes
+        self._drain_monitor()
+        peer = self.conns.peer(b"", header_frame, self.local_transport, self.config.untrusted_loopback)
+        rec = self.cache.get(req.base_job)
+        if rec is None or not self._may_use(rec.token, rec.owner, None, req.base_token, peer):
+            raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished long "
+                                  "ago, evicted, never run, or its token is missing or wrong): run colorize "
+                                  "again", req.id, req.job)
+        return [rec.out_width * rec.out_height] * rec.n_instances
+
+    def _on_message(self, msg: Incoming) -> None:
+        if msg.error is not None:
+            e = msg.error
+            self._rejected_log("rejected request from %s: %s: %s%s", self._peer_of(msg).label
+                               if msg.header_frame is not None else "?", e.code, e.message,
+                               f" ({msg.dropped_frames} frame(s), {msg.dropped_bytes / 1e6:.1f} MB dropped)"
+                               if msg.dropped_frames else "")
+            extra = {"supported": list(P.SUPPORTED_VERSIONS)} if e.code == "version" else {}
+            self._reply(msg.envelope, P.error_header(e.code, e.message, e.req_id, e.job, msg.version, **extra))
+            return
+        assert msg.request is not None
+        self._drain_monitor()          # a disconnect queued before this request was read must be seen first
+        peer = self._peer_of(msg)
+        try:
+            self._dispatch(msg.envelope, msg.request, peer)
+        except P.ProtocolError as e:
+            self._rejected_log("rejected request from %s: %s: %s", peer.label, e.code, e.message)
+            self._reply(msg.envelope, P.error_header(e.code, e.message, e.req_id, e.job, msg.version))
+
+    def _dispatch(self, envelope: list[bytes], req: P.Request, peer: Peer) -> None:
         if isinstance(req, P.PingRequest):
-            pong = {"v": P.PROTOCOL_VERSION, "type": P.PONG, "id": req.id, "time": time.time(),
+            pong = {"v": req.v, "type": P.PONG, "id": req.id, "time": time.time(),
                     "queued": len(self.queue), "running": self.queue.running}
             if req.job is not None:
                 job = self.jobs.get(req.job)
-                pong["job"], pong["job_state"] = req.job, job.state if job is not None else "unknown"
+                known = job is not None and self._may_use(job.token, job.peer.user_id if job.peer else None,
+                                                          job.peer, req.token, peer)
+                pong["job"], pong["job_state"] = req.job, job.state if known and job is not None else "unknown"
             self._reply(envelope, pong)
         elif isinstance(req, P.InfoRequest):
-            self._reply(envelope, self._info(req.id))
+            self._reply(envelope, self._info(req.id, req.v, peer))
         elif isinstance(req, P.CancelRequest):
-            self._on_cancel(envelope, req)
+            self._on_cancel(envelope, req, peer)
         else:
-            self._on_job(envelope, req)
+            self._on_job(envelope, req, peer)
 
-    def _on_cancel(self, envelope: list[bytes], req: P.CancelRequest) -> None:
+    def _on_cancel(self, envelope: list[bytes], req: P.CancelRequest, peer: Peer) -> None:
         job = self.jobs.get(req.job)
-        if job is None:
-            raise P.ProtocolError("unknown_job", f"job {req.job} is not queued or running", req.id, req.job)
+        if job is None or not self._may_use(job.token, job.peer.user_id if job.peer else None, job.peer, req.token,
+                                            peer):
+            raise P.ProtocolError("unknown_job", f"job {req.job} is not queued or running (or the token is "
+                                  "missing or wrong)", req.id, req.job)
         state = self._cancel(job)
-        self._reply(envelope, {"v": P.PROTOCOL_VERSION, "type": P.ACK, "id": req.id, "job": req.job,
-                               "state": state})
+        self._reply(envelope, {"v": req.v, "type": P.ACK, "id": req.id, "job": req.job, "state": state})
 
     def _cancel(self, job: Job) -> str:
         """Cancel a job: a queued one is dropped now, a running one stops at its next stage boundary."""
         if self.queue.remove(job):
-            log.info("job %s cancelled while queued", job.job_id)
-            self._send_final_now(job, {"v": P.PROTOCOL_VERSION, "type": P.CANCELLED, "id": job.req_id,
-                                       "job": job.job_id})
+            log.info("job #%d cancelled while queued", job.seq)
+            self._send_final_now(job, {"v": job.v, "type": P.CANCELLED, "id": job.req_id, "job": job.job_id})
             return "cancelled"
         job.cancel.set()
         return "cancelling"
 
-    def _on_job(self, envelope: list[bytes], req: P.ColorizeRequest | P.RefuseRequest) -> None:
+    def _on_job(self, envelope: list[bytes], req: P.ColorizeRequest | P.RefuseRequest, peer: Peer) -> None:
         if self._stopping:
             raise P.ProtocolError("shutting_down", "the server is shutting down", req.id, req.job)
         if req.job in self.jobs:
             raise P.ProtocolError("duplicate_job", f"job {req.job} is already queued or running", req.id, req.job)
+        avail = available_memory()
+        token = req.token or P.new_token()
         if isinstance(req, P.ColorizeRequest):
+            check_job(req.width, req.height, req.format, req.options, peer.remote, self.config.remote_limits, avail,
+                      req.id, req.job)
             job = Job(req.job, req.id, envelope, P.COLORIZE, req.width, req.height, req.format, req.pixels,
                       req.options, instances=req.instances)
         else:
             rec = self.cache.get(req.base_job)
-            if rec is None:
+            if rec is None or not self._may_use(rec.token, rec.owner, None, req.base_token, peer):
                 raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished "
                                       "long ago, evicted or never run): run colorize again", req.id, req.job)
             masks = P.check_refuse(req, rec)
+            opts = req.options or rec.options
+            check_job(rec.width, rec.height, rec.format, opts, peer.remote, self.config.remote_limits, avail,
+                      req.id, req.job)
             job = Job(req.job, req.id, envelope, P.REFUSE, rec.width, rec.height, rec.format, rec.pixels,
-                      req.options or rec.options, masks=masks, fusion_state=rec.state)
-        job.peer = _peer(envelope)
+                      opts, masks=masks, fusion_state=rec.state)
+        job.peer, job.token, job.v, job.seq = peer, token, req.v, next(self._seq)
         position = self.queue.offer(job)
         if position is None:
             raise P.ProtocolError("busy", f"the job queue is full ({self.queue.capacity} waiting): try again later",
                                   req.id, req.job)
         self.jobs[job.job_id] = job
-        self.counters["jobs"] += 1
         # Sent before any event of this job: workers' events are forwarded by this thread, later.
-        self._reply(envelope, {"v": P.PROTOCOL_VERSION, "type": P.ACCEPTED, "id": req.id, "job": req.job,
+        self._reply(envelope, {"v": req.v, "type": P.ACCEPTED, "id": req.id, "job": req.job, "token": token,
                                "position": position}, job=job)
-        log.info("job %s (%s %dx%d %s) from %s queued at %d", job.job_id, job.kind, job.width, job.height,
-                 job.format, job.peer, position)
+        log.info("job #%d (%s %dx%d %s) from %s%s queued at %d", job.seq, job.kind, job.width, job.height,
+                 job.format, peer.label, " (remote)" if peer.remote else "", position)
+        log.debug("job #%d has id %s", job.seq, job.job_id)
 
-    def _info(self, req_id: str) -> dict[str, Any]:
-        versions = {"patchcolor": __version__, "python": platform.python_version(), "pyzmq": zmq.__version__,
-                    "libzmq": zmq.zmq_version(), "numpy": np.__version__}
-        if "torch" in sys.modules:
-            versions["torch"] = str(sys.modules["torch"].__version__)
+    def _info(self, req_id: str, v: int, peer: Peer) -> dict[str, Any]:
         stats = self.cache.stats()
-        return {
-            "v": P.PROTOCOL_VERSION, "type": P.INFO, "id": req_id, "protocol": P.PROTOCOL_VERSION,
-            "supported_versions": list(P.SUPPORTED_VERSIONS), "versions": versions, "devices": self.devices,
+        lim = self.config.remote_limits
+        info: dict[str, Any] = {
+            "v": v, "type": P.INFO, "id": req_id, "protocol": P.PROTOCOL_VERSION,
+            "supported_versions": list(P.SUPPORTED_VERSIONS), "devices": self.devices,
             **weights_info(self._models_dir),
             "formats": list(P.PIXEL_FORMATS), "stages": list(P.STAGES), "presets": {
-                k: v.to_dict() for k, v in PRESETS.items()},
+                k: o.to_dict() for k, o in PRESETS.items()},
             "max_pixels": self.limits.max_pixels, "queue_size": self.queue.capacity, "queued": len(self.queue),
             "running": self.queue.running, "curve": self.keys is not None,
             "cache": {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes},
-            "uptime_s": round(time.time() - self.started, 1),
+            "uptime_s": round(time.time() - self.started, 1), "remote": peer.remote,
         }
+        if peer.remote:   # what this client may ask for; the server's paths and library versions stay private
+            info.pop("models_dir", None)
+            info["limits"] = {"net_size": lim.net_size, "batch_size": lim.batch_size,
+                              "max_instances": lim.max_instances, "max_side": lim.max_side,
+                              "min_score_thresh": lim.min_score_thresh, "job_bytes": lim.job_bytes}
+        else:
+            versions = {"patchcolor": __version__, "python": platform.python_version(), "pyzmq": zmq.__version__,
+                        "libzmq": zmq.zmq_version(), "numpy": np.__version__}
+            if "torch" in sys.modules:
+                versions["torch"] = str(sys.modules["torch"].__version__)
+            info["versions"] = versions
+        return info
 
     # ---------------------------------------------------------------------------------------------- worker side
     def _worker_main(self, pipeline: Any, device: str) -> None:
@@ -503,7 +612,7 @@ class Server:
                 try:
                     self._run_job(pipeline, device, job, push)
                 except Exception:   # could not even report the failure: keep the worker alive
-                    log.exception("job %s: failure while reporting its outcome", job.job_id)
+                    log.exception("job #%d: failure while reporting its outcome", job.seq)
         finally:
             push.close()
 
@@ -521,9 +630,9 @@ class Server:
             overall[0] = max(overall[0], P.overall_fraction(str(stage), float(fraction)))
             next(seq)
             try:
-                emit(P.progress_header(job.req_id, job.job_id, str(stage), float(fraction), overall[0]))
+                emit(P.progress_header(job.req_id, job.job_id, str(stage), float(fraction), overall[0], job.v))
             except zmq.ZMQError as e:   # a lost progress event must not fail the job
-                log.warning("job %s: progress event not sent: %s", job.job_id, e)
+                log.warning("job #%d: progress event not sent: %s", job.seq, e)
 
         t0 = time.perf_counter()
         try:
@@ -537,47 +646,44 @@ class Server:
             else:
                 result = pipeline.refuse(src, job.fusion_state, job.masks, job.options, progress=progress,
                                          cancelled=job.cancel.is_set)
-            header, data = P.result_message(job.req_id, job.job_id, result)
+            header, data = P.result_message(job.req_id, job.job_id, result, job.v)
             rec = P.JobRecord(job.width, job.height, job.format, job.pixels, job.options, result.state,
-                              header["width"], header["height"], len(result.instances))
+                              header["width"], header["height"], len(result.instances), job.token,
+                              job.peer.user_id if job.peer is not None else None)
+            header["token"] = job.token
             header["refusable"] = self.cache.put(job.job_id, rec, rec.nbytes)
             header["timings"]["server_total"] = round(time.perf_counter() - t0, 4)
             emit(header, data, final=True)
-            self.counters["results"] += 1
-            log.info("job %s done on %s in %.2f s: %dx%d %s, %d instance(s), %d progress event(s)", job.job_id,
+            log.info("job #%d done on %s in %.2f s: %dx%d %s, %d instance(s), %d progress event(s)", job.seq,
                      device, time.perf_counter() - t0, header["width"], header["height"], header["format"],
                      len(result.instances), next(seq))
         except Cancelled as e:
-            self.counters["cancelled"] += 1
-            log.info("job %s cancelled after %.2f s", job.job_id, time.perf_counter() - t0)
-            emit({"v": P.PROTOCOL_VERSION, "type": P.CANCELLED, "id": job.req_id, "job": job.job_id,
+            log.info("job #%d cancelled after %.2f s", job.seq, time.perf_counter() - t0)
+            emit({"v": job.v, "type": P.CANCELLED, "id": job.req_id, "job": job.job_id,
                   "reason": str(e)}, final=True)
         except PatchColorError as e:
-            self.counters["errors"] += 1
-            log.warning("job %s failed: %s: %s", job.job_id, e.code, e.message)
-            emit(P.error_header(e.code, e.message, job.req_id, job.job_id), final=True)
+            log.warning("job #%d failed: %s: %s", job.seq, e.code, e.message)
+            emit(P.error_header(e.code, e.message, job.req_id, job.job_id, job.v), final=True)
         except ValueError as e:
             if job.kind == P.REFUSE:   # Pipeline.refuse: masks/options that do not fit the kept job
-                self.counters["errors"] += 1
-                log.warning("job %s: cannot re-fuse: %s", job.job_id, e)
-                emit(P.error_header("bad_request", f"cannot re-fuse: {e}", job.req_id, job.job_id), final=True)
+                log.warning("job #%d: cannot re-fuse: %s", job.seq, e)
+                emit(P.error_header("bad_request", f"cannot re-fuse: {e}", job.req_id, job.job_id, job.v),
+                     final=True)
             else:
                 self._internal_error(job, e, emit)
         except MemoryError:
-            self.counters["errors"] += 1
-            log.error("job %s ran out of memory", job.job_id)
+            log.error("job #%d ran out of memory", job.seq)
             emit(P.error_header("out_of_memory", "the server ran out of memory for this image", job.req_id,
-                                job.job_id), final=True)
+                                job.job_id, job.v), final=True)
         except Exception as e:
             self._internal_error(job, e, emit)
         finally:
             job.pixels = job.masks = job.fusion_state = job.instances = None   # the cache keeps what refuse needs
 
     def _internal_error(self, job: Job, e: BaseException, emit: Callable[..., None]) -> None:
-        self.counters["errors"] += 1
-        log.error("job %s failed unexpectedly", job.job_id, exc_info=(type(e), e, e.__traceback__))
+        log.error("job #%d failed unexpectedly", job.seq, exc_info=(type(e), e, e.__traceback__))
         emit(P.error_header("internal", f"unexpected server error: {type(e).__name__}: {e}"[:500],
-                            job.req_id, job.job_id), final=True)
+                            job.req_id, job.job_id, job.v), final=True)
 
 
 def weights_info(models_dir: Path | None) -> dict[str, Any]:
