@@ -193,7 +193,8 @@ class ZmtpDealer:
         self.endpoint = endpoint
         self.last_error: str | None = None
         self._inbox: queue.Queue[list[memoryview]] = queue.Queue()
-        self._outbox: queue.Queue[tuple[list[Any], Tracker | None]] = queue.Queue()
+        # (frames, tracker, raw): raw items are whole pre-built command frames (PONG), written as they are
+        self._outbox: queue.Queue[tuple[list[Any], Tracker | None, bool]] = queue.Queue()
         self._closed = threading.Event()
         self._conn: _Connection | None = None
         self._thread = threading.Thread(target=self._run, name=f"zmtp {endpoint}", daemon=True)
@@ -205,7 +206,7 @@ class ZmtpDealer:
         if self._closed.is_set():
             raise ValueError("the socket is closed")
         tracker = Tracker() if track else None
-        self._outbox.put(([memoryview(f).cast("B") for f in frames], tracker))
+        self._outbox.put(([memoryview(f).cast("B") for f in frames], tracker, False))
         return tracker
 
     def recv(self, timeout_s: float) -> list[memoryview] | None:
@@ -264,6 +265,9 @@ class ZmtpDealer:
                 wait = RECONNECT_MAX_S
             except OSError as e:
                 self.last_error = e.strerror or str(e) or type(e).__name__
+            except ValueError:          # a read on the stream that close() just closed
+                if not self._closed.is_set():
+                    raise
             finally:
                 if conn is not None:
                     conn.close()
@@ -278,10 +282,11 @@ class ZmtpDealer:
             if flags & FLAG_COMMAND:
                 name, data = _split_command(body)
                 if name == b"PING":           # heartbeat: PONG with the ping's context (after its 2-byte TTL)
-                    self._outbox.put(([memoryview(command(b"PONG", data[2:]))], None))
+                    self._outbox.put(([memoryview(command(b"PONG", data[2:]))], None, True))
                 elif name == b"ERROR":
-                    raise ZmtpError(f"the server closed the connection: {data[1:1 + data[0]].decode('utf-8', 'replace')}"
-                                    if data else "the server closed the connection")
+                    reason = data[1:1 + data[0]].decode("utf-8", "replace") if data else ""
+                    raise ZmtpError(f"the server closed the connection: {reason}" if reason
+                                    else "the server closed the connection")
                 continue
             parts.append(memoryview(body))
             if len(parts) > MAX_PARTS:
@@ -293,12 +298,11 @@ class ZmtpDealer:
     def _write(self, conn: _Connection) -> None:
         while conn.alive and not self._closed.is_set():
             try:
-                frames, tracker = self._outbox.get(timeout=0.1)
+                frames, tracker, raw = self._outbox.get(timeout=0.1)
             except queue.Empty:
                 continue
             try:
-                if frames and len(frames) == 1 and frames[0].nbytes and frames[0][0] == FLAG_COMMAND \
-                        and tracker is None and _is_command(frames[0]):
+                if raw:
                     conn.sock.sendall(frames[0])
                 else:
                     _send_message(conn.sock, frames)
@@ -311,11 +315,6 @@ class ZmtpDealer:
             finally:
                 if tracker is not None:
                     tracker._finish()
-
-
-def _is_command(frame: memoryview) -> bool:
-    """True for a pre-built PONG command frame queued by the reader (never for a user message)."""
-    return bytes(frame[2:7]) == b"\x04PONG"
 
 
 def _send_message(sock: socket.socket, frames: list[memoryview]) -> None:
