@@ -9,7 +9,7 @@ import time
 import pytest
 import zmq
 
-from patchcolor_client import Client
+from patchcolor_client import BackendError, Client
 from patchcolor_client import protocol as CP
 from service_support import start_server
 
@@ -40,7 +40,7 @@ _JUNK = {   # per header field: values that must all be refused
     "id": [None, 5, "", "x" * 100, [], {}, "bad id!"],
     "job": [None, 5, "", "y" * 65, ["j"], "a/b"],
     "type": [None, 5, "", "COLORIZE", [], "result"],
-    "v": [None, True, "1", 1.0, 2, [], {}],
+    "v": [None, True, "1", 1.0, 3, [], {}],
 }
 
 
@@ -69,7 +69,7 @@ def fuzz_message(rng: random.Random) -> list[bytes]:
                             b"{'v': 1}", b'{"v":1,}', b"\xff\xfe\x00", b"[" * 5000, b'{"a":' * 3000,
                             b'{"v": 1e999}', b'{"v": ' + b"9" * 5000 + b"}", b"\x00" * 10]), bytes(size)]
     if kind == 6:      # unknown version / type
-        good["v"] = rng.choice([0, 2, 99, -1])
+        good["v"] = rng.choice([0, 3, 99, -1])
         if rng.random() < 0.5:
             good["type"] = rng.choice(["colourise", "PING", "", "result", "error"])
         return [json.dumps(good).encode(), bytes(size)]
@@ -152,3 +152,94 @@ def test_frame_over_maxmsgsize_disconnects_only_that_peer(fuzz_server):
         ctx.term()
     with Client(fuzz_server.endpoint, timeout_s=10) as c:
         assert c.ping(2.0) < 2.0
+
+
+# ------------------------------------------------------------------------------- multi-frame and oversize
+BIG_MAX_PIXELS = 2_000_000      # -> ZMQ_MAXMSGSIZE 16 MB: 7.9 MB frames pass libzmq and reach the server's checks
+BIG_FRAME = 7_900_000
+
+
+@pytest.fixture(scope="module")
+def big_server(tmp_path_factory):
+    srv = start_server(tmp_path_factory.mktemp("fuzzbig"), "--max-pixels", str(BIG_MAX_PIXELS),
+                       "--pipeline-factory", "service_support:echo_pipeline", "--untrusted-loopback")
+    yield srv
+    srv.stop()
+
+
+def _peak_rss(srv) -> int:
+    with open(f"/proc/{srv.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_many_big_frames_are_drained_not_kept(big_server):
+    """A ping followed by 150 frames of 7.9 MB (1.19 GB), a colorize with 150 extra frames and a pixel frame
+    far larger than its header declares: one error each, and the server's memory comes back (< 100 MB growth)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(big_server.endpoint)
+    blob = bytes(BIG_FRAME)                  # the same buffer sent again and again (zero copy on this side)
+    ping = json.dumps({"v": 2, "type": "ping", "id": "p"}).encode()
+    colorize = json.dumps({"v": 2, "type": "colorize", "id": "c", "job": "c1", "width": 10, "height": 10,
+                           "format": "rgb8", "options": {"detector": "none"}}).encode()
+    try:
+        assert _exchange(sock, [ping])["type"] == "pong"
+        rss_before = big_server.rss_bytes()
+        t0 = time.monotonic()
+        cases = [("150 x 7.9 MB after a ping", [ping] + [blob] * 150),
+                 ("150 x 7.9 MB after a colorize", [colorize, bytes(300)] + [blob] * 150),
+                 ("a 7.9 MB pixel frame for a 10x10 header", [colorize, blob]),
+                 ("a refuse with 150 big masks", [json.dumps({"v": 2, "type": "refuse", "id": "r", "job": "r1",
+                                                              "base_job": "nope"}).encode()] + [blob] * 150)]
+        for what, frames in cases:
+            sock.send_multipart(frames, copy=False)
+            assert sock.poll(60_000), f"no reply to {what}"
+            reply = json.loads(sock.recv_multipart()[0])
+            assert reply["type"] == "error" and reply["code"] in ("bad_request", "unknown_job"), (what, reply)
+        elapsed = time.monotonic() - t0
+        time.sleep(0.5)
+        rss_after, peak = big_server.rss_bytes(), _peak_rss(big_server)
+        growth = rss_after - rss_before
+        print(f"\n{len(cases)} oversize messages ({(450 * BIG_FRAME + BIG_FRAME) / 1e9:.2f} GB) refused in "
+              f"{elapsed:.1f} s; server RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB "
+              f"(peak {peak / 2**20:.0f} MiB)")
+        assert growth < 100 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB"
+        assert "frame(s)" in big_server.log() and "MB dropped" in big_server.log()
+        assert _exchange(sock, [ping])["type"] == "pong"
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+@pytest.mark.parametrize("options", [
+    {"net_size": 1024},
+    {"batch_size": 64},
+    {"score_thresh": 0.0, "max_instances": 100, "net_size": 512, "batch_size": 64},
+    {"max_side": 8192},
+    {"detector": "detectron2"},
+])
+def test_oversize_options_from_remote_clients_are_refused(big_server, options):
+    """A remote client (--untrusted-loopback) cannot set memory-driving options past the remote limits: each is
+    refused with one bad_options sentence before any job starts, and the server's memory stays flat."""
+    rss_before = big_server.rss_bytes()
+    with Client(big_server.endpoint, timeout_s=10) as c:
+        with pytest.raises(BackendError) as ei:
+            c.colorize(64, 64, "gray8", bytes(64 * 64), {**options})
+        assert ei.value.code == "bad_options", ei.value
+        assert "remote" in ei.value.message and "\n" not in ei.value.message
+        assert c.info()["queued"] == 0 and c.info()["running"] == 0
+    assert big_server.rss_bytes() - rss_before < 50 * 2**20
+
+
+def test_remote_client_info_and_jobs_within_the_limits(big_server):
+    with Client(big_server.endpoint, timeout_s=10) as c:
+        info = c.info()
+        assert info["remote"] is True and "models_dir" not in info and "versions" not in info
+        assert info["limits"]["net_size"] == 512
+        # within every option bound, but 16 x 512^2 crops + a 2 MP rgba16 full-resolution finish: still fine
+        res = c.colorize(32, 32, "gray8", bytes(32 * 32), {"net_size": 512, "batch_size": 16, "detector": "none"})
+        assert res.width == 32

@@ -174,6 +174,15 @@ def default_pipeline_factory(models_dir: Path | None, device: str, max_pixels: i
     return Pipeline(models_dir=models_dir, device=device, max_pixels=max_pixels)
 
 
+def _redact(message: str, header: dict[str, Any] | None) -> str:
+    """``message`` without the request's job ids (they are logged at DEBUG only)."""
+    for key in ("job", "base_job"):
+        value = header.get(key) if header else None
+        if isinstance(value, str) and value:
+            message = message.replace(value, "<job>")
+    return message
+
+
 class _RateLimitedLog:
     """At most ``burst`` log lines per ``window_s`` (malformed traffic must not flood the log)."""
 
@@ -485,7 +494,7 @@ class Server:
         if msg.error is not None:
             e = msg.error
             self._rejected_log("rejected request from %s: %s: %s%s", self._peer_of(msg).label
-                               if msg.header_frame is not None else "?", e.code, e.message,
+                               if msg.header_frame is not None else "?", e.code, _redact(e.message, msg.header),
                                f" ({msg.dropped_frames} frame(s), {msg.dropped_bytes / 1e6:.1f} MB dropped)"
                                if msg.dropped_frames else "")
             extra = {"supported": list(P.SUPPORTED_VERSIONS)} if e.code == "version" else {}
@@ -497,7 +506,7 @@ class Server:
         try:
             self._dispatch(msg.envelope, msg.request, peer)
         except P.ProtocolError as e:
-            self._rejected_log("rejected request from %s: %s: %s", peer.label, e.code, e.message)
+            self._rejected_log("rejected request from %s: %s: %s", peer.label, e.code, _redact(e.message, msg.header))
             self._reply(msg.envelope, P.error_header(e.code, e.message, e.req_id, e.job, msg.version))
 
     def _dispatch(self, envelope: list[bytes], req: P.Request, peer: Peer) -> None:
