@@ -69,3 +69,31 @@ def test_clear_errors_without_traceback(folder, tmp_path):
     assert r.returncode == 2 and "saturation must be" in r.stderr
     r = _run(["colorize", folder / "astronaut.jpg", "-o", tmp_path, "--max-pixels", "1000"], tmp_path)
     assert r.returncode == 1 and "over the limit" in r.stderr
+
+
+def test_bad_inputs_are_one_line_each_and_never_stop_the_batch(tmp_path):
+    """1x1 gray/RGB, a PNG declaring 100000x100000, '..png', a truncated file: no model is needed to refuse them."""
+    from test_batch import photo, png_header_only
+
+    d = tmp_path / "in"
+    photo(d / "gray1.png", 1, 1)
+    photo(d / "rgb1.png", 1, 1, mode="RGB")
+    png_header_only(d / "bomb.png", 100_000, 100_000)
+    photo(d / "..png", 1, 1)
+    cut = photo(d / "cut.png", 300, 200, mode="RGB")
+    cut.write_bytes(cut.read_bytes()[:300])
+    r = _run(["colorize", d, "-o", tmp_path / "out"], tmp_path / "no-models")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 5 and all(n in r.stderr for n in ("gray1.png", "rgb1.png", "bomb.png", "/..png", "cut.png"))
+    assert "0 colorized, 0 skipped (already done), 5 failed" in r.stderr
+
+
+def test_output_folder_equal_to_input_is_refused(tmp_path):
+    from test_batch import photo
+
+    p = photo(tmp_path / "a.png")
+    before = p.read_bytes()
+    r = _run(["colorize", tmp_path, "-o", tmp_path, "--overwrite"], tmp_path / "no-models")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "--suffix" in r.stderr, r.stderr
+    assert p.read_bytes() == before and sorted(f.name for f in tmp_path.iterdir()) == ["a.png"]
