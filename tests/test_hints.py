@@ -453,3 +453,42 @@ def test_hint_files_one_file_or_same_named_in_a_folder(tmp_path):
     from patchcolor.errors import ImageUnreadable
     with pytest.raises(ImageUnreadable, match="hint image"):
         files.load(ins / "b.png", 10**8)
+
+
+def test_cli_hints_file_and_folder(tmp_path, models_dir, pipeline, photo_gray, caplog, capsys):
+    from patchcolor.cli import main
+
+    ins, hints, out = tmp_path / "in", tmp_path / "hints", tmp_path / "out"
+    photo = np.asarray(Image.fromarray(photo_gray).resize((64, 48), Image.BICUBIC))
+    _save(ins / "a.png", photo)
+    _save(ins / "b.jpg", photo)
+    dab = np.zeros((48, 64, 4), np.uint8)
+    dab[20:26, 30:36] = (*BLUE, 255)
+    _save(hints / "a.png", dab)                     # b has no hint image: colorized without hints
+    base = ["--models", str(models_dir), "--detector", "none", "--device", "cpu", "--colorizer", "eccv16"]
+    with caplog.at_level(logging.INFO, logger="patchcolor"):
+        assert main(["colorize", str(ins), "-o", str(out), "--hints", str(hints), *base]) == 0
+    said = [r.getMessage() for r in caplog.records if "siggraph17" in r.getMessage()]
+    assert len(said) == 1 and "eccv16" in said[0]                   # hints force siggraph17, said once
+    assert any("no hint image for b.jpg" in r.getMessage() for r in caplog.records)
+    got_a = np.asarray(Image.open(out / "a.png"))
+    got_b = np.asarray(Image.open(out / "b.png"))
+    opts = make_options("default", detector="none")
+    want_a = pipeline.run(SourceImage(photo), opts, hints=SourceImage(dab[..., :3].copy(), dab[..., 3].copy()))
+    np.testing.assert_array_equal(got_a, want_a.image)              # = Pipeline.run with the hint map
+    np.testing.assert_array_equal(got_b, pipeline.run(SourceImage(np.asarray(Image.open(ins / "b.jpg"))),
+                                                      opts).image)  # eccv16, automatic
+    one = tmp_path / "one"
+    assert main(["colorize", str(ins / "a.png"), "-o", str(one), "--hints", str(hints / "a.png"),
+                 "--hint-spread", "0", *base]) == 0
+    spread0 = pipeline.run(SourceImage(photo), make_options("default", detector="none", hint_spread=0),
+                           hints=SourceImage(dab[..., :3].copy(), dab[..., 3].copy()))
+    np.testing.assert_array_equal(np.asarray(Image.open(one / "a.png")), spread0.image)
+    assert not np.array_equal(spread0.image, want_a.image)
+    capsys.readouterr()
+    assert main(["colorize", str(ins), "-o", str(tmp_path / "x"), "--hints", str(hints / "a.png"), *base]) == 1
+    assert "one hint image but there are 2 inputs" in capsys.readouterr().err
+    _save(hints / "c.png", np.zeros((10, 10, 4), np.uint8))
+    _save(ins / "c.png", photo)
+    assert main(["colorize", str(ins / "c.png"), "-o", str(tmp_path / "y"), "--hints", str(hints), *base]) == 1
+    assert "hint image is 10x10 but the photo is 64x48" in capsys.readouterr().err

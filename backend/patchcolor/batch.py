@@ -519,18 +519,19 @@ class BatchSummary:
         return ", ".join(parts) + f" -> {out_dir}"
 
 
-RunFn = Callable[[SourceImage], object]     # src -> Result (options bound by the caller)
+RunFn = Callable[..., object]     # src -> Result (options bound by the caller); (src, item) with pass_item
 _STOP = object()
 
 
 def run_batch(plan: BatchPlan, run: RunFn, *, max_pixels: int, compress_level: int = PNG_COMPRESS_LEVEL,
-              overlap: bool = True, on_outcome: Callable[[ItemOutcome], None] | None = None) -> BatchSummary:
+              overlap: bool = True, on_outcome: Callable[[ItemOutcome], None] | None = None,
+              pass_item: bool = False) -> BatchSummary:
     """Colorize ``plan.items`` with ``run``; the already-done inputs are reported as skipped.
 
     overlap: decode the next input (reader thread) and write the previous one (writer thread) while ``run`` works
     on the current one; each hand-over holds at most one image. Outputs are the same bytes either way.
     A PatchColorError whose code is in FATAL_CODES (or an unwritable output) stops the batch: the inputs not
-    reached are reported as not_attempted."""
+    reached are reported as not_attempted. pass_item: call ``run(src, item)`` (e.g. to find a per-input file)."""
     outcomes: list[ItemOutcome] = [ItemOutcome(i, "skipped") for i in plan.done]
     lock = threading.Lock()
     stop = threading.Event()
@@ -577,7 +578,7 @@ def run_batch(plan: BatchPlan, run: RunFn, *, max_pixels: int, compress_level: i
         item, c, src, secs = job
         t0 = time.perf_counter()
         try:
-            result = run(src)
+            result = run(src, item) if pass_item else run(src)
         except PatchColorError as e:
             c.release()
             report(ItemOutcome(item, "failed", e.message, e.code))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .batch import IMAGE_SUFFIXES, atomic_write, output_suffix, save_image, write_masks  # noqa: F401 (moved there)
-from .errors import PatchColorError
+from .errors import BadOptions, PatchColorError
 from .options import PRESETS, make_options
 
 log = logging.getLogger("patchcolor")
@@ -58,6 +58,8 @@ def add_colorize_parser(sub) -> argparse.ArgumentParser:
         add_remote_arguments(p)
     except ImportError:  # pragma: no cover - service package always ships
         pass
+    from .hint_files import add_hint_arguments
+    add_hint_arguments(p)
     p.set_defaults(func=cmd_colorize)
     return p
 
@@ -76,11 +78,15 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
     from . import batch
 
+    from .hint_files import hint_options, hint_runner
+
     if getattr(args, "ray", None):
+        if getattr(args, "hints", None) is not None:
+            raise BadOptions("--hints is not supported with --ray yet: run without --ray")
         from .cluster import cmd_colorize_ray
 
         return cmd_colorize_ray(args)
-    opts = _options(args)
+    opts = hint_options(_options(args), args)
     plan = batch.plan_batch(args.inputs, args.output, fmt=args.format, suffix=args.suffix,
                             overwrite=args.overwrite, masks=args.masks, recursive=args.recursive)
     for note in plan.notes:
@@ -93,12 +99,13 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         log.info("removed %d temporary file(s) left by an interrupted run", removed)
     batch.install_sigterm_cleanup()
     runner = None
+    hints_for = hint_runner(args, len(plan.items) + len(plan.done))   # {} or {"hints": map} per input
 
-    def run(src):
+    def run(src, item):
         nonlocal runner
         if runner is None:
             runner = _runner(args)
-        return runner(src, opts)
+        return runner(src, opts, **hints_for(item.src))
 
     bar = tqdm(total=len(plan.items) + len(plan.done), unit="img", disable=None)
 
@@ -110,7 +117,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
     try:
         summary = batch.run_batch(plan, run, max_pixels=int(args.max_pixels), overlap=not args.no_overlap,
-                                  on_outcome=on_outcome)
+                                  on_outcome=on_outcome, pass_item=True)
     except SystemExit:
         bar.close()
         print("terminated: temporary files removed; run again to resume", file=sys.stderr)
@@ -127,8 +134,9 @@ def _runner(args: argparse.Namespace):
     if getattr(args, "remote", None):
         from .service.cli_serve import run_remote_colorize
 
-        return lambda src, opts: run_remote_colorize(args.remote, src, opts, server_key=args.server_key,
-                                                     client_key=args.client_key, timeout_s=args.remote_timeout)
+        return lambda src, opts, **kw: run_remote_colorize(args.remote, src, opts, server_key=args.server_key,
+                                                           client_key=args.client_key,
+                                                           timeout_s=args.remote_timeout, **kw)   # kw: hints
     from .pipeline import Pipeline
 
     pipe = Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels))
