@@ -211,3 +211,32 @@ def test_key_files(tmp_path, capsys):
                        "tcp://127.0.0.1:9", flag, value, *extra, "--remote-timeout", "0.5"])
         err = capsys.readouterr().err
         assert rc != 0 and "Traceback" not in err and f"{flag} {value}: no such file" in err, err
+
+
+@pytest.mark.parametrize("payload", [
+    # builtins.bytearray(3_000_000_000) through REDUCE: a few bytes that would allocate 3 GB
+    b"\x80\x04\x8c\x08builtins\x8c\tbytearray\x93\x8a\x05\x00^\xd0\xb2\x00\x85R.",
+    # BYTEARRAY8 / BINBYTES8 declaring 3e9 bytes that the file does not have
+    b"\x80\x05\x96" + (3_000_000_000).to_bytes(8, "little") + b"x.",
+    b"\x80\x04\x8e" + (3_000_000_000).to_bytes(8, "little") + b"x.",
+    # numpy _reconstruct of a 3e9-element shape
+    b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n\x8a\x05\x00^\xd0\xb2\x00\x85C\x01b\x87R.",
+])
+def test_detector_pickle_sizes_are_bounded_before_allocating(tmp_path, payload):
+    """A .pkl declaring 3 GB is refused (WeightsCorrupt, one sentence) without allocating it."""
+    import tracemalloc
+
+    from patchcolor.errors import WeightsCorrupt
+    from patchcolor.segment.d2_pickle import read_d2_pickle
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(payload)
+    tracemalloc.start()          # Python and numpy allocations, also the ones never touched (RSS misses those)
+    try:
+        with pytest.raises(WeightsCorrupt) as ei:
+            read_d2_pickle(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(ei.value)
+    assert peak < 50 * 2**20, f"{peak / 2**30:.2f} GiB allocated while reading a {len(payload)}-byte file"

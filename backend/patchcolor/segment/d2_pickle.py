@@ -19,6 +19,7 @@ target key at a time (so every expected key is checked for presence and shape):
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -42,10 +43,38 @@ def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
     return obj.encode("latin-1", errors)
 
 
+def _no_size(name: str, make: Callable[..., Any]) -> Callable[..., Any]:
+    """``bytes``/``bytearray`` that refuse an integer argument: ``bytearray(3_000_000_000)`` from a few pickle
+    bytes would allocate 3 GB before anything could be checked (a checkpoint only ever passes data)."""
+    def build(*args: Any) -> Any:
+        if args and not isinstance(args[0], (str, bytes, bytearray)):
+            raise pickle.UnpicklingError(f"refused {name}() of a {type(args[0]).__name__} (only data is allowed)")
+        return make(*args)
+    return build
+
+
+def _plain_dtype(*args: Any) -> np.dtype:
+    """``numpy.dtype`` without object dtypes (an object array of a huge shape is allocated before its data)."""
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise pickle.UnpicklingError("refused an object dtype (a checkpoint holds numbers only)")
+    return dt
+
+
+def _empty_reconstruct(make: Callable[..., Any]) -> Callable[..., Any]:
+    """numpy's ``_reconstruct(cls, shape, dtype)`` as numpy pickles call it: with an empty shape. Any other
+    shape would allocate the array before its data is read (and checked against the file)."""
+    def build(cls: Any, shape: Any, dtype: Any) -> Any:
+        if cls is not np.ndarray or not isinstance(shape, tuple) or 0 not in shape:
+            raise pickle.UnpicklingError("refused numpy _reconstruct of a non-empty or non-ndarray shape")
+        return make(cls, shape, dtype)
+    return build
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "dtype"): _plain_dtype,
         ("collections", "OrderedDict"): OrderedDict,
         ("_codecs", "encode"): _latin1_encode,
     }
@@ -55,7 +84,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     from numpy._core import multiarray as ma, numeric  # numpy >= 2
 
     for pkg in ("numpy.core", "numpy._core"):
-        allowed[(pkg + ".multiarray", "_reconstruct")] = ma._reconstruct
+        allowed[(pkg + ".multiarray", "_reconstruct")] = _empty_reconstruct(ma._reconstruct)
         allowed[(pkg + ".multiarray", "scalar")] = ma.scalar
         allowed[(pkg + ".numeric", "_frombuffer")] = numeric._frombuffer
     # plain-data builtins (containers and numbers); no callables with side effects
@@ -63,7 +92,41 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
                  "bytearray"):
         allowed[("builtins", name)] = getattr(__import__("builtins"), name)
         allowed[("__builtin__", name)] = allowed[("builtins", name)]   # python-2 spelling
+    for name in ("bytes", "bytearray"):
+        allowed[("builtins", name)] = allowed[("__builtin__", name)] = _no_size(name, allowed[("builtins", name)])
     return allowed
+
+
+class _BoundedReader:
+    """A file for ``pickletools.genops`` that refuses any read past the end of the file *before* reading:
+    pickle opcodes declare their data's length (up to 2**64) and ``_pickle`` allocates that much first."""
+
+    def __init__(self, f: Any, size: int):
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.left
+        if n > self.left:
+            raise pickle.UnpicklingError(f"an entry declares {n} bytes, more than the {self.left} left in the file")
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self.f.readline(1 << 16)
+        self.left -= len(line)
+        return line
+
+    def tell(self) -> int:
+        return int(self.f.tell())
+
+
+def check_sizes(f: Any, size: int) -> None:
+    """Walk the pickle's opcodes (nothing is built) and refuse one whose declared data length exceeds what is
+    left of the ``size``-byte file. Raises pickle.UnpicklingError / ValueError."""
+    for _op, _arg, _pos in pickletools.genops(_BoundedReader(f, size)):
+        pass
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -94,6 +157,8 @@ def read_d2_pickle(path: Path) -> dict[str, np.ndarray]:
         raise WeightsMissing(f"The detector weights file {path} is missing; run `python install.py` to download it.")
     try:
         with open(path, "rb") as f:
+            check_sizes(f, path.stat().st_size)      # declared lengths bounded by the file, before allocating
+            f.seek(0)
             data = RestrictedUnpickler(f, encoding="latin1").load()
     except WeightsCorrupt:
         raise
