@@ -108,6 +108,16 @@ def test_protocol_1_clients_are_still_served(slow_echo):
         assert ack["type"] == "ack" and ack["v"] == 1
         final = _wait(s, lambda r: r.get("job") == "v1-a" and r["type"] in CP.FINAL_TYPES)
         assert final["type"] == "cancelled" and final["v"] == 1
+        s.send_multipart(_colorize_frames("v1-b", v=1))        # a finished v1 job: re-fused on its connection
+        res = _wait(s, lambda r: r.get("job") == "v1-b" and r["type"] in CP.FINAL_TYPES)
+        assert res["type"] == "result" and res["v"] == 1 and len(res["instances"]) == 1
+        refuse = {"v": 1, "type": "refuse", "id": "rf", "job": "v1-c", "base_job": "v1-b"}
+        s.send_multipart([json.dumps(refuse).encode(), bytes([255]) * 16])
+        assert _wait(s, lambda r: r.get("job") == "v1-c" and r["type"] in CP.FINAL_TYPES)["type"] == "result"
+        other = _dealer(ctx, slow_echo.endpoint)               # ... but not from another connection
+        other.send_multipart([json.dumps({**refuse, "job": "v1-d"}).encode(), bytes([255]) * 16])
+        assert _wait(other, lambda r: r.get("job") == "v1-d")["code"] == "unknown_job"
+        other.close(0)
         s.close(0)
     finally:
         ctx.term()

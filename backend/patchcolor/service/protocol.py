@@ -415,6 +415,7 @@ class JobRecord:
     n_instances: int
     token: str = field(default="", repr=False)
     owner: str | None = None
+    creator: Any = field(default=None, repr=False)   # service.peers.Peer of the creating request
 
     @property
     def nbytes(self) -> int:

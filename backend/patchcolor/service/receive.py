@@ -47,14 +47,15 @@ class Incoming:
         return P.request_version(self.header) if self.header is not None else P.PROTOCOL_VERSION
 
 
-#: (request, header frame) -> exact data frame sizes, or None for "up to MAX_INSTANCES frames".
-SizesFn = Callable[[P.Request, Any, list[int] | None], list[int] | None]
+#: (request, the message so far: envelope + header frame, announced sizes) -> exact data frame sizes, or None for
+#: "up to MAX_INSTANCES frames".
+SizesFn = Callable[[P.Request, "Incoming", "list[int] | None"], "list[int] | None"]
 
 
 def receive_message(sock: zmq.Socket, limits: P.Limits, sizes_for: SizesFn | None = None) -> Incoming | None:
     """Read the next whole message (None when nothing is waiting). Never raises for what a client sent.
 
-    ``sizes_for(request, header_frame, sizes)`` may replace the announced sizes (``refuse``: from the kept job)
+    ``sizes_for(request, message, sizes)`` may replace the announced sizes (``refuse``: from the kept job)
     or raise ProtocolError (e.g. an unknown base job); then the rest of the message is drained."""
     try:
         first = sock.recv(zmq.NOBLOCK, copy=False)
@@ -75,7 +76,7 @@ def receive_message(sock: zmq.Socket, limits: P.Limits, sizes_for: SizesFn | Non
         msg.header = P.decode_header(frame.buffer)
         msg.request, sizes = P.parse_header(msg.header, limits)
         if sizes_for is not None:
-            sizes = sizes_for(msg.request, frame, sizes)
+            sizes = sizes_for(msg.request, msg, sizes)
     except P.ProtocolError as e:
         msg.error = e
     index = 0

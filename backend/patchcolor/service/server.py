@@ -477,14 +477,14 @@ class Server:
             return hmac.compare_digest(given.encode(), token.encode())
         return creator is not None and creator.conn == peer.conn and creator.identity == peer.identity
 
-    def _refuse_sizes(self, req: P.Request, header_frame: Any, sizes: list[int] | None) -> list[int] | None:
+    def _refuse_sizes(self, req: P.Request, msg: Incoming, sizes: list[int] | None) -> list[int] | None:
         """Exact mask frame sizes of a ``refuse`` (from the kept job) before its frames are kept."""
         if not isinstance(req, P.RefuseRequest):
             return sizes
         self._drain_monitor()
-        peer = self.conns.peer(b"", header_frame, self.local_transport, self.config.untrusted_loopback)
+        peer = self._peer_of(msg)
         rec = self.cache.get(req.base_job)
-        if rec is None or not self._may_use(rec.token, rec.owner, None, req.base_token, peer):
+        if rec is None or not self._may_use(rec.token, rec.owner, rec.creator, req.base_token, peer):
             raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished long "
                                   "ago, evicted, never run, or its token is missing or wrong): run colorize "
                                   "again", req.id, req.job)
@@ -558,7 +558,7 @@ class Server:
                       req.options, instances=req.instances)
         else:
             rec = self.cache.get(req.base_job)
-            if rec is None or not self._may_use(rec.token, rec.owner, None, req.base_token, peer):
+            if rec is None or not self._may_use(rec.token, rec.owner, rec.creator, req.base_token, peer):
                 raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished "
                                       "long ago, evicted or never run): run colorize again", req.id, req.job)
             masks = P.check_refuse(req, rec)
@@ -658,7 +658,7 @@ class Server:
             header, data = P.result_message(job.req_id, job.job_id, result, job.v)
             rec = P.JobRecord(job.width, job.height, job.format, job.pixels, job.options, result.state,
                               header["width"], header["height"], len(result.instances), job.token,
-                              job.peer.user_id if job.peer is not None else None)
+                              job.peer.user_id if job.peer is not None else None, job.peer)
             header["token"] = job.token
             header["refusable"] = self.cache.put(job.job_id, rec, rec.nbytes)
             header["timings"]["server_total"] = round(time.perf_counter() - t0, 4)
