@@ -526,18 +526,20 @@ def read_record(python: Path) -> dict[str, Any]:
         return {}
 
 
-def pip_install(python: Path, reinstall: bool = False) -> None:
+def pip_install(python: Path, reinstall: bool = False, ray: bool = False) -> None:
     """``pip install -e .[test] -c constraints.txt`` into ``python``'s environment (no ``--upgrade``: only what
     is missing or pinned differently changes; the constraints file pins the tested versions within
-    pyproject.toml's ranges). Skipped when neither file changed and ``patchcolor`` imports."""
+    pyproject.toml's ranges). Skipped when neither file changed and ``patchcolor`` imports.
+    ray: also the ``ray`` extra (Ray Data, for ``colorize --ray``)."""
     rec = read_record(python)
     if not reinstall and rec.get("pyproject_sha256") == _pyproject_hash():
-        ok = subprocess.run([str(python), "-c", "import patchcolor"], check=False, capture_output=True,
-                            cwd=str(Path.home()))
+        ok = subprocess.run([str(python), "-c", "import patchcolor" + ("; import ray.data" if ray else "")],
+                            check=False, capture_output=True, cwd=str(Path.home()))
         if ok.returncode == 0:
             say("The package is already installed and pyproject.toml is unchanged (--reinstall forces pip).")
             return
-    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-e", f"{ROOT}[test]"]
+    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-e",
+           f"{ROOT}[test,ray]" if ray else f"{ROOT}[test]"]
     if CONSTRAINTS.is_file():
         cmd += ["-c", str(CONSTRAINTS)]
     say("Installing the package: " + " ".join(cmd))
@@ -657,6 +659,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g = p.add_argument_group("environment")
     g.add_argument("--skip-venv", action="store_true", help="install into this interpreter instead of .venv")
     g.add_argument("--reinstall", action="store_true", help="run pip even if pyproject.toml is unchanged")
+    g.add_argument("--ray", action="store_true", help="also install Ray (patchcolor[ray]) for colorize --ray")
     g.add_argument("--models-only", action="store_true", help="only fetch/check the weights (no venv, no pip)")
     m = p.add_argument_group("model weights")
     m.add_argument("--no-models", action="store_true", help="skip the weights (CI)")
@@ -714,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.models_only:
         try:
             python = Path(sys.executable) if args.skip_venv else ensure_venv(VENV)
-            pip_install(python, reinstall=args.reinstall)
+            pip_install(python, reinstall=args.reinstall, ray=args.ray)
             rec = write_record(python, folder)
             say(f"Install record: {rec}")
         except RuntimeError as e:

@@ -199,3 +199,22 @@ def test_clear_message_without_ray(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "install.py --ray" in err and "Traceback" not in err
 
+
+
+def test_install_py_ray_installs_the_extra(tmp_path, monkeypatch):
+    """``install.py --ray`` asks pip for ``.[test,ray]`` (not marked: runs without Ray)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("patchcolor_install_for_ray_test", root / "install.py")
+    inst = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = inst
+    spec.loader.exec_module(inst)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(inst.subprocess, "run",
+                        lambda cmd, **kw: calls.append([str(c) for c in cmd]) or subprocess.CompletedProcess(cmd, 0))
+    assert inst.parse_args(["--ray"]).ray and not inst.parse_args([]).ray
+    inst.pip_install(tmp_path / "python", reinstall=True, ray=True)
+    inst.pip_install(tmp_path / "python", reinstall=True)
+    assert calls[0][calls[0].index("-e") + 1] == f"{root}[test,ray]"
+    assert calls[1][calls[1].index("-e") + 1] == f"{root}[test]"

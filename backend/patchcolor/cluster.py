@@ -326,6 +326,8 @@ def cmd_colorize_ray(args: argparse.Namespace) -> int:
     from .batch import clean_stale_tmp, plan_batch
     from .cli import _options
 
+    if getattr(args, "remote", None):
+        raise BadOptions("--ray and --remote cannot be combined: the Ray workers run the models themselves")
     opts = _options(args)
     settings = RaySettings(None if args.ray in ("", "local") else args.ray,
                            float(getattr(args, "ray_cpus_per_worker", None) or 1.0),
