@@ -541,6 +541,8 @@ def test_curve_authorized_clients_only(tmp_path):
     assert serve_main(["keys", str(tmp_path / "clients"), "--name", "alice"]) == 0
     (keys / "authorized_clients").mkdir()
     (keys / "authorized_clients" / "alice.key").write_bytes((tmp_path / "clients" / "alice.key").read_bytes())
+    assert serve_main(["keys", str(tmp_path / "clients"), "--name", "bob"]) == 0
+    (keys / "authorized_clients" / "bob.key").write_bytes((tmp_path / "clients" / "bob.key").read_bytes())
     server_pub = keys / "server.key"
     srv = start_server(tmp_path, "--pipeline-factory", "service_support:echo_pipeline", "--curve-keys", str(keys),
                        server_key=server_pub.read_bytes().split(b'public-key = "')[1][:40],
@@ -549,6 +551,16 @@ def test_curve_authorized_clients_only(tmp_path):
         with Client(srv.endpoint, timeout_s=5, server_public_key=server_pub,
                     client_secret_key=tmp_path / "clients" / "alice.key_secret") as c:
             assert c.ping(2.0) < 2.0
+            res = c.colorize(3, 2, "rgb8", bytes(range(18)), {})
+        masks = [i.full_mask(res.width, res.height) for i in res.instances]
+        with Client(srv.endpoint, timeout_s=5, server_public_key=server_pub,
+                    client_secret_key=tmp_path / "clients" / "bob.key_secret") as bob:
+            with pytest.raises(BackendError) as ei:     # alice's job, alice's token, but bob's key
+                bob.refuse(res.job_id, masks, token=res.token)
+            assert ei.value.code == "unknown_job"
+        with Client(srv.endpoint, timeout_s=5, server_public_key=server_pub,
+                    client_secret_key=tmp_path / "clients" / "alice.key_secret") as again:   # alice reconnects
+            assert again.refuse(res.job_id, masks, token=res.token).width == 3
         with Client(srv.endpoint, timeout_s=1, server_public_key=server_pub) as stranger:   # unlisted key
             with pytest.raises(BackendUnavailable):
                 stranger.ping(1.0)

@@ -467,6 +467,13 @@ class Server:
         return self.conns.peer(msg.envelope[0], msg.header_frame, self.local_transport,
                                self.config.untrusted_loopback)
 
+    def _owner(self, peer: Peer | None) -> str | None:
+        """The CURVE key a job is bound to: the creator's, when clients have lasting keys (``authorized_clients``);
+        with any-client CURVE each connection has a throwaway key, so only the token binds the job."""
+        if peer is None or self.keys is None or self.keys.authorized_dir is None:
+            return None
+        return peer.user_id
+
     def _may_use(self, token: str, owner: str | None, creator: Peer | None, given: str | None,
                  peer: Peer) -> bool:
         """Whether ``peer`` may act on a job: its CURVE key must be the creator's (when there was one), and it
@@ -515,8 +522,8 @@ class Server:
                     "queued": len(self.queue), "running": self.queue.running}
             if req.job is not None:
                 job = self.jobs.get(req.job)
-                known = job is not None and self._may_use(job.token, job.peer.user_id if job.peer else None,
-                                                          job.peer, req.token, peer)
+                known = job is not None and self._may_use(job.token, self._owner(job.peer), job.peer, req.token,
+                                                          peer)
                 pong["job"], pong["job_state"] = req.job, job.state if known and job is not None else "unknown"
             self._reply(envelope, pong)
         elif isinstance(req, P.InfoRequest):
@@ -528,8 +535,7 @@ class Server:
 
     def _on_cancel(self, envelope: list[bytes], req: P.CancelRequest, peer: Peer) -> None:
         job = self.jobs.get(req.job)
-        if job is None or not self._may_use(job.token, job.peer.user_id if job.peer else None, job.peer, req.token,
-                                            peer):
+        if job is None or not self._may_use(job.token, self._owner(job.peer), job.peer, req.token, peer):
             raise P.ProtocolError("unknown_job", f"job {req.job} is not queued or running (or the token is "
                                   "missing or wrong)", req.id, req.job)
         state = self._cancel(job)
@@ -658,7 +664,7 @@ class Server:
             header, data = P.result_message(job.req_id, job.job_id, result, job.v)
             rec = P.JobRecord(job.width, job.height, job.format, job.pixels, job.options, result.state,
                               header["width"], header["height"], len(result.instances), job.token,
-                              job.peer.user_id if job.peer is not None else None, job.peer)
+                              self._owner(job.peer), job.peer)
             header["token"] = job.token
             header["refusable"] = self.cache.put(job.job_id, rec, rec.nbytes)
             header["timings"]["server_total"] = round(time.perf_counter() - t0, 4)
