@@ -18,11 +18,13 @@ from ..errors import WeightsCorrupt
 from ..hints import HintTensors
 from ..precision import autocast
 from ..registry import corrupt_error, missing_error, registry
-from .eccv16 import ECCVGenerator
+from .eccv16 import ECCVGenerator  # noqa: F401 (re-exported; the registry builds it by name)
 from .siggraph17 import SIGGRAPHGenerator
 
 NET_SIZE = 256  # both networks see 256×256 inputs (the seed's stretch)
-ARCHITECTURES = {"eccv16": ECCVGenerator, "siggraph17": SIGGRAPHGenerator}   # tests check the registry's builders
+#: colorizer name -> network class, from the model registry's builders (no second list of names)
+ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
+    name: registry().model(name).build_target() for name in registry().names("colorizer")}
 
 
 def load_colorizer(name: str, path: Path, device: torch.device) -> torch.nn.Module:
