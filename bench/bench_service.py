@@ -15,6 +15,9 @@
    * **peak memory**: rise of the peak RSS (``VmHWM``, reset through ``/proc/PID/clear_refs``) during one job,
      i.e. how many image-sized buffers exist at once.
 3. ``ping`` requests/s and tiny-image (16x16 rgb8) colorize jobs/s, one client and 8 client threads.
+4. Hostile traffic (issue 8): 5000 small malformed messages/s, then oversize multi-frame messages (a ``ping`` with
+   150 frames of 7.9 MB = 1.19 GB, a colorize whose pixel frame is far larger than its header says): time to the
+   error reply, server RSS before / after and its peak (libzmq holds a whole message before the header is read).
 
 With ``--real-models DIR`` (weights in the official formats, e.g. tests' random ones) one real in-process job on
 the same image is timed (detector "none") to put the transport overhead in proportion.
@@ -230,6 +233,44 @@ def bench_real_job(models_dir: Path, img: np.ndarray) -> float:
     return time.perf_counter() - t0
 
 
+def bench_hostile(endpoint: str, pid: int) -> None:
+    """Malformed-message rate, then oversize messages: reply time and the server's memory (section 4)."""
+    import json
+
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    try:
+        bad = [json.dumps({"v": 2, "type": "colorize", "id": "x", "job": "j", "width": 4, "height": 4,
+                           "format": "rgb8"}).encode(), bytes(47)]
+        t0 = time.perf_counter()
+        for _ in range(5000):
+            s.send_multipart(bad)
+            s.recv_multipart()
+        print(f"  malformed messages (wrong frame size): {5000 / (time.perf_counter() - t0):8.0f} replies/s")
+        blob = bytes(7_900_000)
+        ping = json.dumps({"v": 2, "type": "ping", "id": "p"}).encode()
+        big = json.dumps({"v": 2, "type": "colorize", "id": "c", "job": "c", "width": 10, "height": 10,
+                          "format": "rgb8"}).encode()
+        for what, frames in (("ping + 150 x 7.9 MB frames (1.19 GB)", [ping] + [blob] * 150),
+                             ("colorize 10x10 with a 7.9 MB pixel frame", [big, blob])):
+            before = rss(pid)
+            reset_peak(pid)
+            t0 = time.perf_counter()
+            s.send_multipart(frames, copy=False)
+            reply = json.loads(s.recv_multipart()[0])
+            took = time.perf_counter() - t0
+            time.sleep(0.3)
+            print(f"  {what:42s}: {reply['code']} in {took:.2f} s; server RSS {before / 2**20:.0f} -> "
+                  f"{rss(pid) / 2**20:.0f} MiB, peak {peak_rss(pid) / 2**20:.0f} MiB")
+    finally:
+        s.close(0)
+        ctx.term()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mp", type=float, default=24.0, help="image size in megapixels (3:2), default 24")
@@ -247,7 +288,10 @@ def main() -> None:
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_service_{os.getpid()}.log"
     proc, endpoint = start_server(w * h + 1, log_path, args.ipc)
     try:
-        print(f"machine: {os.cpu_count()} CPU(s); python {sys.version.split()[0]}; endpoint {endpoint}")
+        from patchcolor.precision import cpu_report
+
+        print(f"machine: {cpu_report().model}, {os.cpu_count()} CPU(s); python {sys.version.split()[0]}; "
+              f"endpoint {endpoint}")
         print(f"image: {w}x{h} rgb16 = {mb:.0f} MB")
         copy_wall, copy_user = bench_copy(img, args.repeat)
         print(f"\nplain in-process copy            : {copy_wall * 1e3:8.1f} ms  ({mb / copy_wall / 1e3:.2f} GB/s; "
@@ -276,6 +320,8 @@ def main() -> None:
         for n in (1, 8):
             print(f"  16x16 colorize  {n} client(s): {bench_rate(endpoint, n, args.rate_seconds, 'tiny'):8.0f} jobs/s"
                   "  (each: ping + request + accepted + 5 progress + result)")
+        print("\nhostile traffic:")
+        bench_hostile(endpoint, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
