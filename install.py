@@ -270,7 +270,7 @@ def download(url: str, part: Path, *, retries: int = 5, retry_wait: float = 1.0,
 # ----------------------------------------------------------------------------------------------- models
 @dataclass
 class ModelOutcome:
-    entry: Any                                # models.ModelEntry
+    entry: Any                                # registry.WeightFile
     result: Any | None                        # models.VerifyResult, None when not obtained
     action: str                               # "present" | "downloaded" | "copied" | "linked" | "failed" | ...
     detail: str = ""
