@@ -651,6 +651,16 @@ def _default_log() -> str:
     return str(state / "patchcolor" / "patchcolor.log")
 
 
+def _optional_names() -> str:
+    """`` (siggraph17, torchvision-v2, ...)``: the registry's models whose file a plain install does not fetch."""
+    try:
+        reg = M.registry()
+    except (OSError, ValueError):                 # a broken catalogue is reported by main(), not by --help
+        return ""
+    names = [m.name for m in reg.models if not m.weights.required]
+    return f" ({', '.join(names)})" if names else ""
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     doc = __doc__ or ""
     p = argparse.ArgumentParser(
@@ -663,7 +673,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--models-only", action="store_true", help="only fetch/check the weights (no venv, no pip)")
     m = p.add_argument_group("model weights")
     m.add_argument("--no-models", action="store_true", help="skip the weights (CI)")
-    m.add_argument("--optional", action="store_true", help="also fetch the optional models")
+    m.add_argument("--optional", action="store_true", help=f"also fetch the optional models{_optional_names()}")
     m.add_argument("--models-from", metavar="DIR", help="copy/link the weights from this offline folder")
     m.add_argument("--models-dir", metavar="DIR", help="weights folder (default: $PATCHCOLOR_MODELS or models/)")
     m.add_argument("--verify", action="store_true", help="check every present weight file and exit")

@@ -218,6 +218,9 @@ def test_install_py_reads_the_same_registry() -> None:
     out = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT / "install.py")], check=True,
                          capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == str([(f.id, f.required) for f in R.registry().files])
+    help_text = subprocess.run([sys.executable, "-S", str(ROOT / "install.py"), "--help"], check=True,
+                               capture_output=True, text=True, timeout=60).stdout
+    assert "optional models (siggraph17, torchvision-v2)" in " ".join(help_text.split())
 
 
 # ----------------------------------------------------------------------------------------------- small items
