@@ -164,8 +164,9 @@ def test_resume_after_killed_run_local_and_ray(ray_session, photos, local_out, t
     finally:
         p.kill()
     err = p.communicate()[1]
-    assert "Traceback" not in err
+    assert p.returncode == -signal.SIGKILL and "Traceback" not in err       # killed mid-batch
     done_before = len(list((out / ".patchcolor").glob("*.json")))
+    assert 2 <= done_before < 5
     # ... and resumed on Ray: what was done is skipped, the rest is done, nothing is lost or duplicated
     capsys.readouterr()
     code, lines = _colorize([photos, "-o", out, "--ray"] + OPTS, capsys)
@@ -175,6 +176,7 @@ def test_resume_after_killed_run_local_and_ray(ray_session, photos, local_out, t
     # a Ray batch resumed locally: nothing left to do but the bad file
     code, lines = _colorize([photos, "-o", out] + OPTS, capsys)
     assert lines[-1].startswith("0 colorized, 5 skipped (already done), 1 failed")
+    assert not list(out.rglob(".tmp-*"))          # the killed run's temporary files were cleaned up
 
 
 @pytest.mark.ray
