@@ -3,9 +3,9 @@
 Standard library only: pyzmq is used when it imports, else a built-in ZMTP 3.1 transport (transport.py, zmtp.py);
 CURVE (remote, encrypted) needs pyzmq. Also here: endpoint rules (endpoint.py) and the local backend's auto-start
 and cancel watchdog (launcher.py). The wire protocol is documented in docs/protocol.md."""
-from .client import (BackendError, BackendUnavailable, Client, ColorizeResult, Instance, JobCancelled,
+from .client import (BackendError, BackendUnavailable, Client, ColorizeResult, HintMap, Instance, JobCancelled,
                      load_public_key)
 from .protocol import DEFAULT_ENDPOINT, PIXEL_FORMATS, PROTOCOL_VERSION, RESULT_FORMATS, STAGES
 
-__all__ = ["Client", "ColorizeResult", "Instance", "BackendError", "BackendUnavailable", "JobCancelled",
+__all__ = ["Client", "ColorizeResult", "HintMap", "Instance", "BackendError", "BackendUnavailable", "JobCancelled",
            "load_public_key", "DEFAULT_ENDPOINT", "PIXEL_FORMATS", "PROTOCOL_VERSION", "RESULT_FORMATS", "STAGES"]

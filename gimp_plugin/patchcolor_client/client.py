@@ -97,6 +97,20 @@ class ColorizeResult:
     timings: dict[str, float] = field(default_factory=dict)
     refusable: bool = True     # False when the server could not keep this job's state (refuse -> unknown_job)
     token: str = field(default="", repr=False)   # the job's secret: refuse/cancel of this job need it
+    #: other header fields: "hints" (colour hints followed); previews: "preview", "n_instances", "computed"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HintMap:
+    """A colour-hint map to send with ``colorize``/``preview``: ``width`` x ``height`` pixels in ``fmt`` (graya/rgb/
+    rgba, 8 or 16 bit), the image's size or a uniform scaling of it. Painted = alpha > 0 (with alpha) or not
+    gray (RGB); each painted blob is one hint of its mean colour."""
+
+    width: int
+    height: int
+    fmt: str
+    pixels: InBuffer = field(repr=False)
 
 
 def load_public_key(key: str | bytes | os.PathLike[str]) -> bytes:
@@ -236,7 +250,7 @@ class Client:
     def colorize(self, width: int, height: int, fmt: str, pixels: InBuffer, options: dict[str, Any] | None = None,
                  progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
                  job_id: str | None = None, instances: Sequence[Instance] | None = None,
-                 token: str | None = None) -> ColorizeResult:
+                 token: str | None = None, hints: HintMap | None = None) -> ColorizeResult:
         """Colorize raw pixels (``fmt`` one of protocol.PIXEL_FORMATS, 16-bit little-endian).
 
         ``options``: the CLI's option names (``{"preset": "seed", "detector": "none", ...}``). ``pixels`` is sent
@@ -244,6 +258,7 @@ class Client:
         possibly edited; ``mask`` is ``mask_size[0] * mask_size[1]`` bytes at ``mask_origin``, nonzero = inside):
         colorize with these instead of running the detector (re-fuse when the server no longer has the job).
         ``token``: the job's secret (default: a fresh one; pass your own to cancel from another process).
+        ``hints``: a colour-hint map (SIGGRAPH17 follows the painted colours; ``res.extra["hints"]`` says how many).
         Raises BackendError, BackendUnavailable, JobCancelled."""
         if fmt not in P.PIXEL_FORMATS:
             raise ValueError(f"unknown pixel format {fmt!r} (one of {', '.join(P.PIXEL_FORMATS)})")
@@ -265,7 +280,31 @@ class Client:
                     "box": [float(v) for v in i.box], "mask_origin": [int(v) for v in i.mask_origin],
                     "mask_size": [int(v) for v in i.mask_size]})
                 data.append(i.mask)
+        _add_hints(header, data, hints)
         return self._job(header, data, progress, should_cancel)
+
+    def preview(self, width: int, height: int, fmt: str, pixels: InBuffer, options: dict[str, Any] | None = None,
+                hints: HintMap | None = None, long_side: int = P.PREVIEW_SIDE, progress: ProgressFn | None = None,
+                should_cancel: CancelFn | None = None) -> ColorizeResult:
+        """The result of ``colorize`` with the same options and hints on a proxy of long side <= ``long_side``
+        (8-bit, no masks, not refusable). The server reuses what an earlier preview of the same pixels computed
+        (``res.extra["computed"]``: network inputs run this time). Nothing is kept for ``refuse``."""
+        res = self._send_image(P.PREVIEW, width, height, fmt, pixels, options, hints, {"long_side": int(long_side)})
+        return self._job(res[0], res[1], progress, should_cancel)
+
+    def _send_image(self, kind: str, width: int, height: int, fmt: str, pixels: InBuffer,
+                    options: dict[str, Any] | None, hints: HintMap | None, more: dict[str, Any]
+                    ) -> tuple[dict[str, Any], list[Any]]:
+        if fmt not in P.PIXEL_FORMATS:
+            raise ValueError(f"unknown pixel format {fmt!r} (one of {', '.join(P.PIXEL_FORMATS)})")
+        need = P.frame_size(fmt, width, height)
+        if memoryview(pixels).nbytes != need:
+            raise ValueError(f"{fmt} {width}x{height} needs {need} bytes, got {memoryview(pixels).nbytes}")
+        header = {"type": kind, "id": P.new_id(), "job": P.new_id(), "width": int(width), "height": int(height),
+                  "format": fmt, "options": dict(options or {}), "token": P.new_token(), **more}
+        data: list[Any] = [pixels]
+        _add_hints(header, data, hints)
+        return header, data
 
     def refuse(self, job_id: str, masks: Sequence[InBuffer], options: dict[str, Any] | None = None,
                progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
@@ -352,6 +391,20 @@ class Client:
             raise
 
 
+def _add_hints(header: dict[str, Any], data: list[Any], hints: HintMap | None) -> None:
+    """The optional hints frame: announced in the header, sent last."""
+    if hints is None:
+        return
+    if hints.fmt not in P.PIXEL_FORMATS:
+        raise ValueError(f"unknown hint pixel format {hints.fmt!r}")
+    need = P.frame_size(hints.fmt, hints.width, hints.height)
+    if memoryview(hints.pixels).nbytes != need:
+        raise ValueError(f"hints: {hints.fmt} {hints.width}x{hints.height} needs {need} bytes, "
+                         f"got {memoryview(hints.pixels).nbytes}")
+    header["hints"] = {"width": int(hints.width), "height": int(hints.height), "format": hints.fmt}
+    data.append(hints.pixels)
+
+
 def _decode_result(h: dict[str, Any], frames: list[Any]) -> ColorizeResult:
     """Check a ``result`` reply's frame sizes against its header before handing anything out."""
     try:
@@ -375,5 +428,6 @@ def _decode_result(h: dict[str, Any], frames: list[Any]) -> ColorizeResult:
         timings = {str(k): float(v) for k, v in (h.get("timings") or {}).items()}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BackendError("bad_reply", f"malformed result from the server: {e!r}") from None
+    extra = {k: h[k] for k in ("hints", "preview", "n_instances", "computed") if k in h}
     return ColorizeResult(job_id, width, height, fmt, getattr(frames[0], "buffer", frames[0]), instances, timings,
-                          bool(h.get("refusable", True)))
+                          bool(h.get("refusable", True)), extra=extra)

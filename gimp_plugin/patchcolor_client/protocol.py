@@ -16,8 +16,11 @@ from typing import Any
 
 #: Bumped on any change; a server answers versions it does not support with an ``error`` of code ``version``.
 #: 2 added job tokens (docs/protocol.md); a version-2 server still answers version-1 requests, in version 1.
-PROTOCOL_VERSION = 2
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
+#: 3 added the optional hints frame and the ``preview`` request (only in version-3 requests; 1 and 2 as before).
+PROTOCOL_VERSION = 3
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3)
+#: the first version with colour hints and ``preview``
+HINTS_VERSION = 3
 
 #: Largest accepted header frame (bytes).
 MAX_HEADER_BYTES = 64 * 1024
@@ -26,7 +29,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 #: Most instances a result can carry (the pipeline's ``max_instances`` upper bound).
 MAX_INSTANCES = 100
 #: Most data frames any request may carry (``colorize``: the pixels + one mask per given instance).
-MAX_DATA_FRAMES = 1 + MAX_INSTANCES
+MAX_DATA_FRAMES = 2 + MAX_INSTANCES   # + the optional hints frame
 #: Job tokens (the secret that binds a job to the client that created it): 16..128 characters from this set.
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
@@ -34,7 +37,11 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 # Request types (client -> server).
 INFO, PING, COLORIZE, REFUSE, CANCEL = "info", "ping", "colorize", "refuse", "cancel"
-REQUEST_TYPES: tuple[str, ...] = (INFO, PING, COLORIZE, REFUSE, CANCEL)
+#: a colorize on a small proxy (issue 10): same fields, answered by one ``result`` with "preview": true
+PREVIEW = "preview"
+REQUEST_TYPES: tuple[str, ...] = (INFO, PING, COLORIZE, REFUSE, CANCEL, PREVIEW)
+#: a preview's default proxy long side
+PREVIEW_SIDE = 384
 
 # Reply types (server -> client).  ``info`` answers ``info``; ``pong`` answers ``ping``; ``ack`` answers ``cancel``.
 PONG, ACK, ACCEPTED, PROGRESS, RESULT, ERROR, CANCELLED = (

@@ -217,7 +217,7 @@ def run_remote_colorize(endpoint: str, src: SourceImage, opts: Options, *, serve
                         client_key: Path | None = None, timeout_s: float = 30.0,
                         progress: Callable[[str, float], None] | None = None,
                         busy_retries: int = BUSY_RETRIES,
-                        say: Callable[[str], None] | None = None) -> Result:
+                        say: Callable[[str], None] | None = None, hints: SourceImage | None = None) -> Result:
     """Colorize ``src`` on a remote ``patchcolor serve`` with ``opts``: the same Result as ``Pipeline.run``
     (image in the input's bit depth, gray -> RGB, alpha kept; instances with cropped masks), except ``state``,
     which stays on the server (an empty FusionState here; the job id is logged). The image is a read-only view
@@ -226,8 +226,8 @@ def run_remote_colorize(endpoint: str, src: SourceImage, opts: Options, *, serve
     A ``busy`` server (its queue is full) is retried ``busy_retries`` times with bounded exponential backoff
     (:func:`busy_waits`, the ZeroMQ guide's Lazy Pirate), each retry announced through ``say`` (default: a line
     on stderr). Errors come back as PatchColorError subclasses with the wire code (``RemoteError``;
-    ``Cancelled``)."""
-    from patchcolor_client import BackendError, BackendUnavailable, Client, JobCancelled
+    ``Cancelled``). ``hints``: a colour-hint map, sent as the request's hints frame."""
+    from patchcolor_client import BackendError, BackendUnavailable, Client, HintMap, JobCancelled
 
     from ..result import InstanceResult, Result
     from .protocol import image_from_wire, source_to_wire
@@ -238,13 +238,14 @@ def run_remote_colorize(endpoint: str, src: SourceImage, opts: Options, *, serve
 
     check_key_files(server_key, client_key)
     fmt, pixels = source_to_wire(src)
+    hint_map = None if hints is None else HintMap(hints.width, hints.height, *source_to_wire(hints))
     t0 = time.perf_counter()
     waits = busy_waits(busy_retries)
     try:
         with Client(endpoint, timeout_s=timeout_s, server_public_key=server_key, client_secret_key=client_key) as c:
             for attempt in range(len(waits) + 1):
                 try:
-                    res = c.colorize(src.width, src.height, fmt, pixels, opts.to_dict(), progress=(
+                    res = c.colorize(src.width, src.height, fmt, pixels, opts.to_dict(), hints=hint_map, progress=(
                         lambda stage, frac, _overall: progress(stage, frac)) if progress else None)
                     break
                 except BackendError as e:

@@ -18,7 +18,7 @@ import numpy as np
 
 from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one definition of the protocol)
     ACCEPTED, ACK, CANCEL, CANCELLED, COLORIZE, DEFAULT_ENDPOINT, ERROR, ERROR_CODES, FINAL_TYPES, INFO,
-    MAX_DATA_FRAMES, MAX_HEADER_BYTES, MAX_INSTANCES, PING, PIXEL_FORMATS, PONG, PROGRESS, PROTOCOL_VERSION, REFUSE,
+    HINTS_VERSION, MAX_DATA_FRAMES, MAX_HEADER_BYTES, MAX_INSTANCES, PING, PREVIEW, PIXEL_FORMATS, PONG, PROGRESS, PROTOCOL_VERSION, REFUSE,
     REPLY_TYPES, REQUEST_TYPES, RESULT, RESULT_FORMATS, STAGE_WEIGHTS, STAGES, SUPPORTED_VERSIONS, ProtocolError,
     decode_header, encode_header, frame_size, new_token, overall_fraction, valid_id, valid_token,
 )
@@ -26,6 +26,7 @@ from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one de
 from ..options import DEFAULT, Options, make_options
 from ..prepare import PIXEL_FORMATS as NUMPY_PIXEL_FORMATS
 from ..prepare import SourceImage, working_size
+from .hints_wire import HintsMeta, parse_hints, parse_long_side
 
 if TYPE_CHECKING:   # patchcolor.result imports torch (through segment): not needed to parse requests
     from ..result import Result
@@ -107,6 +108,9 @@ class ColorizeRequest:
     token: str | None = field(default=None, repr=False)
     v: int = PROTOCOL_VERSION
     instance_metas: list[dict[str, Any]] | None = field(default=None, repr=False)
+    hints_meta: HintsMeta | None = field(default=None, repr=False)   # the optional hints frame (last)
+    hints: SourceImage | None = field(default=None, repr=False)      # its zero-copy view
+    preview: int | None = None       # a ``preview`` request: the proxy's long side (hints_wire.py)
 
 
 @dataclass
@@ -257,7 +261,7 @@ def parse_header(h: dict[str, Any], limits: Limits) -> tuple[Request, list[int] 
 
     job = _job_id(h, "job", req_id)
     token = _token(h, "token", req_id, job)
-    if kind == COLORIZE:
+    if kind in (COLORIZE, PREVIEW):
         width, height = _int(h, "width", req_id, job), _int(h, "height", req_id, job)
         fmt = h.get("format")
         if not isinstance(fmt, str) or fmt not in PIXEL_FORMATS:
@@ -270,8 +274,16 @@ def parse_header(h: dict[str, Any], limits: Limits) -> tuple[Request, list[int] 
         opts = _options(h, req_id, job)
         metas = _instance_metas(h.get("instances"), result_size(width, height, opts), req_id, job)
         sizes = [frame_size(fmt, width, height)] + [m["mask_size"][0] * m["mask_size"][1] for m in metas or []]
-        return ColorizeRequest(req_id, job, width, height, fmt, opts, token=token, v=v,
-                               instance_metas=metas), sizes
+        if (kind == PREVIEW or h.get("hints") is not None) and v < HINTS_VERSION:
+            raise ProtocolError("bad_request", f"colour hints and previews need protocol {HINTS_VERSION} (this "
+                                f"request says {v})", req_id, job)
+        if kind == PREVIEW and metas is not None:
+            raise ProtocolError("bad_request", "a preview takes no 'instances'", req_id, job)
+        hints = parse_hints(h.get("hints"), width, height, limits.max_pixels, req_id, job)
+        sizes += [hints.nbytes] if hints is not None else []
+        return ColorizeRequest(req_id, job, width, height, fmt, opts, token=token, v=v, instance_metas=metas,
+                               hints_meta=hints, preview=parse_long_side(h.get("long_side"), req_id, job)
+                               if kind == PREVIEW else None), sizes
 
     # REFUSE
     base = _job_id(h, "base_job", req_id)
@@ -295,6 +307,10 @@ def check_frames(sizes: list[int] | None, index: int, nbytes: int, req: Request,
                                 req_id, job)
         return
     if nbytes != sizes[index]:
+        if isinstance(req, ColorizeRequest) and req.hints_meta is not None and index == len(sizes) - 1:
+            m = req.hints_meta
+            raise ProtocolError("bad_request", f"hints frame is {nbytes} bytes; {m.format} {m.width}x{m.height} "
+                                f"needs {sizes[index]}", req_id, job)
         if index == 0 and isinstance(req, ColorizeRequest):
             raise ProtocolError("bad_request", f"pixel frame is {nbytes} bytes; {req.format} {req.width}x"
                                 f"{req.height} needs {sizes[0]}", req_id, job)
@@ -306,6 +322,9 @@ def attach_frames(req: Request, data: Sequence[Any]) -> Request:
     """Put the (already size-checked) data frames into the request, as zero-copy views."""
     if isinstance(req, ColorizeRequest):
         req.pixels = _buf(data[0])
+        if req.hints_meta is not None:
+            req.hints = req.hints_meta.source(_buf(data[-1]))
+            data = data[:-1]
         if req.instance_metas is not None:
             req.instances = [_given_instance(m, f, i, req.id, req.job)
                              for i, (m, f) in enumerate(zip(req.instance_metas, data[1:]))]

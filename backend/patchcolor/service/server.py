@@ -51,6 +51,7 @@ from ..prepare import SourceImage
 from . import protocol as P
 from .auth import ServerKeys, apply_server_curve, check_endpoint, start_authenticator
 from .cache import ByteLRU
+from .hints_wire import PreviewSessions, preview_message, run_preview
 from .limits import RemoteLimits, available_memory, check_job
 from .peers import Connections, Peer
 from .receive import Incoming, receive_message, release_memory
@@ -96,6 +97,8 @@ class Job:
     masks: list[np.ndarray] | None = None      # refuse only
     instances: list[P.GivenInstance] | None = None   # colorize with given instances instead of the detector
     fusion_state: Any = None                   # refuse only: the kept FusionState
+    hints: SourceImage | None = None           # colorize/preview: the colour-hint map (a frame view)
+    preview: int | None = None                 # preview only: the proxy's long side
     cancel: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"           # queued -> running -> done | cancelled
     submitted: float = field(default_factory=time.monotonic)
@@ -221,6 +224,7 @@ class Server:
         self._seq = itertools.count(1)
         self._given_pipelines = list(pipelines) if pipelines is not None else None
         self.cache: ByteLRU[str, P.JobRecord] = ByteLRU(config.cache_bytes)
+        self.previews = PreviewSessions()      # recent preview sessions (all workers; keyed per pipeline)
         self.queue = JobQueue(config.queue_size)
         self.jobs: dict[str, Job] = {}          # queued or running, by job id (main thread only)
         self.devices: list[str] = []
@@ -560,8 +564,9 @@ class Server:
         if isinstance(req, P.ColorizeRequest):
             check_job(req.width, req.height, req.format, req.options, peer.remote, self.config.remote_limits, avail,
                       req.id, req.job)
-            job = Job(req.job, req.id, envelope, P.COLORIZE, req.width, req.height, req.format, req.pixels,
-                      req.options, instances=req.instances)
+            job = Job(req.job, req.id, envelope, P.PREVIEW if req.preview else P.COLORIZE, req.width, req.height,
+                      req.format, req.pixels, req.options, instances=req.instances, hints=req.hints,
+                      preview=req.preview)
         else:
             rec = self.cache.get(req.base_job)
             if rec is None or not self._may_use(rec.token, rec.owner, rec.creator, req.base_token, peer):
@@ -655,9 +660,18 @@ class Server:
                 raise Cancelled("cancelled before it started")
             assert job.pixels is not None
             src = SourceImage.from_buffer(job.pixels, job.width, job.height, job.format)
+            if job.kind == P.PREVIEW:
+                pv = run_preview(self.previews, pipeline, job.pixels, job.width, job.height, job.format,
+                                 job.options, job.hints, job.preview or 0, progress, job.cancel.is_set)
+                header, data = preview_message(job.req_id, job.job_id, pv, job.v)
+                emit(header, data, final=True)
+                log.info("job #%d (preview) done on %s in %.2f s: %d network input(s) run", job.seq, device,
+                         time.perf_counter() - t0, pv.computed)
+                return
             if job.kind == P.COLORIZE:
+                extra = {"hints": job.hints} if job.hints is not None else {}   # fake pipelines lack it
                 result = pipeline.run(src, job.options, progress=progress, cancelled=job.cancel.is_set,
-                                      instances=job.instances)
+                                      instances=job.instances, **extra)
             else:
                 result = pipeline.refuse(src, job.fusion_state, job.masks, job.options, progress=progress,
                                          cancelled=job.cancel.is_set)
@@ -666,6 +680,7 @@ class Server:
                               header["width"], header["height"], len(result.instances), job.token,
                               self._owner(job.peer), job.peer)
             header["token"] = job.token
+            header["hints"] = int(getattr(result, "hint_count", 0))
             header["refusable"] = self.cache.put(job.job_id, rec, rec.nbytes)
             header["timings"]["server_total"] = round(time.perf_counter() - t0, 4)
             emit(header, data, final=True)
@@ -693,7 +708,7 @@ class Server:
         except Exception as e:
             self._internal_error(job, e, emit)
         finally:
-            job.pixels = job.masks = job.fusion_state = job.instances = None   # the cache keeps what refuse needs
+            job.pixels = job.masks = job.fusion_state = job.instances = job.hints = None   # the cache keeps what refuse needs
 
     def _internal_error(self, job: Job, e: BaseException, emit: Callable[..., None]) -> None:
         log.error("job #%d failed unexpectedly", job.seq, exc_info=(type(e), e, e.__traceback__))
