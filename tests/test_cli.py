@@ -97,3 +97,57 @@ def test_output_folder_equal_to_input_is_refused(tmp_path):
     r = _run(["colorize", tmp_path, "-o", tmp_path, "--overwrite"], tmp_path / "no-models")
     assert r.returncode == 1 and "Traceback" not in r.stderr and "--suffix" in r.stderr, r.stderr
     assert p.read_bytes() == before and sorted(f.name for f in tmp_path.iterdir()) == ["a.png"]
+
+
+# ------------------------------------------------------------------------------------------------ precision choice
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_fast_follows_the_probe(monkeypatch, capsys, native):
+    import argparse
+
+    import torch
+
+    from patchcolor import cli, precision
+    from patchcolor.options import make_options
+
+    monkeypatch.setattr(precision, "_cpu_native", lambda p: native)
+    ns = argparse.Namespace(precision="fast", device="cpu", remote=None)
+    assert cli._precision(ns) == ("bf16" if native else "fp32")
+    err = capsys.readouterr().err
+    if native:
+        assert err == ""
+    else:
+        assert "runs fp32" in err and "CPU " in err and err.count("\n") == 1
+    assert precision.resolve_fast(torch.device("cpu"), remote=True) == ("bf16", None)   # the server decides
+    assert make_options("default").precision == "fp32" == make_options("seed").precision   # never the default
+    assert cli._precision(argparse.Namespace(precision=None, device="cpu")) is None
+
+
+def test_detection_matching_and_psnr():
+    from patchcolor.precision import match_detections, psnr
+    from patchcolor.result import InstanceResult
+
+    def inst(cls, box):
+        return InstanceResult(cls, "x", 0.9, box, np.ones((1, 1), bool), (0, 0))
+    ref = [inst(0, (0, 0, 10, 10)), inst(1, (20, 20, 40, 40)), inst(0, (50, 50, 60, 60))]
+    fast = [inst(0, (1, 1, 10, 10)), inst(2, (20, 20, 40, 40)), inst(0, (55, 55, 65, 65))]
+    assert match_detections(ref, fast) == 1       # same box other class, IoU 0.14: no match
+    assert match_detections(ref, ref) == 3
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 255
+    assert psnr(a, a) == float("inf") and abs(psnr(a, b) - 10 * np.log10(48)) < 1e-4
+
+
+def test_check_precision_prints_psnr_and_agreement(models_dir, photo_gray, tmp_path, monkeypatch, capsys):
+    from patchcolor import cli, precision
+
+    monkeypatch.setattr(precision, "_cpu_native", lambda p: False)
+    p = tmp_path / "a.png"
+    Image.fromarray(photo_gray[:160, :200]).save(p)
+    rc = cli.main(["check-precision", str(p), str(tmp_path / "missing.png"), "--device", "cpu", "--max-side", "128",
+                   "--max-instances", "2", "--models", str(models_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "missing.png" in err            # one unreadable image: said, the others compared
+    assert out.startswith("CPU ") and "bf16-sim" in out
+    line = next(line for line in out.splitlines() if line.startswith("a.png: PSNR "))
+    assert "matched (IoU>0.5, same class)" in line and "1 image(s): mean PSNR" in out

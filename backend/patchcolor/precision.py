@@ -131,3 +131,105 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision not in AUTOCAST_DTYPES:
         raise BadOptions(f"unknown precision {precision!r} (fp32, bf16, fp16)")
     return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+# ------------------------------------------------------------------------------------------------ fast choice
+def resolve_fast(device: torch.device, remote: bool = False) -> tuple[str, str | None]:
+    """``--precision fast`` -> (precision to run, one line to tell the user or None).
+
+    bf16 (fp16 on a GPU without bf16) where it is native; fp32 elsewhere, with a line naming the CPU. For a remote
+    job the server decides (it runs fp32 where bf16 is not native), so "bf16" is sent."""
+    if remote:
+        return "bf16", None
+    fast = fast_precision(device)
+    if fast is not None:
+        return fast, None
+    return "fp32", (f"--precision fast: {cpu_report().line()}; bf16 needs AVX512-BF16/AMX or a GPU to be faster, "
+                    "so this runs fp32 (the default, seed-identical arithmetic)")
+
+
+def simulate_bf16(module: torch.nn.Module) -> None:
+    """Round the weights, inputs and outputs of every conv/linear layer of ``module`` to bf16 in place (what CPU
+    autocast feeds oneDNN and gets back) while the arithmetic stays fp32: bf16's effect on the output, measurable
+    on CPUs where real bf16 kernels are emulated and ~100× slower. Accuracy only, not speed."""
+    def to_bf16(t):
+        return t.bfloat16().float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+            m.weight.data = to_bf16(m.weight.data)
+            m.register_forward_pre_hook(lambda mod, args: tuple(to_bf16(a) for a in args))
+            m.register_forward_hook(lambda mod, args, out: to_bf16(out))
+
+
+def modules_of(obj: object) -> list[torch.nn.Module]:
+    """The torch modules a loaded model object holds (itself, or its attributes)."""
+    if isinstance(obj, torch.nn.Module):
+        return [obj]
+    return [v for v in vars(obj).values() if isinstance(v, torch.nn.Module)]
+
+
+@dataclass(frozen=True)
+class PrecisionCheck:
+    """bf16 (or fp16) against fp32 on one image.
+
+    psnr_db:      PSNR of the reduced-precision output against the fp32 output (inf when identical), over the
+                  image's value range (255 or 65535).
+    n_ref/n_fast: detections in each; matched: pairs with IoU > 0.5 and the same class (greedy, best IoU first).
+    seconds_*:    wall time of each run (simulated runs time fp32 kernels: not bf16's speed).
+    """
+
+    name: str
+    psnr_db: float
+    n_ref: int
+    n_fast: int
+    matched: int
+    seconds_ref: float
+    seconds_fast: float
+
+    @property
+    def agreement(self) -> float:
+        """matched / max(n_ref, n_fast); 1.0 when neither found anything."""
+        return self.matched / max(self.n_ref, self.n_fast) if max(self.n_ref, self.n_fast) else 1.0
+
+
+def psnr(a, b) -> float:
+    """PSNR in dB of two same-shape uint8/uint16 images (inf when equal)."""
+    import numpy as np
+
+    peak = 65535.0 if a.dtype == np.uint16 else 255.0
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(peak * peak / mse))
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_detections(ref, fast, iou: float = 0.5) -> int:
+    """How many instances pair up (box IoU > ``iou``, same class_id), greedily by best IoU, each used once."""
+    pairs = sorted(((_iou(a.box, b.box), i, j) for i, a in enumerate(ref) for j, b in enumerate(fast)
+                    if a.class_id == b.class_id), reverse=True)
+    used_a, used_b, n = set(), set(), 0
+    for v, i, j in pairs:
+        if v > iou and i not in used_a and j not in used_b:
+            used_a.add(i), used_b.add(j)
+            n += 1
+    return n
+
+
+def compare_precision(name: str, ref_run, fast_run, src) -> PrecisionCheck:
+    """Run ``src`` through ``ref_run`` (fp32) and ``fast_run`` (callables src -> Result) and compare."""
+    import time
+
+    t0 = time.perf_counter()
+    r = ref_run(src)
+    t1 = time.perf_counter()
+    f = fast_run(src)
+    t2 = time.perf_counter()
+    return PrecisionCheck(name, psnr(r.image, f.image), len(r.instances), len(f.instances),
+                          match_detections(r.instances, f.instances), t1 - t0, t2 - t1)
