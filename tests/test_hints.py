@@ -492,3 +492,23 @@ def test_cli_hints_file_and_folder(tmp_path, models_dir, pipeline, photo_gray, c
     _save(ins / "c.png", photo)
     assert main(["colorize", str(ins / "c.png"), "-o", str(tmp_path / "y"), "--hints", str(hints), *base]) == 1
     assert "hint image is 10x10 but the photo is 64x48" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_plugin_blob_count_matches_the_backends(seed):
+    """patchcolor_client.hintmap.count_blobs (stdlib, run in GIMP for "N hints found") = the backend's blobs."""
+    from patchcolor_client.hintmap import count_blobs, is_hint_layer_name
+
+    rng = np.random.default_rng(seed)
+    alpha = np.zeros((120, 170), np.uint8)
+    for _ in range(25):
+        x, y, w, h = rng.integers(0, 170), rng.integers(0, 120), rng.integers(1, 9), rng.integers(1, 9)
+        alpha[y:y + h, x:x + w] = rng.integers(1, 256)
+    alpha[60, 60], alpha[61, 61] = 255, 255            # diagonal neighbours: one blob
+    n_cv = cv2.connectedComponents((alpha > 0).view(np.uint8), connectivity=8)[0] - 1
+    assert count_blobs(alpha.tobytes(), 170, 120) == n_cv
+    hm = SourceImage(np.full((120, 170, 3), (200, 30, 30), np.uint8), alpha)
+    assert len(extract_hints(hm, (170, 120), (170, 120))) == n_cv
+    assert count_blobs(bytes(170 * 120), 170, 120) == 0
+    assert is_hint_layer_name("Colour hints") and is_hint_layer_name("color HINTS #2")
+    assert not is_hint_layer_name("Colour hints old") and not is_hint_layer_name("Background")
