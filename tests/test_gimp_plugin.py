@@ -724,6 +724,11 @@ def test_registration(gimp_run):
     assert reg["defaults"]["preset"] == "default" and reg["defaults"]["detector"] == "r101"
     rc = result["_pluginrc"]
     assert '"${gimp_dir}/plug-ins/colorize-patch/colorize-patch.py"' in rc
+    # Help opens the plug-in's own page (help/en/gimp-help.xml -> index.html), not "the user manual is missing"
+    assert re.search(r'\(help-def "colorize-patch" "file://[^"]*/plug-ins/colorize-patch/help"\)', rc), rc[-3000:]
+    helpmap = (REPO / "gimp_plugin/colorize-patch/help/en/gimp-help.xml").read_text()
+    for proc in ("plug-in-colorize-patch", "plug-in-colorize-patch-refuse"):
+        assert f'id="{proc}"' in helpmap
     for proc, label in (("plug-in-colorize-patch", "Colorize (Patch)..."),
                         ("plug-in-colorize-patch-refuse", "Colorize (Patch): Re-fuse Masks")):
         block = rc[rc.index(f'(proc-def "{proc}"'):]

@@ -54,7 +54,8 @@ PARASITE_MASKS = "colorize-patch-masks"
 PARASITE_MASK = "colorize-patch-mask"        # on each mask layer: {"index": i}
 PARASITE_SOURCE = "colorize-patch-source"    # on the source layer: {"uid": group uid}
 MASK_OPACITY = 50.0
-HELP_URL = "README.md, section \u201cGIMP plug-in\u201d"
+HELP_URL = "README.md, section \u201cIn GIMP 3\u201d"
+HELP_DIR = os.path.join(PLUGIN_DIR, "help")     # help/en/gimp-help.xml maps the procedures to help/en/index.html
 DEFAULT_ENDPOINT = P.DEFAULT_ENDPOINT if P else "tcp://127.0.0.1:5555"
 
 PRESETS = [("default", "Default (full resolution, feathered)",
@@ -797,6 +798,11 @@ if Gimp is not None:
             return False
 
         def do_query_procedures(self):
+            try:        # the Help buttons open help/en/index.html instead of "the user manual is missing"
+                from gi.repository import Gio
+                self.set_help_domain("colorize-patch", Gio.File.new_for_path(HELP_DIR))
+            except Exception:       # noqa: BLE001 - help is optional
+                pass
             return [PROC_COLORIZE, PROC_REFUSE]
 
         def do_create_procedure(self, name):
