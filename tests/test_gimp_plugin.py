@@ -1052,6 +1052,21 @@ def test_plugin_has_no_copy_of_the_client_rules():
     assert mod.resolve_endpoint("", {}) == mod.P.DEFAULT_ENDPOINT
 
 
+def test_refuse_endpoint_follows_a_moved_backend(monkeypatch):
+    """Re-fuse goes to the backend that made the group while it answers (it may hold the job), else to the
+    endpoint config.json names now; a typed endpoint always wins."""
+    mod = _plugin_module()
+    alive = set()
+    monkeypatch.setattr(mod.launcher, "default_ping", lambda key=None: lambda ep, t: ep in alive)
+    cfg = {"endpoint": "tcp://127.0.0.1:6001", "ping_timeout_s": 0.1}
+    old = "tcp://127.0.0.1:5555"
+    assert mod._refuse_endpoint("", cfg, old) == "tcp://127.0.0.1:6001"
+    alive.add(old)
+    assert mod._refuse_endpoint("", cfg, old) == old
+    assert mod._refuse_endpoint("tcp://127.0.0.1:7", cfg, old) == "tcp://127.0.0.1:7"
+    assert mod._refuse_endpoint("", {}, None) == mod.P.DEFAULT_ENDPOINT
+
+
 def test_crop_mask():
     mod = _plugin_module()
     w, h = 7, 5

@@ -651,6 +651,21 @@ def _recolorize(client, image, group, meta, masks, progress, job_id, token):
     return res, index
 
 
+def _refuse_endpoint(typed, cfg: dict, stored: str | None) -> str:
+    """The endpoint typed, else the one that made the group (it may still hold the job) if it answers, else the
+    current one from config.json (the backend may have moved since, e.g. to a login service's port)."""
+    endpoint = resolve_endpoint(typed, cfg, stored)
+    current = resolve_endpoint("", cfg)
+    if (typed or "").strip() or endpoint == current:
+        return endpoint
+    try:
+        if launcher.default_ping(_server_key(cfg))(endpoint, float(cfg.get("ping_timeout_s", 2.0))):
+            return endpoint
+    except launcher.LaunchError:
+        pass
+    return current
+
+
 def run_refuse(procedure, run_mode, image, drawables, config, run_data):
     progress = None
     try:
@@ -665,7 +680,7 @@ def run_refuse(procedure, run_mode, image, drawables, config, run_data):
         rfmt = meta.get("result_format") or P.RESULT_FORMATS[meta["format"]]
 
         cfg = load_config()
-        endpoint = resolve_endpoint(config.get_property("endpoint"), cfg, meta.get("endpoint"))
+        endpoint = _refuse_endpoint(config.get_property("endpoint"), cfg, meta.get("endpoint"))
         progress = Progress("Colorize (Patch): Re-fuse Masks")
         _ensure_backend(endpoint, True, cfg, progress)
         job_id = P.new_id()
