@@ -7,13 +7,11 @@ import os
 import plistlib
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from patchcolor.service import userservice as U
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 class FakeManager:

@@ -259,7 +259,7 @@ def _all_layers(image):
             yield from _descendants(layer)
 
 
-# ---- dialog (kept apart so hint pick-up and preview can be added beside it) --------------------------------------------
+# ---- dialog (kept apart so hint pick-up and preview can be added beside it) ----------------------------------------
 
 DIALOG_FIELDS = ["preset", "colorizer", "detector", "score-threshold", "max-instances", "saturation", "feather",
                  "endpoint", "auto-start"]
