@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
 
 from . import protocol as P
-
-log = logging.getLogger("patchcolor.service")
 
 #: Dropped bytes above which the allocator is asked to give memory back to the system.
 TRIM_AFTER_BYTES = 16 << 20
