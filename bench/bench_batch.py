@@ -20,6 +20,7 @@ Both presets by default (``--presets seed default``): the seed row is the baseli
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -190,6 +191,8 @@ def main() -> None:
     ap.add_argument("--models", type=Path, help="weights folder (default: random official-format weights)")
     ap.add_argument("--max-instances", type=int, default=4, help="objects per image (the biased detector finds "
                     "many; default 4, as the issue's coffee photo)")
+    ap.add_argument("--detector", default="r101", help="r101 (default) or none (networks: the colorizer only; "
+                    "for a loaded machine where the 800-px R101 pass takes a minute)")
     ap.add_argument("--no-masks", action="store_true", help="do not write masks in the batch rows")
     ap.add_argument("--png-levels", action="store_true")
     ap.add_argument("--service", action="store_true")
@@ -210,11 +213,12 @@ def main() -> None:
     photo = make_photo(args.width)
     for k in range(args.n):
         Image.fromarray(photo).save(inputs / f"p{k}.png")
-    print(f"[{cpu}] {args.n} x {photo.shape[1]}x{photo.shape[0]} gray PNG, masks {not args.no_masks}", flush=True)
+    print(f"[{cpu}] {args.n} x {photo.shape[1]}x{photo.shape[0]} gray PNG, masks {not args.no_masks}, detector "
+          f"{args.detector} (max {args.max_instances} objects), load average {os.getloadavg()[0]:.1f}", flush=True)
     pipe = Pipeline(models, device="cpu")
     from patchcolor.options import make_options
 
-    res = {p: bench_preset(pipe, make_options(p, max_instances=args.max_instances), inputs, tmp / "out", args.n,
+    res = {p: bench_preset(pipe, make_options(p, max_instances=args.max_instances, detector=args.detector), inputs, tmp / "out", args.n,
                            not args.no_masks, cpu) for p in args.presets}
     if "seed" in res and "default" in res:
         print(f"[{cpu}] default vs seed preset: pipeline {res['seed']['pipeline'] / res['default']['pipeline']:.2f}x"

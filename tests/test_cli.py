@@ -151,3 +151,19 @@ def test_check_precision_prints_psnr_and_agreement(models_dir, photo_gray, tmp_p
     assert out.startswith("CPU ") and "bf16-sim" in out
     line = next(line for line in out.splitlines() if line.startswith("a.png: PSNR "))
     assert "matched (IoU>0.5, same class)" in line and "1 image(s): mean PSNR" in out
+
+
+def test_unreachable_backend_counts_the_inputs_never_attempted(tmp_path):
+    import socket
+
+    from test_batch import photo
+
+    for k in range(3):
+        photo(tmp_path / "in" / f"p{k}.png", seed=k)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = _run(["colorize", tmp_path / "in", "-o", tmp_path / "out", "--remote", f"tcp://127.0.0.1:{port}",
+              "--remote-timeout", "1"], tmp_path / "no-models")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "0 colorized, 0 skipped (already done), 1 failed, 2 not attempted" in r.stderr, r.stderr

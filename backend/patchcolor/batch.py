@@ -513,7 +513,8 @@ class BatchSummary:
         parts = [f"{self.count('done')} colorized", f"{self.count('skipped')} skipped (already done)",
                  f"{self.count('failed')} failed"]
         if self.count("not_attempted"):
-            parts.append(f"{self.count('not_attempted')} not attempted")
+            parts.append(f"{self.count('not_attempted')} not attempted"
+                         + (" (the batch stopped at the error above)" if self.stopped else ""))
         if self.count("busy"):
             parts.append(f"{self.count('busy')} left to another run")
         return ", ".join(parts) + f" -> {out_dir}"

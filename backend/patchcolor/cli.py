@@ -140,8 +140,6 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         print("terminated: temporary files removed; run again to resume", file=sys.stderr)
         raise
     bar.close()
-    if summary.stopped:
-        print(f"stopped: {summary.stopped}", file=sys.stderr)
     print(summary.line(plan.out_dir), file=sys.stderr)
     return 0 if summary.ok else 1
 
