@@ -337,7 +337,7 @@ def test_overlapped_real_pipeline_is_byte_identical(pipeline, photo_gray, tmp_pa
     (tmp_path / "in").mkdir()
     for k, side in enumerate((96, 128, 80)):
         Image.fromarray(photo_gray[:side, : side + 20]).save(tmp_path / "in" / f"p{k}.png")
-    opts = make_options("default", max_side=128)
+    opts = make_options("default", max_side=128, max_instances=3)
 
     def go(out, overlap):
         plan = batch.plan_batch([tmp_path / "in"], out, masks=True)
