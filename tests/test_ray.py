@@ -180,6 +180,16 @@ def test_resume_after_killed_run_local_and_ray(ray_session, photos, local_out, t
 
 
 @pytest.mark.ray
+def test_missing_weights_stop_the_batch(ray_session, photos, tmp_path, capsys):
+    """Every image would fail the same way: the batch stops with one line, as locally, and says what was left."""
+    (tmp_path / "empty").mkdir()
+    code, lines = _colorize([photos, "-o", tmp_path / "out", "--ray", "--models", tmp_path / "empty"] + OPTS,
+                            capsys)
+    assert code == 1 and any(ln.startswith("stopped:") and "missing" in ln for ln in lines)
+    assert " not attempted -> " in lines[-1] and lines[-1].startswith("0 colorized")
+
+
+@pytest.mark.ray
 def test_shared_storage_probe(ray_session, tmp_path):
     from patchcolor.cluster import check_shared_storage
 

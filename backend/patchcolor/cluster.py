@@ -161,33 +161,28 @@ def _table(rows: dict[str, list]):
     return pa.table({k: pa.array(v, type=types[k]) for k, v in rows.items()})
 
 
-class ReadStage:
+def read_stage(batch: dict, max_pixels: int) -> object:
     """Ray Data read stage (Ray tasks): item -> decoded SourceImage with the project's loader, or a failure row.
     Items already done (another run finished them since the plan) are passed on as skipped without reading."""
-
-    def __init__(self, max_pixels: int):
-        self.max_pixels = max_pixels
-
-    def __call__(self, batch: dict) -> object:
-        rows: dict[str, list] = {k: [] for k in ("idx", "item", "src", "status", "message", "code", "seconds")}
-        for idx, blob in zip(batch["idx"], batch["item"]):
-            item: BatchItem = pickle.loads(blob)
-            src, status, message, code = None, "read", "", ""
-            t0 = time.perf_counter()
-            try:
-                if item.is_done():
-                    status = "skipped"
-                else:
-                    src = pickle.dumps(read_item(item, self.max_pixels), protocol=5)
-            except PatchColorError as e:
-                status, message, code = "failed", e.message, e.code
-            except Exception as e:   # noqa: BLE001 - one bad file must not stop the cluster's batch
-                status, message, code = "failed", f"cannot read {item.src}: {_one_line(e)}", "image_unreadable"
-            for k, v in (("idx", int(idx)), ("item", bytes(blob)), ("src", src), ("status", status),
-                         ("message", message), ("code", code),
-                         ("seconds", json.dumps({"read": time.perf_counter() - t0}))):
-                rows[k].append(v)
-        return _table(rows)
+    rows: dict[str, list] = {k: [] for k in ("idx", "item", "src", "status", "message", "code", "seconds")}
+    for idx, blob in zip(batch["idx"], batch["item"]):
+        item: BatchItem = pickle.loads(blob)
+        src, status, message, code = None, "read", "", ""
+        t0 = time.perf_counter()
+        try:
+            if item.is_done():
+                status = "skipped"
+            else:
+                src = pickle.dumps(read_item(item, max_pixels), protocol=5)
+        except PatchColorError as e:
+            status, message, code = "failed", e.message, e.code
+        except Exception as e:   # noqa: BLE001 - one bad file must not stop the cluster's batch
+            status, message, code = "failed", f"cannot read {item.src}: {_one_line(e)}", "image_unreadable"
+        for k, v in (("idx", int(idx)), ("item", bytes(blob)), ("src", src), ("status", status),
+                     ("message", message), ("code", code),
+                     ("seconds", json.dumps({"read": time.perf_counter() - t0}))):
+            rows[k].append(v)
+    return _table(rows)
 
 
 class ColorizeWorker:
@@ -232,6 +227,7 @@ class ColorizeWorker:
             if item.is_done():
                 return "skipped", "", ""
             t0 = time.perf_counter()
+            secs["start_epoch"] = time.time()      # wall clock, for bench_ray's scheduling-overhead figures
             try:
                 result = self.pipe.run(pickle.loads(src_blob), self.opts)
             except PatchColorError as e:
@@ -247,18 +243,14 @@ class ColorizeWorker:
                 return "failed", err.message, err.code
             except PatchColorError as e:
                 return "failed", e.message, e.code
+            secs["end_epoch"] = time.time()
+            secs["pid"] = os.getpid()
             return "done", "", ""
         finally:
             c.release()
 
 
 # ------------------------------------------------------------------------------------------------ the run
-def _bind(cls: type, *args) -> type:
-    """A subclass of ``cls`` whose no-argument constructor calls ``cls(*args)`` (pickled with the class)."""
-    return type(cls.__name__, (cls,), {"__init__": lambda self: cls.__init__(self, *args),
-                                       "__module__": cls.__module__})
-
-
 def run_ray_batch(plan: BatchPlan, opts, settings: RaySettings, *, models: Path | None = None,
                   device: str = "auto", max_pixels: int = 250_000_000, compress_level: int = PNG_COMPRESS_LEVEL,
                   on_outcome: Callable[[ItemOutcome], None] | None = None, check_storage: bool = True
@@ -267,6 +259,7 @@ def run_ray_batch(plan: BatchPlan, opts, settings: RaySettings, *, models: Path 
     skipped. Same outcomes as :func:`patchcolor.batch.run_batch`: a failure whose code is in FATAL_CODES stops
     the batch (the items not reached are not_attempted, unless a worker finished them meanwhile)."""
     import ray
+    import ray.data
 
     outcomes: dict[int, ItemOutcome] = {}
     for o in (ItemOutcome(i, "skipped") for i in plan.done):
@@ -280,18 +273,17 @@ def run_ray_batch(plan: BatchPlan, opts, settings: RaySettings, *, models: Path 
         threads = None if gpu else max(1, int(math.floor(settings.cpus_per_worker)))
         n = len(plan.items)
         per_block = max(1, min(ROWS_PER_BLOCK_MAX, n // (4 * actors)))
-        ds = ray.data.from_items([{"idx": k, "item": pickle.dumps(it, protocol=5)} for k, it in enumerate(plan.items)],
-                                 override_num_blocks=math.ceil(n / per_block))
+        rows_in = [{"idx": k, "item": pickle.dumps(it, protocol=5)} for k, it in enumerate(plan.items)]
+        ds = ray.data.from_items(rows_in, override_num_blocks=math.ceil(n / per_block))
         # decoding is short next to colorizing: read tasks take no CPU reservation, so actors holding every CPU
         # cannot starve them; at most two reads per actor are in flight (bounded memory).
-        # the settings travel inside the classes, not as constructor arguments: Ray keeps those in the object
-        # store and warns that an actor restart would need them
-        ds = ds.map_batches(_bind(ReadStage, int(max_pixels)), batch_size=None, batch_format="numpy",
-                            num_cpus=0, concurrency=(1, 2 * actors))
-        ds = ds.map_batches(_bind(ColorizeWorker, opts, str(models) if models else None, device, int(max_pixels),
-                                  compress_level, threads),
-                            batch_size=1, batch_format="pyarrow", concurrency=actors,
-                            num_cpus=settings.cpus_per_worker if not gpu else 1, num_gpus=1 if gpu else 0)
+        ds = ds.map_batches(read_stage, fn_kwargs={"max_pixels": int(max_pixels)}, batch_size=None,
+                            batch_format="numpy", num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2 * actors))
+        ds = ds.map_batches(ColorizeWorker, batch_size=1, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=actors),
+                            num_cpus=settings.cpus_per_worker if not gpu else 1, num_gpus=1 if gpu else 0,
+                            fn_constructor_args=(opts, str(models) if models else None, device, int(max_pixels),
+                                                 compress_level, threads))
         rows = ds.iter_rows()
         try:
             for row in rows:
