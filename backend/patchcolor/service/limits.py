@@ -16,9 +16,10 @@ from patchcolor_client.protocol import PIXEL_FORMATS, ProtocolError
 from ..options import Options
 from ..prepare import working_size
 
-#: Rough per-pixel peak costs (bytes), calibrated on CPU fp32 runs (issue 8: batch 64 x 512^2 crops -> 5.7 GB
-#: peak, i.e. ~340 B per network pixel; rounded up). The estimate is an upper bound for admission, not a forecast.
-NET_BYTES_PER_PIXEL = 400          # colorizer activations per network input pixel in one batch
+#: Rough per-pixel peak costs (bytes), calibrated on CPU fp32 runs: issue 8 saw 5.7 GB for a batch of 64 x 512^2
+#: (~340 B per network pixel); eccv16 here, batch 8 x 512^2 on a 640x480 image, peak RSS rise 1199 MiB over the
+#: loaded models (~570 B per network pixel, AMD EPYC, torch CPU); rounded up. An upper bound for admission.
+NET_BYTES_PER_PIXEL = 640          # colorizer activations per network input pixel in one batch
 DETECTOR_BYTES_PER_PIXEL = 1200    # R101-FPN / torchvision detector activations per working pixel
 FINISH_BYTES_PER_PIXEL = 40        # float32 Lab planes and bands of the finish at output size
 MODEL_BYTES = 600 << 20            # colorizer + detector weights
