@@ -61,15 +61,18 @@ def estimate_job_bytes(width: int, height: int, fmt: str, opts: Options) -> int:
 
 
 def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo (bytes), or None where it cannot be read (then no memory check)."""
+    """MemAvailable + SwapFree from /proc/meminfo (bytes): what a job can get before the OOM killer acts (the
+    estimate is an upper bound, so swap counts). None where it cannot be read (then no memory check)."""
+    found: dict[str, int] = {}
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                key, _, rest = line.partition(":")
+                if key in ("MemAvailable", "SwapFree"):
+                    found[key] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return None
+    return found["MemAvailable"] + found.get("SwapFree", 0) if "MemAvailable" in found else None
 
 
 def check_job(width: int, height: int, fmt: str, opts: Options, remote: bool, limits: RemoteLimits,
