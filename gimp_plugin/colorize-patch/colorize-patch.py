@@ -38,13 +38,16 @@ try:
     from patchcolor_client import launcher
     from patchcolor_client import protocol as P
     from patchcolor_client.client import Instance
+    from patchcolor_client import hintmap
     CLIENT_ERROR = None
 except ImportError as _e:          # registered anyway; each run says what is wrong
-    PC = launcher = P = Instance = None
+    PC = launcher = P = Instance = hintmap = None
     CLIENT_ERROR = str(_e)
 
 PROC_COLORIZE = "plug-in-colorize-patch"
 PROC_REFUSE = "plug-in-colorize-patch-refuse"
+PROC_ADD_HINTS = "plug-in-colorize-patch-add-hints"
+PROC_PREVIEW = "plug-in-colorize-patch-preview"
 GROUP_NAME = "Colorize (Patch)"
 MASKS_NAME = "Masks"
 COLORIZED_NAME = "Colorized"
@@ -262,16 +265,21 @@ def _all_layers(image):
 # ---- dialog (kept apart so hint pick-up and preview can be added beside it) ----------------------------------------
 
 DIALOG_FIELDS = ["preset", "colorizer", "detector", "score-threshold", "max-instances", "saturation", "feather",
-                 "endpoint", "auto-start"]
+                 "use-hints", "endpoint", "auto-start"]
 
 
-def run_dialog(procedure, config) -> bool:
+def run_dialog(procedure, config, image=None, layer=None) -> bool:
     """The interactive dialog; True when the user pressed OK."""
     gi.require_version("GimpUi", "3.0")
     from gi.repository import GimpUi
     GimpUi.init("colorize-patch")
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Colorize (Patch)")
     dialog.fill(DIALOG_FIELDS)
+    if image is not None:
+        try:
+            _dialog_preview(dialog, image, layer, config)
+        except Exception:       # noqa: BLE001 - the dialog works without its preview
+            traceback.print_exc()
     ok = dialog.run()
     dialog.destroy()
     return bool(ok)
@@ -418,7 +426,7 @@ def run_colorize(procedure, run_mode, image, drawables, config, run_data):
         layer = _the_layer(image, drawables)
     except CallingError as e:
         return _error(procedure, str(e), Gimp.PDBStatusType.CALLING_ERROR)
-    if run_mode == Gimp.RunMode.INTERACTIVE and not run_dialog(procedure, config):
+    if run_mode == Gimp.RunMode.INTERACTIVE and not run_dialog(procedure, config, image, layer):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
     progress = Progress("Colorize (Patch)")
@@ -432,6 +440,7 @@ def run_colorize(procedure, run_mode, image, drawables, config, run_data):
         fmt = _wire_format(image, layer)
         rfmt = P.RESULT_FORMATS[fmt]
         pixels = _read(layer, fmt)
+        hints, n_hints = _hint_map(image, layer, _use_hints(config))
 
         _ensure_backend(endpoint, auto_start, cfg, progress)
         progress.text("Sending the image to the colorize backend\u2026")
@@ -440,7 +449,7 @@ def run_colorize(procedure, run_mode, image, drawables, config, run_data):
 
         def call(client):
             return client.colorize(w, h, fmt, pixels, options, progress=progress, should_cancel=progress.idle,
-                                   job_id=job_id, **_token_kw(client.colorize, token))
+                                   job_id=job_id, **_hints_kw(hints), **_token_kw(client.colorize, token))
         try:
             res = _run_job(endpoint, cfg, call, progress, job_id, token)
         except PC.JobCancelled:
@@ -451,6 +460,7 @@ def run_colorize(procedure, run_mode, image, drawables, config, run_data):
 
         progress.text("Adding the layers\u2026")
         meta = _group_meta(res, endpoint, w, h, fmt, list(layer.get_offsets()[1:]), options)
+        meta["hints"] = n_hints          # re-fuse colorizes again with the hint layer when there were hints
         group = _add_layers(image, layer, rfmt, res, meta)
         if not res.instances:
             _status("Colorize (Patch): no objects found: whole-image colorization only.")
@@ -633,6 +643,7 @@ def _recolorize(client, image, group, meta, masks, progress, job_id, token):
         raise PluginError("The source layer's alpha channel was added or removed since colorizing; re-fusing needs "
                           "it as it was. Run Colorize (Patch) again.")
     pixels = _read(src, fmt)          # a gray source was converted to RGB with R=G=B: reading Y' gives it back
+    hints = _hint_map(image, src, bool(meta.get("hints")))[0]
     instances, index = [], []
     for i, (m, stored) in enumerate(zip(masks, meta["instances"])):
         cropped = crop_mask(m, w, h)
@@ -647,7 +658,7 @@ def _recolorize(client, image, group, meta, masks, progress, job_id, token):
     progress.text("Re-colorizing the objects (the backend no longer had this job)\u2026")
     res = client.colorize(w, h, fmt, pixels, meta.get("options") or {}, progress=progress,
                           should_cancel=progress.idle, job_id=job_id, instances=instances,
-                          **_token_kw(client.colorize, token))
+                          **_hints_kw(hints), **_token_kw(client.colorize, token))
     return res, index
 
 
@@ -742,6 +753,262 @@ def run_refuse(procedure, run_mode, image, drawables, config, run_data):
     return _success(procedure, Gimp.Layer, colorized, sum(1 for m in masks if any(m)))
 
 
+# ---- colour hints and preview (issue 10) ---------------------------------------------------------------------------
+
+PREVIEW_SIDE = 384          # the dialog preview's long side
+AUTO_PREVIEW_S = 2.0        # the dialog refreshes the preview by itself while the backend answers this fast
+
+
+def _use_hints(config) -> bool:
+    try:
+        return bool(config.get_property("use-hints"))
+    except TypeError:          # a config without the argument (older callers)
+        return True
+
+
+def _hints_kw(hints) -> dict:
+    return {"hints": hints} if hints is not None else {}
+
+
+def _find_hint_layer(image, layer):
+    """The colour-hint layer for the photo ``layer``: a pixel layer tagged with the hints parasite or named
+    "Colour hints" / "Color hints"; one in the photo's own layer stack first. None when there is none."""
+    found = [l for l in _all_layers(image) if not l.is_group_layer() and l != layer
+             and (l.get_parasite(hintmap.PARASITE_HINTS) is not None or hintmap.is_hint_layer_name(l.get_name()))]
+    if not found:
+        return None
+    same = [l for l in found if l.get_parent() == layer.get_parent()]
+    return (same or found)[0]
+
+
+def _hint_map(image, layer, use_hints: bool):
+    """(HintMap, number of hints) for the photo ``layer`` from the image's hint layer, or (None, 0) when there is
+    none, it is empty, or hints are switched off. The hint layer is read over the photo layer's extent (moved or
+    smaller hint layers work: outside it there is no hint)."""
+    if not use_hints or hintmap is None:
+        return None, 0
+    hl = _find_hint_layer(image, layer)
+    if hl is None:
+        return None, 0
+    if not hl.has_alpha():
+        raise PluginError(f"The hint layer '{hl.get_name()}' has no transparency, so every pixel would be a hint: "
+                          "add an alpha channel (Layer > Transparency > Add Alpha Channel) and erase what is not a "
+                          "hint, or use Filters > Colorize (Patch): Add Hint Layer.")
+    w, h = layer.get_width(), layer.get_height()
+    _, hx, hy = hl.get_offsets()
+    _, lx, ly = layer.get_offsets()
+    data = bytes(hl.get_buffer().get(Gegl.Rectangle.new(lx - hx, ly - hy, w, h), 1.0, BABL["rgba8"],
+                                     Gegl.AbyssPolicy.NONE))
+    n = hintmap.count_blobs(data[3::4], w, h)
+    return (PC.HintMap(w, h, "rgba8", data), n) if n else (None, 0)
+
+
+def make_preview(image, layer, options: dict, use_hints: bool, endpoint: str, cfg: dict,
+                 long_side: int = PREVIEW_SIDE, progress=None):
+    """The backend's preview of ``layer`` (same options, the hint layer unless switched off): (ColorizeResult with
+    the 8-bit proxy, number of hints). Only reads the image; the dialog and the Preview procedure both call this."""
+    fmt = _wire_format(image, layer)
+    w, h = layer.get_width(), layer.get_height()
+    pixels = _read(layer, fmt)
+    hints, n = _hint_map(image, layer, use_hints)
+    client = PC.Client(endpoint, timeout_s=float(cfg.get("timeout_s", 30.0)), server_public_key=_server_key(cfg))
+    try:
+        res = client.preview(w, h, fmt, pixels, options, hints=hints, long_side=long_side, progress=progress,
+                             should_cancel=progress.idle if progress is not None else None)
+    except PC.BackendUnavailable as e:
+        raise PluginError(backend_message(e, endpoint))
+    except PC.BackendError as e:
+        raise PluginError(backend_message(e, endpoint))
+    finally:
+        client.close()
+    if res.fmt not in ("rgb8", "rgba8"):
+        raise PluginError(f"the colorize backend sent a {res.fmt} preview instead of an 8-bit one")
+    return res, n
+
+
+def _dialog_preview(dialog, image, layer, config) -> None:
+    """Adds "N hints found", a Preview button and the preview image to the Colorize dialog. The preview refreshes
+    on the button, and by itself after an option changes while the backend answered the last one within
+    AUTO_PREVIEW_S. It never touches the image."""
+    import time
+    gi.require_version("Gtk", "3.0")
+    gi.require_version("GdkPixbuf", "2.0")
+    from gi.repository import GdkPixbuf, Gtk
+    cfg = load_config()
+    box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6)
+    try:
+        n = _hint_map(image, layer, True)[1]
+    except PluginError as e:
+        n = 0
+        note = str(e)
+    else:
+        note = (f"{n} colour hint{'s' if n != 1 else ''} found in the '{hintmap.HINT_LAYER_NAME}' layer (they make "
+                "SIGGRAPH17 run)" if n else "No colour hints (Filters > Colorize (Patch): Add Hint Layer to paint "
+                "some)")
+    hint_label = Gtk.Label(label=note, xalign=0.0)
+    hint_label.set_line_wrap(True)
+    button = Gtk.Button.new_with_mnemonic("_Preview")
+    status = Gtk.Label(label="", xalign=0.0)
+    picture = Gtk.Image()
+    state = {"fast": False, "pending": 0}
+
+    def refresh(*_args):
+        state["pending"] = 0
+        endpoint = resolve_endpoint(config.get_property("endpoint"), cfg)
+        status.set_text("Previewing\u2026")
+        t0 = time.monotonic()
+        try:
+            launcher.ensure_backend(endpoint, bool(config.get_property("auto-start")), cfg,
+                                    set_text=status.set_text, tick=lambda: None)
+            res, nh = make_preview(image, layer, options_from_config(config), _use_hints(config), endpoint, cfg)
+        except Exception as e:      # noqa: BLE001 - shown in the dialog, never fatal
+            status.set_text(f"No preview: {e}")
+            state["fast"] = False
+            return False
+        ch = 4 if res.fmt == "rgba8" else 3
+        pix = GdkPixbuf.Pixbuf.new_from_bytes(GLib.Bytes.new(bytes(res.pixels)), GdkPixbuf.Colorspace.RGB, ch == 4,
+                                              8, res.width, res.height, res.width * ch)
+        picture.set_from_pixbuf(pix)
+        took = time.monotonic() - t0
+        state["fast"] = took <= AUTO_PREVIEW_S
+        status.set_text(f"Preview {res.width}x{res.height}, {res.extra.get('n_instances', 0)} object(s), {nh} hint(s), "
+                        f"{took:.1f} s" + ("" if state["fast"] else " (press Preview after changes)"))
+        return False
+
+    def changed(*_args):
+        if state["fast"]:
+            if state["pending"]:
+                GLib.source_remove(state["pending"])
+            state["pending"] = GLib.timeout_add(400, refresh)
+
+    button.connect("clicked", refresh)
+    config.connect("notify", changed)
+    for widget in (hint_label, button, status, picture):
+        box.pack_start(widget, False, False, 0)
+    dialog.get_content_area().pack_end(box, False, False, 6)
+    box.show_all()
+
+
+def run_add_hints(procedure, run_mode, image, drawables, config, run_data):
+    """Add an empty, transparent "Colour hints" layer above the photo and set up the paintbrush."""
+    try:
+        layer = _the_layer(image, drawables)
+    except CallingError as e:
+        return _error(procedure, str(e), Gimp.PDBStatusType.CALLING_ERROR)
+    if hintmap is None:
+        return _error(procedure, f"the plug-in's client package is missing or broken ({CLIENT_ERROR})")
+    hl = _find_hint_layer(image, layer)
+    if hl is None:
+        image.undo_group_start()
+        try:
+            if image.get_base_type() == Gimp.ImageBaseType.GRAY:
+                image.convert_rgb()          # colours cannot be painted in a grayscale image
+            hl = Gimp.Layer.new(image, hintmap.HINT_LAYER_NAME, image.get_width(), image.get_height(),
+                                Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+            image.insert_layer(hl, layer.get_parent(), image.get_item_position(layer))
+            hl.fill(Gimp.FillType.TRANSPARENT)
+            _attach_json(hl, hintmap.PARASITE_HINTS, {"version": 1})
+        finally:
+            image.undo_group_end()
+    image.set_selected_layers([hl])
+    try:        # a paintbrush of a few pixels at full opacity: one dab = one hint
+        Gimp.context_set_paint_method("gimp-paintbrush")
+        Gimp.context_set_paint_mode(Gimp.LayerMode.NORMAL)
+        Gimp.context_set_opacity(100.0)
+        Gimp.context_set_brush_size(float(max(3, min(image.get_width(), image.get_height()) // 80)))
+    except Exception:           # noqa: BLE001 - the layer is what matters
+        pass
+    _status("Paint a few dabs of colour on the 'Colour hints' layer (separate dabs, one colour each), then run "
+            "Colorize (Patch) or Re-fuse Masks.")
+    return _success(procedure, Gimp.Layer, hl, 0)
+
+
+def run_preview(procedure, run_mode, image, drawables, config, run_data):
+    """What the dialog's preview shows, as a new image (not displayed; the source image is not touched)."""
+    try:
+        layer = _the_layer(image, drawables)
+    except CallingError as e:
+        return _error(procedure, str(e), Gimp.PDBStatusType.CALLING_ERROR)
+    progress = Progress("Colorize (Patch): Preview")
+    try:
+        _need_client()
+        cfg = load_config()
+        endpoint = resolve_endpoint(config.get_property("endpoint"), cfg)
+        auto_start = bool(config.get_property("auto-start")) and cfg.get("auto_start", True) is not False
+        _ensure_backend(endpoint, auto_start, cfg, progress)
+        res, n = make_preview(image, layer, options_from_config(config), _use_hints(config), endpoint, cfg,
+                              int(config.get_property("long-side")), progress)
+        rgba = res.fmt == "rgba8"
+        out = Gimp.Image.new(res.width, res.height, Gimp.ImageBaseType.RGB)
+        pl = Gimp.Layer.new(out, "Preview", res.width, res.height,
+                            Gimp.ImageType.RGBA_IMAGE if rgba else Gimp.ImageType.RGB_IMAGE, 100.0,
+                            Gimp.LayerMode.NORMAL)
+        out.insert_layer(pl, None, 0)
+        _write(pl.get_buffer(), res.width, res.height, res.fmt, res.pixels)
+    except PC.JobCancelled if PC else ():
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error("Cancelled"))
+    except PluginError as e:
+        return _error(procedure, str(e))
+    except Exception as e:
+        traceback.print_exc()
+        return _error(procedure, f"Preview failed unexpectedly: {e.__class__.__name__}: {e}")
+    finally:
+        Gimp.progress_end()
+    return _success(procedure, Gimp.Image, out, n)
+
+
+def _add_hints_procedure(plugin, name):
+    RW = GObject.ParamFlags.READWRITE
+    p = Gimp.ImageProcedure.new(plugin, name, Gimp.PDBProcType.PLUGIN, run_add_hints, None)
+    p.set_image_types("RGB*, GRAY*")
+    p.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+    p.set_menu_label("Colorize (Patch): Add Hint Layer")
+    p.add_menu_path("<Image>/Filters")
+    p.set_documentation(
+        "Add a transparent 'Colour hints' layer above the photo",
+        "Creates an empty transparent layer named 'Colour hints' above the selected photo layer (a grayscale image "
+        "is converted to RGB so colours can be painted) and selects the paintbrush. Paint a few separate dabs, each "
+        "in the colour that part of the photo should have; Colorize (Patch) and Re-fuse Masks then make SIGGRAPH17 "
+        "follow them on the whole image and inside every object. Full guide: " + HELP_URL + ".", name)
+    p.set_attribution("Patch Colorization contributors", "MIT", "2025")
+    p.add_layer_return_value("hint-layer", "Hint layer", "The 'Colour hints' layer", True, RW)
+    p.add_int_return_value("n-hints", "Hints", "Always 0 (the layer is empty when made)", 0, 100000, 0, RW)
+    return p
+
+
+def _preview_procedure(plugin, name):
+    RW = GObject.ParamFlags.READWRITE
+    p = Gimp.ImageProcedure.new(plugin, name, Gimp.PDBProcType.PLUGIN, run_preview, None)
+    p.set_image_types("RGB*, GRAY*")
+    p.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+    p.set_documentation(
+        "The Colorize (Patch) dialog's preview, as a new image",
+        "Colorizes a small copy (long side 'long-side') of the selected layer with the given options and the hint "
+        "layer, exactly as the dialog's preview does, and returns it as a new image that is not displayed. The "
+        "source image, its layers and its undo history are not touched.", name)
+    p.set_attribution("Patch Colorization contributors", "MIT", "2025")
+    p.add_choice_argument("preset", "_Preset", "as in Colorize (Patch)", _choice(PRESETS), "default", RW)
+    p.add_choice_argument("colorizer", "Colori_zer", "as in Colorize (Patch)", _choice(COLORIZERS), "eccv16", RW)
+    p.add_choice_argument("detector", "_Detector", "as in Colorize (Patch)", _choice(DETECTORS), "r101", RW)
+    p.add_double_argument("score-threshold", "Score _threshold", "as in Colorize (Patch)", 0.0, 1.0, 0.3, RW)
+    p.add_int_argument("max-instances", "_Maximum objects", "as in Colorize (Patch)", 0, 100, 100, RW)
+    p.add_double_argument("saturation", "Satur_ation", "as in Colorize (Patch)", 0.0, 4.0, 1.0, RW)
+    p.add_double_argument("feather", "_Feathering (% of object size)", "as in Colorize (Patch)", 0.0, 50.0, 2.0, RW)
+    p.add_string_argument("endpoint", "Backend _endpoint", "as in Colorize (Patch)", "", RW)
+    p.add_boolean_argument("auto-start", "Start the _backend if needed", "as in Colorize (Patch)", True, RW)
+    _add_use_hints_argument(p)
+    p.add_int_argument("long-side", "_Long side", "The preview's long side in pixels", 64, 1024, PREVIEW_SIDE, RW)
+    p.add_image_return_value("preview", "Preview", "A new image with the preview", False, RW)
+    p.add_int_return_value("n-hints", "Hints", "Colour hints used", 0, 100000, 0, RW)
+    return p
+
+
+def _add_use_hints_argument(p):
+    p.add_boolean_argument("use-hints", "Use colour _hints", "Use the 'Colour hints' layer (painted dabs; "
+                           "Filters > Colorize (Patch): Add Hint Layer) when there is one; it makes SIGGRAPH17 "
+                           "run. Off: ignore it", True, GObject.ParamFlags.READWRITE)
+
+
 # ---- registration --------------------------------------------------------------------------------------------------
 
 def _colorize_procedure(plugin, name):
@@ -781,6 +1048,7 @@ def _colorize_procedure(plugin, name):
     p.add_boolean_argument("auto-start", "Start the _backend if needed", "Start the local backend recorded by "
                            "install.py when nothing answers (never for a remote endpoint). `python3 install.py "
                            "--autostart` starts it at login instead", True, RW)
+    _add_use_hints_argument(p)
     p.add_group_layer_return_value("group", "Group", "The new 'Colorize (Patch)' layer group", True, RW)
     p.add_int_return_value("n-instances", "Instances", "Number of detected objects (mask layers)", 0, 100000, 0, RW)
     return p
@@ -818,13 +1086,17 @@ if Gimp is not None:
                 self.set_help_domain("colorize-patch", Gio.File.new_for_path(HELP_DIR))
             except Exception:       # noqa: BLE001 - help is optional
                 pass
-            return [PROC_COLORIZE, PROC_REFUSE]
+            return [PROC_COLORIZE, PROC_REFUSE, PROC_ADD_HINTS, PROC_PREVIEW]
 
         def do_create_procedure(self, name):
             if name == PROC_COLORIZE:
                 return _colorize_procedure(self, name)
             if name == PROC_REFUSE:
                 return _refuse_procedure(self, name)
+            if name == PROC_ADD_HINTS:
+                return _add_hints_procedure(self, name)
+            if name == PROC_PREVIEW:
+                return _preview_procedure(self, name)
             return None
 
     if __name__ == "__main__":
