@@ -67,6 +67,12 @@ def connect(settings: RaySettings) -> bool:
                              "(or pip install 'patchcolor[ray]')") from None
     if ray.is_initialized():
         return False
+    if (settings.address or "").startswith("ray://"):
+        try:
+            import grpc  # noqa: F401 - Ray Client's transport
+        except ImportError:
+            raise RayUnavailable("ray:// addresses need Ray Client: pip install 'ray[client]' (or run the "
+                                 "command on the head node with --ray auto)") from None
     try:
         ray.init(address=settings.address, include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=True)
@@ -274,11 +280,13 @@ def run_ray_batch(plan: BatchPlan, opts, settings: RaySettings, *, models: Path 
         n = len(plan.items)
         per_block = max(1, min(ROWS_PER_BLOCK_MAX, n // (4 * actors)))
         rows_in = [{"idx": k, "item": pickle.dumps(it, protocol=5)} for k, it in enumerate(plan.items)]
-        ds = ray.data.from_items(rows_in, override_num_blocks=math.ceil(n / per_block))
+        blocks = math.ceil(n / per_block)
+        ds = ray.data.from_items(rows_in, override_num_blocks=blocks)
         # decoding is short next to colorizing: read tasks take no CPU reservation, so actors holding every CPU
         # cannot starve them; at most two reads per actor are in flight (bounded memory).
         ds = ds.map_batches(read_stage, fn_kwargs={"max_pixels": int(max_pixels)}, batch_size=None,
-                            batch_format="numpy", num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2 * actors))
+                            batch_format="numpy", num_cpus=0,
+                            compute=ray.data.TaskPoolStrategy(size=min(blocks, 2 * actors)))
         ds = ds.map_batches(ColorizeWorker, batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=actors),
                             num_cpus=settings.cpus_per_worker if not gpu else 1, num_gpus=1 if gpu else 0,
