@@ -187,7 +187,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4, help="images per row (default 4)")
     ap.add_argument("--width", type=int, default=1024)
-    ap.add_argument("--presets", nargs="+", default=["seed", "default"])
+    ap.add_argument("--presets", nargs="*", default=["seed", "default"], help="batch rows for these presets")
     ap.add_argument("--models", type=Path, help="weights folder (default: random official-format weights)")
     ap.add_argument("--max-instances", type=int, default=4, help="objects per image (the biased detector finds "
                     "many; default 4, as the issue's coffee photo)")
