@@ -133,7 +133,8 @@ def bench_png_levels(pipe, inputs: Path, cpu: str, max_instances: int) -> None:
         print(f"[{cpu}] png level {level}: " + ", ".join(row), flush=True)
 
 
-def bench_service(models: Path, inputs: Path, n: int, cpu: str, tmp: Path, max_instances: int) -> None:
+def bench_service(models: Path, inputs: Path, n: int, cpu: str, tmp: Path, max_instances: int, detector: str
+                  ) -> None:
     from patchcolor_client import Client
     from service_support import start_server
 
@@ -145,12 +146,12 @@ def bench_service(models: Path, inputs: Path, n: int, cpu: str, tmp: Path, max_i
     try:
         with Client(srv.endpoint, timeout_s=120) as c:
             pixels = np.ascontiguousarray(src.color)
-            c.colorize(src.width, src.height, "gray8", pixels, make_options("default", max_instances=max_instances).to_dict())
+            c.colorize(src.width, src.height, "gray8", pixels, make_options("default", max_instances=max_instances, detector=detector).to_dict())
             for preset in ("seed", "default"):
                 walls, stages = [], []
                 for _ in range(n):
                     t0 = time.perf_counter()
-                    res = c.colorize(src.width, src.height, "gray8", pixels, make_options(preset, max_instances=max_instances).to_dict())
+                    res = c.colorize(src.width, src.height, "gray8", pixels, make_options(preset, max_instances=max_instances, detector=detector).to_dict())
                     walls.append(time.perf_counter() - t0)
                     stages.append(dict(res.timings))
                 keys = sorted({k for s in stages for k in s})
@@ -226,7 +227,7 @@ def main() -> None:
     if args.png_levels:
         bench_png_levels(pipe, inputs, cpu, args.max_instances)
     if args.service:
-        bench_service(models, inputs, args.n, cpu, tmp, args.max_instances)
+        bench_service(models, inputs, args.n, cpu, tmp, args.max_instances, args.detector)
     if args.cli:
         for p in args.presets:
             bench_cli(models, inputs, args.n, cpu, tmp, p)
