@@ -250,3 +250,43 @@ def test_detector_pickle_sizes_are_bounded_before_allocating(tmp_path, payload):
         tracemalloc.stop()
     assert "\n" not in str(ei.value)
     assert peak < 50 * 2**20, f"{peak / 2**30:.2f} GiB allocated while reading a {len(payload)}-byte file"
+
+
+def test_frozen_client_is_dropped_after_the_heartbeat_timeout(tmp_path):
+    """A client that stops answering (SIGSTOP: its TCP connection stays open) loses its jobs when the server's
+    heartbeat times out (5 s interval, 15 s timeout), not after they have all run."""
+    import signal
+    import subprocess
+    import sys
+
+    srv = start_server(tmp_path, "--pipeline-factory", "service_support:echo_pipeline",
+                       env={"PATCHCOLOR_TEST_STAGE_DELAY": "2"})             # 10 s per job
+    script = ("import json, sys, zmq\n"
+              "s = zmq.Context().socket(zmq.DEALER)\n"
+              "s.connect(sys.argv[1])\n"
+              "for i in range(4):\n"
+              "    s.send_multipart([json.dumps({'v': 2, 'type': 'colorize', 'id': 'r%d' % i, 'job': 'f%d' % i,\n"
+              "        'width': 4, 'height': 4, 'format': 'gray8', 'options': {}}).encode(), bytes(16)])\n"
+              "n = 0\n"
+              "while n < 4:\n"
+              "    n += json.loads(s.recv_multipart()[0])['type'] == 'accepted'\n"
+              "print('queued', flush=True)\n"
+              "import time; time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, srv.endpoint], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "queued"
+        proc.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        while "disconnected:" not in srv.log():
+            assert time.monotonic() - t0 < 30, srv.log()
+            time.sleep(0.5)
+        took = time.monotonic() - t0
+        print(f"\nfrozen client dropped {took:.1f} s after it stopped")
+        import re
+
+        assert re.search(r"disconnected: [1-3] queued job\(s\) dropped, 1 running job\(s\) cancelled", srv.log())
+        assert took < 25
+    finally:
+        proc.kill()
+        proc.wait(10)
+        srv.stop()
