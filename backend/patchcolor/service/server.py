@@ -54,7 +54,7 @@ from .cache import ByteLRU
 from .hints_wire import PreviewSessions, preview_message, run_preview
 from .limits import RemoteLimits, available_memory, check_job
 from .peers import Connections, Peer
-from .receive import Incoming, receive_message, release_memory
+from .receive import Incoming, receive_message
 
 log = logging.getLogger("patchcolor.service")
 
