@@ -63,7 +63,7 @@ def _colorize(args: list, capsys) -> tuple[int, list[str]]:
     """Run the CLI in this process; (exit code, stderr lines that are not logging)."""
     code = cli.main(["colorize"] + [str(a) for a in args])
     err = capsys.readouterr().err.splitlines()
-    return code, [ln for ln in err if ln.startswith(("error:", "stopped:")) or " colorized, " in ln]
+    return code, [ln for ln in err if ln.startswith("error:") or " colorized, " in ln]
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -185,8 +185,8 @@ def test_missing_weights_stop_the_batch(ray_session, photos, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, lines = _colorize([photos, "-o", tmp_path / "out", "--ray", "--models", tmp_path / "empty"] + OPTS,
                             capsys)
-    assert code == 1 and any(ln.startswith("stopped:") and "missing" in ln for ln in lines)
-    assert " not attempted -> " in lines[-1] and lines[-1].startswith("0 colorized")
+    assert code == 1 and any(ln.startswith("error:") and "missing" in ln for ln in lines)
+    assert "not attempted (the batch stopped" in lines[-1] and lines[-1].startswith("0 colorized")
 
 
 @pytest.mark.ray

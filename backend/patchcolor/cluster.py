@@ -354,7 +354,5 @@ def cmd_colorize_ray(args: argparse.Namespace) -> int:
             import ray
 
             ray.shutdown()
-    if summary.stopped:
-        print(f"stopped: {summary.stopped}", file=sys.stderr)
     print(summary.line(plan.out_dir), file=sys.stderr)
     return 0 if summary.ok else 1
