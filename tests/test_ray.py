@@ -19,6 +19,7 @@ from PIL import Image
 
 from patchcolor import cli
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")   # Ray Data's own, at start-up
 NO_RAY = "Ray is not installed: python3 install.py --ray (or pip install 'patchcolor[ray]')"
 WORKER_TITLE = "ray::MapWorker(MapBatches(ColorizeWorker))"
 

@@ -83,12 +83,13 @@ def connect(settings: RaySettings) -> bool:
     return True
 
 
-def pool_size(settings: RaySettings) -> tuple[int, bool]:
-    """(number of colorizing actors, whether they use GPUs) from the cluster's resources."""
+def pool_size(settings: RaySettings, device: str = "auto") -> tuple[int, bool]:
+    """(number of colorizing actors, whether they use GPUs) from the cluster's resources; ``device`` "cpu" keeps
+    the actors off the GPUs."""
     import ray
 
     res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0))
+    gpus = int(res.get("GPU", 0)) if device != "cpu" else 0
     if settings.workers:
         return settings.workers, gpus > 0
     if gpus:
@@ -275,7 +276,7 @@ def run_ray_batch(plan: BatchPlan, opts, settings: RaySettings, *, models: Path 
     if plan.items:
         if check_storage:
             check_shared_storage(plan.out_dir, plan.items[0].src)
-        actors, gpu = pool_size(settings)
+        actors, gpu = pool_size(settings, device)
         threads = None if gpu else max(1, int(math.floor(settings.cpus_per_worker)))
         n = len(plan.items)
         per_block = max(1, min(ROWS_PER_BLOCK_MAX, n // (4 * actors)))
