@@ -1,0 +1,95 @@
+"""Screenshot of the Colorize (Patch) dialog with its preview and colour hints, from a real GIMP 3 under Xvfb in the chroot (random weights). Writes /tmp/h4/fig/screen.png; docs/img/dialog-hints-preview.png is its crop. Run from the repo root with .venv/bin/python."""
+import json, os, signal, subprocess, sys, tempfile, time
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import numpy as np
+from gimp_harness import find_gimp, free_port
+from test_gimp_plugin import _start_backend, _stop, photo, write_png
+from fake_colorizers import write_colorizer_pth
+from fake_r101 import write_r101_pkl
+
+GIMP, why = find_gimp()
+assert GIMP is not None and GIMP.mode == "chroot", why
+root = str(GIMP.root)
+models = Path(tempfile.mkdtemp())
+write_colorizer_pth("eccv16", models, seed=1)
+write_colorizer_pth("siggraph17", models, seed=2, with_num_batches_tracked=False)
+write_r101_pkl(models / "model_final_a3ec72.pkl", seed=3, bias_class=0)
+endpoint = f"tcp://127.0.0.1:{free_port()}"
+backend = _start_backend(models, Path(tempfile.mkdtemp()) / "serve.log", endpoint)
+work = GIMP.workdir("shot")
+procs = []
+try:
+    (work.host / "in").mkdir()
+    g = np.clip(np.rint(photo(300, 300) * 255), 0, 255).astype(np.uint8)
+    write_png(work.host / "in" / "photo.png", g)
+    GIMP.install_plugin(work, backend_cmd=None, endpoint=endpoint, log_path=work.inner_path("out", "backend.log"),
+                        extra_config={"timeout_s": 120.0})
+    batch = f'''
+import json
+from gi.repository import Gimp, Gegl, Gio
+pdb = Gimp.get_pdb()
+img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path("{work.inner_path('in', 'photo.png')}"))
+src = img.get_selected_layers()[0]
+def call(name, image, drawables, mode, **props):
+    proc = pdb.lookup_procedure(name)
+    cfg = proc.create_config()
+    cfg.set_property("run-mode", mode)
+    cfg.set_property("image", image)
+    cfg.set_core_object_array("drawables", drawables)
+    for k, v in props.items():
+        cfg.set_property(k, v)
+    return proc.run(cfg)
+r = call("plug-in-colorize-patch-add-hints", img, [src], Gimp.RunMode.NONINTERACTIVE)
+hl = r.index(1)
+for (x, y, rgb) in [(150, 232, (30, 60, 200)), (195, 95, (220, 170, 140)), (45, 60, (200, 40, 40))]:
+    hl.get_buffer().set(Gegl.Rectangle.new(x - 4, y - 4, 8, 8), "R'G'B'A u8", bytes((*rgb, 255)) * 64)
+hl.update(0, 0, 300, 300)
+Gimp.Display.new(img)
+call("plug-in-colorize-patch", img, [src], Gimp.RunMode.INTERACTIVE, colorizer="siggraph17", saturation=2.0,
+     **{{"max-instances": 3, "endpoint": "{endpoint}"}})
+'''
+    (work.host / "gui.py").write_text(batch)
+    env = ["env", "-i", f"HOME={work.inner_path('home')}", f"GIMP3_DIRECTORY={work.inner_path('profile')}",
+           f"XDG_CONFIG_HOME={work.inner_path('home/.config')}", f"XDG_CACHE_HOME={work.inner_path('home/.cache')}",
+           f"XDG_DATA_HOME={work.inner_path('home/.local/share')}", f"TMPDIR={work.inner_path('out')}",
+           "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "DISPLAY=:77"]
+    xlog = open(work.host / "out" / "xvfb.log", "wb")
+    procs.append(subprocess.Popen(["chroot", root, *env, "Xvfb", ":77", "-screen", "0", "1500x1000x24", "-nolisten", "tcp"],
+                                  stdout=xlog, stderr=xlog))
+    time.sleep(3)
+    glog = open(work.host / "out" / "gimp.log", "wb")
+    procs.append(subprocess.Popen(["chroot", root, *env, "gimp-3.0", "--no-splash", "--batch-interpreter=python-fu-eval",
+                                   "-b", f'exec(open("{work.inner_path("gui.py")}").read())'], stdout=glog, stderr=glog))
+    def x(*args):
+        return subprocess.run(["chroot", root, *env, *args], capture_output=True, text=True, timeout=60)
+    wid = None
+    end = time.time() + 240
+    while time.time() < end and wid is None:
+        time.sleep(3)
+        r = x("xdotool", "search", "--name", "^Colorize \\(Patch\\)$")
+        ids = r.stdout.split()
+        if ids:
+            wid = ids[-1]
+    print("window", wid, flush=True)
+    assert wid, (work.host / "out" / "gimp.log").read_text()[-3000:]
+    time.sleep(5)
+    x("xdotool", "windowactivate", "--sync", wid)
+    x("xdotool", "mousemove", "281", "401", "click", "1")
+    time.sleep(float(os.environ.get("SHOT_WAIT", "60")))
+    x("import", "-window", wid, work.inner_path("out", "dialog-preview.png"))
+    x("import", "-window", "root", work.inner_path("out", "screen.png"))
+    for n in ("dialog-preview.png", "screen.png"):
+        p = work.host / "out" / n
+        if p.exists():
+            os.makedirs("/tmp/h4/fig", exist_ok=True); os.system(f"cp {p} /tmp/h4/fig/{n}")
+    print("done", flush=True)
+finally:
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    _stop(backend)
