@@ -1180,6 +1180,8 @@ def test_installer_layout(tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["backend_command"] == ["/x/patchcolor", "serve"] and cfg["endpoint"] == "tcp://127.0.0.1:5555"
     assert cfg["log_file"] == "/x/b.log"
+    assert cfg["autostart_command"].endswith("install.py --autostart")      # named when auto-start cannot work
+    assert (d / "patchcolor_client" / "zmtp.py").exists() and (d / "help" / "en" / "gimp-help.xml").exists()
     assert not list(d.rglob("__pycache__"))
     gimp_install.install_plugin(profile, [], "tcp://127.0.0.1:6000", None, pyzmq="skip")     # update in place
     assert json.loads((d / "config.json").read_text())["endpoint"] == "tcp://127.0.0.1:6000"
