@@ -9,6 +9,7 @@ finds objects), max_instances 4, CPU, fp32. Rows, in the order a dialog produces
     hint      a colour hint painted inside one object: the full image and that crop through SIGGRAPH17
     hint-move the hint moved: the same inputs again
     same      the last request again (all cached)
+    digest    what the service adds per preview request to find the session (blake2b of the frame)
 
 Goal (issue 10): a warm preview (models loaded, the image's detections and network outputs cached, i.e. the
 "option" row) <= 1.5 s on this 2-core CPU.
@@ -121,11 +122,20 @@ def main() -> None:
         colours = [(40, 60, 230), (230, 40, 40), (40, 200, 60), (200, 200, 40)]
         timed("hint", lambda r: (opts, hint_map(pw, ph, box, colours[r % 4])), "(hint colour changed each time)")
         def moved(r: int) -> tuple[float, ...]:
-            d = 6 * (r + 1)
-            return box[0] + d, box[1] + d, box[2] + d, box[3] + d
+            """The dab moved 3, 6, ... proxy pixels toward the proxy's centre (it must stay in the image)."""
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            dx = 3 * (r + 1) * (1 if cx < pw / 2 else -1)
+            dy = 3 * (r + 1) * (1 if cy < ph / 2 else -1)
+            return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
 
         timed("hint-move", lambda r: (opts, hint_map(pw, ph, moved(r), colours[0])), "(hint moved each time)")
         timed("same", lambda r: (opts, hint_map(pw, ph, box, colours[0])))
+        from patchcolor.service.hints_wire import image_digest
+        frame = np.ascontiguousarray(src.color).tobytes()
+        t = time.perf_counter()
+        image_digest(frame, src.width, src.height, "gray8")
+        rows.append(("digest", time.perf_counter() - t, "the service's per-request image digest (24 MP gray8; "
+                     "x4 for rgba8)"))
         print(f"{'row':10s} {'seconds':>8s}  notes")
         for label, s, note in rows:
             print(f"{label:10s} {s:8.3f}  {note}")
