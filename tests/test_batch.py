@@ -346,3 +346,14 @@ def test_overlapped_real_pipeline_is_byte_identical(pipeline, photo_gray, tmp_pa
     assert go(tmp_path / "ovl", True).count("done") == 3
     a, b = _outputs(tmp_path / "seq"), _outputs(tmp_path / "ovl")
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+
+
+def test_auto_overlap_only_where_a_core_is_free(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 2)
+    assert batch.auto_overlap(networks_on_cpu=True) is False      # 2 cores, 2 torch threads: sequential
+    assert batch.auto_overlap(networks_on_cpu=False) is True      # GPU / remote: the CPU is free
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 16)
+    assert batch.auto_overlap(networks_on_cpu=True) is True

@@ -46,8 +46,9 @@ def add_colorize_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
     p.add_argument("--suffix", default="", metavar="TEXT",
                    help="appended to output names (e.g. _color); required when OUT is (inside) an input folder")
-    p.add_argument("--no-overlap", action="store_true",
-                   help="read, colorize and write one image at a time (default: decode/encode overlap the networks)")
+    p.add_argument("--overlap", choices=["auto", "on", "off"], default="auto",
+                   help="decode/encode neighbouring images while the networks run: auto (default) = on where a core "
+                        "is free for it (GPU, remote backend, or more cores than torch threads), off otherwise")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--max-pixels", type=float, default=250e6, help="refuse larger images (default 250e6)")
     p.add_argument("--models", type=Path, help="weights folder (default: models/ or $PATCHCOLOR_MODELS)")
@@ -65,6 +66,18 @@ def add_colorize_parser(sub) -> argparse.ArgumentParser:
     add_hint_arguments(p)
     p.set_defaults(func=cmd_colorize)
     return p
+
+
+def _overlap(args: argparse.Namespace) -> bool:
+    if args.overlap != "auto":
+        return args.overlap == "on"
+    from . import batch
+
+    if getattr(args, "remote", None) or getattr(args, "ray", None):
+        return batch.auto_overlap(networks_on_cpu=False)
+    from .pipeline import resolve_device
+
+    return batch.auto_overlap(networks_on_cpu=resolve_device(args.device).type == "cpu")
 
 
 def _precision(args: argparse.Namespace) -> str | None:
@@ -133,7 +146,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
             tqdm.write(f"error: {o.item.src}: {o.message}", file=sys.stderr)
 
     try:
-        summary = batch.run_batch(plan, run, max_pixels=int(args.max_pixels), overlap=not args.no_overlap,
+        summary = batch.run_batch(plan, run, max_pixels=int(args.max_pixels), overlap=_overlap(args),
                                   on_outcome=on_outcome, pass_item=True)
     except SystemExit:
         bar.close()
