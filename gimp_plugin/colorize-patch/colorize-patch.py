@@ -804,13 +804,20 @@ def _hint_map(image, layer, use_hints: bool):
 
 
 def make_preview(image, layer, options: dict, use_hints: bool, endpoint: str, cfg: dict,
-                 long_side: int = PREVIEW_SIDE, progress=None):
+                 long_side: int = PREVIEW_SIDE, progress=None, cache: dict | None = None):
     """The backend's preview of ``layer`` (same options, the hint layer unless switched off): (ColorizeResult with
-    the 8-bit proxy, number of hints). Only reads the image; the dialog and the Preview procedure both call this."""
+    the 8-bit proxy, number of hints). Only reads the image; the dialog and the Preview procedure both call this.
+    ``cache``: a dict kept by the caller while the image cannot change (the modal dialog): the layer and the hint
+    layer are read from GIMP once, not at every refresh."""
     fmt = _wire_format(image, layer)
     w, h = layer.get_width(), layer.get_height()
-    pixels = _read(layer, fmt)
-    hints, n = _hint_map(image, layer, use_hints)
+    cache = {} if cache is None else cache
+    if "pixels" not in cache:
+        cache["pixels"] = _read(layer, fmt)
+    if use_hints and "hints" not in cache:
+        cache["hints"] = _hint_map(image, layer, True)
+    pixels = cache["pixels"]
+    hints, n = cache["hints"] if use_hints else (None, 0)
     client = PC.Client(endpoint, timeout_s=float(cfg.get("timeout_s", 30.0)), server_public_key=_server_key(cfg))
     try:
         res = client.preview(w, h, fmt, pixels, options, hints=hints, long_side=long_side, progress=progress,
@@ -850,7 +857,7 @@ def _dialog_preview(dialog, image, layer, config) -> None:
     button = Gtk.Button.new_with_mnemonic("_Preview")
     status = Gtk.Label(label="", xalign=0.0)
     picture = Gtk.Image()
-    state = {"fast": False, "pending": 0}
+    state = {"fast": False, "pending": 0, "cache": {}}
 
     def refresh(*_args):
         state["pending"] = 0
@@ -860,7 +867,8 @@ def _dialog_preview(dialog, image, layer, config) -> None:
         try:
             launcher.ensure_backend(endpoint, bool(config.get_property("auto-start")), cfg,
                                     set_text=status.set_text, tick=lambda: None)
-            res, nh = make_preview(image, layer, options_from_config(config), _use_hints(config), endpoint, cfg)
+            res, nh = make_preview(image, layer, options_from_config(config), _use_hints(config), endpoint, cfg,
+                                   cache=state["cache"])
         except Exception as e:      # noqa: BLE001 - shown in the dialog, never fatal
             status.set_text(f"No preview: {e}")
             state["fast"] = False
