@@ -165,7 +165,7 @@ def bench_service(models: Path, inputs: Path, n: int, cpu: str, tmp: Path, max_i
         srv.stop()
 
 
-def bench_cli(models: Path, inputs: Path, n: int, cpu: str, tmp: Path, preset: str) -> None:
+def bench_cli(models: Path, inputs: Path, n: int, cpu: str, tmp: Path, preset: str, detector: str) -> None:
     import os
     import shutil
 
@@ -177,7 +177,8 @@ def bench_cli(models: Path, inputs: Path, n: int, cpu: str, tmp: Path, preset: s
     for name, folder in (("1", one), ("n", inputs)):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "patchcolor.cli", "colorize", str(folder), "-o",
-                        str(tmp / f"cli-{preset}-{name}"), "--preset", preset, "--device", "cpu", "--max-instances", "4"],
+                        str(tmp / f"cli-{preset}-{name}"), "--preset", preset, "--device", "cpu", "--max-instances", "4", "--detector", detector,
+                        "--masks"],
                        env=env, check=True, capture_output=True)
         t[name] = time.perf_counter() - t0
     print(f"[{cpu}] {preset:7s} cli       {(t['n'] - t['1']) / (n - 1):.3f} s/img warm ((t{n} - t1)/{n - 1}); "
@@ -230,7 +231,7 @@ def main() -> None:
         bench_service(models, inputs, args.n, cpu, tmp, args.max_instances, args.detector)
     if args.cli:
         for p in args.presets:
-            bench_cli(models, inputs, args.n, cpu, tmp, p)
+            bench_cli(models, inputs, args.n, cpu, tmp, p, args.detector)
 
 
 if __name__ == "__main__":
