@@ -81,19 +81,6 @@ def make_image(case: str) -> np.ndarray:
     return (resize(base, (h, w), order=1, anti_aliasing=False) * 255).astype(np.uint8)
 
 
-def simulate_bf16(model: torch.nn.Module) -> None:
-    """Round weights, inputs and outputs of every conv/linear layer to bf16 (what CPU autocast feeds oneDNN and
-    gets back), while the arithmetic stays fp32."""
-    def to_bf16(t):
-        return t.bfloat16().float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
-            m.weight.data = to_bf16(m.weight.data)
-            m.register_forward_pre_hook(lambda mod, args: tuple(to_bf16(a) for a in args))
-            m.register_forward_hook(lambda mod, args, out: to_bf16(out))
-
-
 def kernel_rates() -> dict[str, float]:
     """GFLOP/s of one 256→256 3×3 convolution on a 32×32 map, fp32 and bf16 (inference mode)."""
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval()
@@ -115,6 +102,7 @@ def run_case(case: str, precision: str, models: Path) -> dict:
 
     from patchcolor.options import make_options
     from patchcolor.pipeline import Pipeline
+    from patchcolor.precision import simulate_bf16
     from patchcolor.prepare import SourceImage
 
     pipe = Pipeline(models, device="cpu")

@@ -6,7 +6,6 @@ import logging
 import sys
 from pathlib import Path
 
-from .batch import IMAGE_SUFFIXES, atomic_write, output_suffix, save_image, write_masks  # noqa: F401 (moved there)
 from .errors import BadOptions, PatchColorError
 from .options import PRESETS, make_options
 
@@ -103,6 +102,24 @@ def _options(args: argparse.Namespace):
     return make_options(args.preset, **overrides)
 
 
+def plan_from_args(args: argparse.Namespace):
+    """The batch plan of ``colorize`` (local and --ray alike): notes logged, stale temporary files of interrupted
+    runs removed. None (after one error line) when no image was found."""
+    from . import batch
+
+    plan = batch.plan_batch(args.inputs, args.output, fmt=args.format, suffix=getattr(args, "suffix", "") or "",
+                            overwrite=args.overwrite, masks=args.masks, recursive=args.recursive)
+    for note in plan.notes:
+        log.warning("%s", note)
+    if not plan.items and not plan.done:
+        log.error("no images found in %s", ", ".join(map(str, args.inputs)))
+        return None
+    removed = batch.clean_stale_tmp(plan.out_dir)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    return plan
+
+
 def cmd_colorize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -117,16 +134,9 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
         return cmd_colorize_ray(args)
     opts = hint_options(_options(args), args)
-    plan = batch.plan_batch(args.inputs, args.output, fmt=args.format, suffix=args.suffix,
-                            overwrite=args.overwrite, masks=args.masks, recursive=args.recursive)
-    for note in plan.notes:
-        log.warning("%s", note)
-    if not plan.items and not plan.done:
-        log.error("no images found in %s", ", ".join(map(str, args.inputs)))
+    plan = plan_from_args(args)
+    if plan is None:
         return 1
-    removed = batch.clean_stale_tmp(plan.out_dir)
-    if removed:
-        log.info("removed %d temporary file(s) left by an interrupted run", removed)
     batch.install_sigterm_cleanup()
     runner = None
     hints_for = hint_runner(args, len(plan.items) + len(plan.done))   # {} or {"hints": map} per input

@@ -324,8 +324,7 @@ def run_ray_batch(plan: BatchPlan, opts, settings: RaySettings, *, models: Path 
 
 def cmd_colorize_ray(args: argparse.Namespace) -> int:
     """``patchcolor colorize ... --ray [ADDRESS]``: plan as locally, run on Ray, print the local summary line."""
-    from .batch import clean_stale_tmp, plan_batch
-    from .cli import _options
+    from .cli import _options, plan_from_args
 
     if getattr(args, "remote", None):
         raise BadOptions("--ray and --remote cannot be combined: the Ray workers run the models themselves")
@@ -333,14 +332,9 @@ def cmd_colorize_ray(args: argparse.Namespace) -> int:
     settings = RaySettings(None if args.ray in ("", "local") else args.ray,
                            float(getattr(args, "ray_cpus_per_worker", None) or 1.0),
                            getattr(args, "ray_workers", None))
-    plan = plan_batch(args.inputs, args.output, fmt=args.format, suffix=getattr(args, "suffix", "") or "",
-                      overwrite=args.overwrite, masks=args.masks, recursive=args.recursive)
-    for note in plan.notes:
-        log.warning("%s", note)
-    if not plan.items and not plan.done:
-        log.error("no images found in %s", ", ".join(map(str, args.inputs)))
+    plan = plan_from_args(args)
+    if plan is None:
         return 1
-    clean_stale_tmp(plan.out_dir)
     started = connect(settings) if plan.items else False
 
     def show(o: ItemOutcome) -> None:
