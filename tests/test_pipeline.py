@@ -119,6 +119,21 @@ def test_16bit_rgba_in_16bit_rgba_out(pipeline):
     assert np.abs(_l(res.image) - _l(rgb)).max() < 0.01
 
 
+def test_detector_reports_sub_stage_progress(runs):
+    *_, events = runs
+    inside = [f for s, f in events if s == "segment" and 0.0 < f < 1.0]
+    assert len(inside) >= 6 and inside == sorted(inside)      # backbone levels, FPN, RPN, heads, in order
+
+
+def test_cancel_stops_inside_the_detector(pipeline, photo_gray):
+    seen: list[float] = []
+    with pytest.raises(Cancelled):
+        pipeline.run(SourceImage(photo_gray), make_options("default", **FAST),
+                     progress=lambda s, f: seen.append(f) if s == "segment" else None,
+                     cancelled=lambda: any(0.0 < f < 0.5 for f in seen))
+    assert max(seen) < 0.5          # stopped after an early backbone level, not at the end of the forward
+
+
 def test_cancel_stops_at_a_stage_boundary(pipeline, photo_gray):
     seen = []
     with pytest.raises(Cancelled):

@@ -253,7 +253,8 @@ class _Job:
 
         det = self.pipe.detector(self.opts.detector)
         gray = lab.neutral_gray(lab.lightness(work[..., 0] if self.src.is_gray else work))
-        settings = DetectorSettings(self.opts.score_thresh, self.opts.nms_thresh, 100, self.opts.precision)
+        settings = DetectorSettings(self.opts.score_thresh, self.opts.nms_thresh, 100, self.opts.precision,
+                                    progress=lambda f: self.stage("segment", 0.99 * f))
         found = det.detect(np.repeat(gray[..., None], 3, axis=2), settings)
         kept = filter_instances(found, work.shape[1], work.shape[0], self.opts.min_area_frac, self.opts.max_instances)
         self._lap("segment")

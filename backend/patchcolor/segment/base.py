@@ -6,8 +6,8 @@ their box region — never an N×H×W full-image stack.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -61,6 +61,9 @@ class DetectorSettings:
     nms_thresh: float = 0.3
     detections_per_image: int = 100
     precision: str = "fp32"   # "fp32" | "bf16" | "fp16": autocast for the network forward only
+    #: Called with the fraction (0..1) of the detector's forward done after each sub-stage (backbone levels,
+    #: FPN, RPN, box and mask heads); it may raise (e.g. Cancelled) to stop the forward. Optional per detector.
+    progress: Callable[[float], None] | None = field(default=None, compare=False)
 
 
 class Detector(Protocol):

@@ -27,11 +27,12 @@ so anchors, box decoding, NMS and mask pasting always run in float32.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -275,6 +276,29 @@ def fold_frozen_bn(body: nn.Module) -> int:
     return folded
 
 
+#: (sub-module, fraction of the forward done when it returns): roughly each part's share of the R101-FPN FLOPs
+#: at 800x1067 (layer3's 23 blocks dominate), so a progress bar moves evenly through the ~10 s a CPU needs.
+PROGRESS_POINTS = (("backbone.body.layer1", 0.12), ("backbone.body.layer2", 0.25), ("backbone.body.layer3", 0.72),
+                   ("backbone.body.layer4", 0.82), ("backbone.fpn", 0.88), ("rpn", 0.91),
+                   ("roi_heads.box_head", 0.95), ("roi_heads.mask_head", 1.0))
+
+
+@contextlib.contextmanager
+def _progress_hooks(model: MaskRCNN, progress: Callable[[float], None] | None) -> Iterator[None]:
+    """Report sub-stage progress through forward hooks on PROGRESS_POINTS for one forward (removed after).
+    An exception raised by ``progress`` (a cancel) stops the forward there."""
+    if progress is None:
+        yield
+        return
+    handles = [model.get_submodule(name).register_forward_hook(lambda *_, f=frac: progress(f))
+               for name, frac in PROGRESS_POINTS]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def build_r101_fpn(num_classes: int = 81) -> MaskRCNN:
     """The Detectron2 R101-FPN Mask R-CNN as a torchvision ``MaskRCNN`` (random weights; no download).
 
@@ -403,7 +427,7 @@ class R101Detector:
 
         Returns the raw result dict (boxes in the (h, w) frame, 28x28 mask probabilities)."""
         heads = self.model.roi_heads
-        with self._lock, autocast(self.device, settings.precision):
+        with self._lock, autocast(self.device, settings.precision), _progress_hooks(self.model, settings.progress):
             heads.score_thresh, heads.nms_thresh = settings.score_thresh, settings.nms_thresh
             heads.detections_per_img = settings.detections_per_image
             (result,) = self.model([x[0]])
