@@ -1052,6 +1052,28 @@ def test_plugin_has_no_copy_of_the_client_rules():
     assert mod.resolve_endpoint("", {}) == mod.P.DEFAULT_ENDPOINT
 
 
+def test_dialog_speed_choice_maps_to_backend_precision():
+    """The 'fast' choice (issue 12) is offered, never the default, and reaches the backend as bf16, which the
+    backend itself runs as fp32 where the hardware has no native bf16."""
+    mod = _plugin_module()
+
+    class Config:
+        def __init__(self, **values):
+            self.values = {"preset": "default", "colorizer": "eccv16", "detector": "r101", "score-threshold": 0.3,
+                           "max-instances": 100, "saturation": 1.0, "feather": 2.0, **values}
+
+        def get_property(self, name):
+            return self.values[name]
+
+    assert [c[0] for c in mod.PRECISIONS] == ["fp32", "fast"] and "precision" in mod.DIALOG_FIELDS
+    assert mod.options_from_config(Config(precision="fp32"))["precision"] == "fp32"
+    assert mod.options_from_config(Config(precision="fast"))["precision"] == "bf16"
+    from patchcolor.service.protocol import parse_options
+    parse_options(mod.options_from_config(Config(precision="fast")))       # valid for the backend
+    text = PLUGIN_FILE.read_text()
+    assert text.count('p.add_choice_argument("precision"') == 2 and '_choice(PRECISIONS), "fp32", RW)' in text
+
+
 def test_refuse_endpoint_follows_a_moved_backend(monkeypatch):
     """Re-fuse goes to the backend that made the group while it answers (it may hold the job), else to the
     endpoint config.json names now; a typed endpoint always wins."""

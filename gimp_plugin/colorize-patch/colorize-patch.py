@@ -75,6 +75,13 @@ DETECTORS = [("r101", "Mask R-CNN R101-FPN (Detectron2 weights)",
               "A lighter detector; needs the optional weights (python3 install.py --optional)"),
              ("detectron2", "Detectron2 library (if installed)", "Uses an installed Detectron2 library"),
              ("none", "None (whole image only)", "No objects: the whole image is colorized in one piece")]
+#: The "fast" choice (issue 12): bf16 where the backend's CPU/GPU runs it natively (AVX512-BF16/AMX, ~3.5x), never
+#: the default; elsewhere the backend runs fp32 (and logs why), so choosing it is always safe.
+PRECISIONS = [("fp32", "Exact (fp32, as published)", "The networks' own arithmetic: the same colours as the paper"),
+              ("fast", "Fast (bf16 where this computer has it)",
+               "bf16 on CPUs with AVX512-BF16/AMX and on GPUs: about 3.5x faster, colours very slightly different "
+               "(check with `patchcolor check-precision`); elsewhere it runs exact fp32")]
+WIRE_PRECISION = {"fp32": "fp32", "fast": "bf16"}
 
 # wire pixel format -> babl format (GEGL reads/writes native-endian u16; the wire is little-endian)
 BABL = {
@@ -265,7 +272,7 @@ def _all_layers(image):
 # ---- dialog (kept apart so hint pick-up and preview can be added beside it) ----------------------------------------
 
 DIALOG_FIELDS = ["preset", "colorizer", "detector", "score-threshold", "max-instances", "saturation", "feather",
-                 "use-hints", "endpoint", "auto-start"]
+                 "precision", "use-hints", "endpoint", "auto-start"]
 
 
 def run_dialog(procedure, config, image=None, layer=None) -> bool:
@@ -295,6 +302,7 @@ def options_from_config(config) -> dict:
         "max_instances": int(config.get_property("max-instances")),
         "saturation": float(config.get_property("saturation")),
         "feather": float(config.get_property("feather")) / 100.0,     # percent -> fraction of the box diagonal
+        "precision": WIRE_PRECISION.get(config.get_property("precision"), "fp32"),
     }
 
 
@@ -1002,6 +1010,7 @@ def _preview_procedure(plugin, name):
     p.add_int_argument("max-instances", "_Maximum objects", "as in Colorize (Patch)", 0, 100, 100, RW)
     p.add_double_argument("saturation", "Satur_ation", "as in Colorize (Patch)", 0.0, 4.0, 1.0, RW)
     p.add_double_argument("feather", "_Feathering (% of object size)", "as in Colorize (Patch)", 0.0, 50.0, 2.0, RW)
+    p.add_choice_argument("precision", "_Speed", "as in Colorize (Patch)", _choice(PRECISIONS), "fp32", RW)
     p.add_string_argument("endpoint", "Backend _endpoint", "as in Colorize (Patch)", "", RW)
     p.add_boolean_argument("auto-start", "Start the _backend if needed", "as in Colorize (Patch)", True, RW)
     _add_use_hints_argument(p)
@@ -1050,6 +1059,9 @@ def _colorize_procedure(plugin, name):
                           "2 = twice as vivid", 0.0, 4.0, 1.0, RW)
     p.add_double_argument("feather", "_Feathering (% of object size)", "Width of the soft edge where an object's "
                           "colour blends into the rest, in percent of the object's box diagonal", 0.0, 50.0, 2.0, RW)
+    p.add_choice_argument("precision", "_Speed", "Exact: fp32, as published (default). Fast: bf16 where the "
+                          "backend's CPU (AVX512-BF16/AMX) or GPU runs it natively, about 3.5x faster, colours very "
+                          "slightly different; elsewhere it runs exact fp32", _choice(PRECISIONS), "fp32", RW)
     p.add_string_argument("endpoint", "Backend _endpoint", "ZeroMQ address of `patchcolor serve`. Empty: the one "
                           "in the plug-in's config.json (python3 install.py --endpoint ...), else "
                           + DEFAULT_ENDPOINT, "", RW)
