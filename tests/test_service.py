@@ -92,6 +92,8 @@ def test_info_ping_and_log(real_server, models_dir):
     assert info["detectors"]["none"] == "ok" and "r101" in info["detectors"]
     assert info["formats"] == FORMATS and info["devices"] == ["cpu"] and info["curve"] is False
     assert set(info["presets"]) == {"seed", "default"}
+    from patchcolor.precision import cpu_report     # the same machine: the server's CPU line is ours
+    assert info["cpu"]["line"] == cpu_report().line() and info["cpu"]["native_bf16"] in (True, False)
     # stderr log lines carry a timestamp
     first = real_server.log().splitlines()[0]
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ", first), first

@@ -27,6 +27,7 @@ SIGTERM/SIGINT: queued jobs are cancelled, the running ones are asked to stop, s
 from __future__ import annotations
 
 import errno
+import functools
 import hmac
 import itertools
 import logging
@@ -615,6 +616,7 @@ class Server:
                         "libzmq": zmq.zmq_version(), "numpy": np.__version__}
             if "torch" in sys.modules:
                 versions["torch"] = str(sys.modules["torch"].__version__)
+                info["cpu"] = _cpu_info()
             info["versions"] = versions
         return info
 
@@ -714,6 +716,16 @@ class Server:
         log.error("job #%d failed unexpectedly", job.seq, exc_info=(type(e), e, e.__traceback__))
         emit(P.error_header("internal", f"unexpected server error: {type(e).__name__}: {e}"[:500],
                             job.req_id, job.job_id, job.v), final=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_info() -> dict[str, Any]:
+    """The CPU line and whether bf16/fp16 run natively (what the dialog's "Fast" choice gets), probed once."""
+    from ..precision import cpu_report
+
+    report = cpu_report()
+    return {"line": report.line(), "model": report.model, "cores": report.cores, "isa": report.isa,
+            "native_bf16": report.native_bf16, "native_fp16": report.native_fp16}
 
 
 def weights_info(models_dir: Path | None) -> dict[str, Any]:
