@@ -429,7 +429,7 @@ def test_detectron2_backend_without_detectron2(tmp_path: Path) -> None:
 
     with pytest.raises(PatchColorError, match=r"detectron2 is not installed; use --detector r101 \(default\) or install detectron2"):
         Detectron2Detector(tmp_path / "model_final_a3ec72.pkl", CPU)
-    with pytest.raises(PatchColorError, match="detectron2 is not installed"):
+    with pytest.raises(PatchColorError, match=r"needs the detectron2 package, which is not installed; use --detector r101"):
         load_detector("detectron2", tmp_path, CPU)
 
 
