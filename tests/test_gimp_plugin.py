@@ -1071,7 +1071,7 @@ def test_dialog_speed_choice_maps_to_backend_precision():
     from patchcolor.service.protocol import parse_options
     parse_options(mod.options_from_config(Config(precision="fast")))       # valid for the backend
     text = PLUGIN_FILE.read_text()
-    assert text.count('p.add_choice_argument("precision"') == 2 and '_choice(PRECISIONS), "fp32", RW)' in text
+    assert text.count('p.add_choice_argument("precision"') == 1 and '_choice(PRECISIONS), "fp32", RW)' in text
 
 
 def test_refuse_endpoint_follows_a_moved_backend(monkeypatch):

@@ -1003,16 +1003,7 @@ def _preview_procedure(plugin, name):
         "layer, exactly as the dialog's preview does, and returns it as a new image that is not displayed. The "
         "source image, its layers and its undo history are not touched.", name)
     p.set_attribution("Patch Colorization contributors", "MIT", "2025")
-    p.add_choice_argument("preset", "_Preset", "as in Colorize (Patch)", _choice(PRESETS), "default", RW)
-    p.add_choice_argument("colorizer", "Colori_zer", "as in Colorize (Patch)", _choice(COLORIZERS), "eccv16", RW)
-    p.add_choice_argument("detector", "_Detector", "as in Colorize (Patch)", _choice(DETECTORS), "r101", RW)
-    p.add_double_argument("score-threshold", "Score _threshold", "as in Colorize (Patch)", 0.0, 1.0, 0.3, RW)
-    p.add_int_argument("max-instances", "_Maximum objects", "as in Colorize (Patch)", 0, 100, 100, RW)
-    p.add_double_argument("saturation", "Satur_ation", "as in Colorize (Patch)", 0.0, 4.0, 1.0, RW)
-    p.add_double_argument("feather", "_Feathering (% of object size)", "as in Colorize (Patch)", 0.0, 50.0, 2.0, RW)
-    p.add_choice_argument("precision", "_Speed", "as in Colorize (Patch)", _choice(PRECISIONS), "fp32", RW)
-    p.add_string_argument("endpoint", "Backend _endpoint", "as in Colorize (Patch)", "", RW)
-    p.add_boolean_argument("auto-start", "Start the _backend if needed", "as in Colorize (Patch)", True, RW)
+    _add_option_arguments(p)
     _add_use_hints_argument(p)
     p.add_int_argument("long-side", "_Long side", "The preview's long side in pixels", 64, 1024, PREVIEW_SIDE, RW)
     p.add_image_return_value("preview", "Preview", "A new image with the preview", False, RW)
@@ -1020,29 +1011,9 @@ def _preview_procedure(plugin, name):
     return p
 
 
-def _add_use_hints_argument(p):
-    p.add_boolean_argument("use-hints", "Use colour _hints", "Use the 'Colour hints' layer (painted dabs; "
-                           "Filters > Colorize (Patch): Add Hint Layer) when there is one; it makes SIGGRAPH17 "
-                           "run. Off: ignore it", True, GObject.ParamFlags.READWRITE)
-
-
-# ---- registration --------------------------------------------------------------------------------------------------
-
-def _colorize_procedure(plugin, name):
+def _add_option_arguments(p):
+    """The colorize options, declared once for Colorize (Patch) and its preview (same names, ranges, defaults)."""
     RW = GObject.ParamFlags.READWRITE
-    p = Gimp.ImageProcedure.new(plugin, name, Gimp.PDBProcType.PLUGIN, run_colorize, None)
-    p.set_image_types("RGB*, GRAY*")
-    p.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-    p.set_menu_label("Colorize (Patch)...")
-    p.add_menu_path("<Image>/Filters")
-    p.set_documentation(
-        "Colorize a black-and-white photo, object by object",
-        "Sends the selected layer to the Patch Colorization backend and adds a layer group above it: a "
-        "'Colorized' layer and, above it, a 'Masks' group with one hidden mask layer per detected object (turn its "
-        "eye on to see it; white = object). Paint on the masks and run 'Colorize (Patch): Re-fuse Masks' to update "
-        "the colours without detecting again. Outside a selection the source stays unchanged. Full guide: "
-        + HELP_URL + ".", name)
-    p.set_attribution("Patch Colorization contributors", "MIT", "2025")
     p.add_choice_argument("preset", "_Preset", "Default: full-resolution, feathered result. Seed (as published): "
                           "the paper's method exactly (256-px working size, hard edges), for comparisons",
                           _choice(PRESETS), "default", RW)
@@ -1068,6 +1039,32 @@ def _colorize_procedure(plugin, name):
     p.add_boolean_argument("auto-start", "Start the _backend if needed", "Start the local backend recorded by "
                            "install.py when nothing answers (never for a remote endpoint). `python3 install.py "
                            "--autostart` starts it at login instead", True, RW)
+
+
+def _add_use_hints_argument(p):
+    p.add_boolean_argument("use-hints", "Use colour _hints", "Use the 'Colour hints' layer (painted dabs; "
+                           "Filters > Colorize (Patch): Add Hint Layer) when there is one; it makes SIGGRAPH17 "
+                           "run. Off: ignore it", True, GObject.ParamFlags.READWRITE)
+
+
+# ---- registration --------------------------------------------------------------------------------------------------
+
+def _colorize_procedure(plugin, name):
+    RW = GObject.ParamFlags.READWRITE
+    p = Gimp.ImageProcedure.new(plugin, name, Gimp.PDBProcType.PLUGIN, run_colorize, None)
+    p.set_image_types("RGB*, GRAY*")
+    p.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+    p.set_menu_label("Colorize (Patch)...")
+    p.add_menu_path("<Image>/Filters")
+    p.set_documentation(
+        "Colorize a black-and-white photo, object by object",
+        "Sends the selected layer to the Patch Colorization backend and adds a layer group above it: a "
+        "'Colorized' layer and, above it, a 'Masks' group with one hidden mask layer per detected object (turn its "
+        "eye on to see it; white = object). Paint on the masks and run 'Colorize (Patch): Re-fuse Masks' to update "
+        "the colours without detecting again. Outside a selection the source stays unchanged. Full guide: "
+        + HELP_URL + ".", name)
+    p.set_attribution("Patch Colorization contributors", "MIT", "2025")
+    _add_option_arguments(p)
     _add_use_hints_argument(p)
     p.add_group_layer_return_value("group", "Group", "The new 'Colorize (Patch)' layer group", True, RW)
     p.add_int_return_value("n-instances", "Instances", "Number of detected objects (mask layers)", 0, 100000, 0, RW)
