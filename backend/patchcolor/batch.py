@@ -19,7 +19,6 @@ Public API (the CLI's ``colorize`` and other front ends reuse it):
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
+
+from patchcolor_client.launcher import lock_fd, pid_alive, unlock_fd
 
 from .errors import BadOptions, ImageTooLarge, ImageUnreadable, PatchColorError
 from .prepare import SourceImage, load_image
@@ -302,12 +303,7 @@ def clean_stale_tmp(out_dir: Path, older_than_s: float = 600.0) -> int:
                 pid = int(pid_text)
                 if pid == os.getpid():
                     continue
-                try:
-                    os.kill(pid, 0)
-                    continue                      # its run is still going
-                except ProcessLookupError:
-                    pass
-                except PermissionError:
+                if pid_alive(pid):                # its run is still going (os.kill(pid, 0) would kill on Windows)
                     continue
             elif time.time() - p.lstat().st_mtime < older_than_s:
                 continue
@@ -458,15 +454,15 @@ def describe_os_error(e: OSError, path: Path) -> PatchColorError:
 
 # ------------------------------------------------------------------------------------------------ locks
 class Claim:
-    """An exclusive, non-blocking ``flock`` on one output's lock file; released on :meth:`release` or process
-    death."""
+    """An exclusive, non-blocking lock (flock; a byte lock on Windows) on one output's lock file; released on
+    :meth:`release` or process death."""
 
     def __init__(self, fd: int):
         self._fd: int | None = fd
 
     def release(self) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            unlock_fd(self._fd)
             os.close(self._fd)
             self._fd = None
 
@@ -476,8 +472,8 @@ def claim(item: BatchItem) -> Claim | None:
     item.lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(item.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        lock_fd(fd)
+    except OSError:         # held by another run (BlockingIOError; PermissionError from msvcrt on Windows)
         os.close(fd)
         return None
     return Claim(fd)

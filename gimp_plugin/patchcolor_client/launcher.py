@@ -100,7 +100,7 @@ class FileLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         while True:
             try:
-                _lock(self.fd)
+                lock_fd(self.fd)
                 return self
             except OSError:
                 if time.monotonic() > self.deadline:
@@ -115,13 +115,14 @@ class FileLock:
     def __exit__(self, *exc: Any) -> None:
         if self.fd is not None:
             try:
-                _unlock(self.fd)
+                unlock_fd(self.fd)
             finally:
                 os.close(self.fd)
                 self.fd = None
 
 
-def _lock(fd: int) -> None:
+def lock_fd(fd: int) -> None:
+    """Exclusive non-blocking lock on an open file (flock; msvcrt byte lock on Windows). OSError when held."""
     if os.name == "nt":
         import msvcrt
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
@@ -130,7 +131,7 @@ def _lock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def _unlock(fd: int) -> None:
+def unlock_fd(fd: int) -> None:
     if os.name == "nt":
         import msvcrt
         os.lseek(fd, 0, 0)
