@@ -146,6 +146,11 @@ def test_limits_and_devices(models_dir):
     small = Pipeline(models_dir, device="cpu", max_pixels=100)
     with pytest.raises(ImageTooLarge):
         small.run(SourceImage(np.zeros((20, 20), np.uint8)), make_options("default"))
+    from patchcolor.errors import ImageTooSmall
+    for shape in ((1, 1), (1, 1, 3), (7, 300)):      # the service and Ray reach the pipeline without batch.read_item
+        with pytest.raises(ImageTooSmall, match="too small to colorize") as e:
+            small.run(SourceImage(np.zeros(shape, np.uint8)), make_options("default"))
+        assert e.value.code == "image_too_small"
     import torch
     if not torch.cuda.is_available():
         with pytest.raises(DeviceUnavailable, match="no CUDA"):

@@ -46,7 +46,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".we
                   ".pbm", ".pnm", ".tga", ".psd", ".dib", ".jfif", ".pcx", ".sgi", ".ico", ".im", ".xbm"}
 STATE_DIR = ".patchcolor"          # done-markers and lock files, inside the output folder
 TMP_PREFIX = ".tmp-"
-MIN_SIDE = 8                       # smaller images are refused (nothing to colorize; the networks need some room)
 PNG_COMPRESS_LEVEL = 1             # chosen by measurement: bench/bench_batch.py --png-levels
 # errors after which every other input would fail the same way: stop, count the rest as not attempted
 FATAL_CODES = ("weights_missing", "weights_corrupt", "device_unavailable", "backend_unavailable", "output_unwritable")
@@ -344,7 +343,7 @@ def read_item(item: BatchItem | Path, max_pixels: int) -> SourceImage:
     """Decode one input at native depth. PIL's decompression-bomb limit follows ``max_pixels``.
 
     Raises ImageTooLarge / ImageUnreadable with one sentence naming the file (bombs, images under
-    MIN_SIDE pixels a side, truncated or damaged files)."""
+    prepare.MIN_SIDE pixels a side, truncated or damaged files)."""
     from PIL import Image
 
     path = item.src if isinstance(item, BatchItem) else Path(item)
@@ -359,9 +358,6 @@ def read_item(item: BatchItem | Path, max_pixels: int) -> SourceImage:
                             "it as a decompression bomb); raise the limit with --max-pixels") from None
     except (MemoryError, ValueError) as e:
         raise ImageUnreadable(f"cannot decode {path}: {e}") from None
-    if min(src.width, src.height) < MIN_SIDE:
-        raise ImageUnreadable(f"{path.name} is {src.width}x{src.height} pixels: too small to colorize "
-                              f"(at least {MIN_SIDE}x{MIN_SIDE})")
     return src
 
 

@@ -22,6 +22,10 @@ class ImageUnreadable(PatchColorError):
     code = "image_unreadable"
 
 
+class ImageTooSmall(ImageUnreadable):
+    code = "image_too_small"
+
+
 class ImageTooLarge(PatchColorError):
     code = "image_too_large"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageTooLarge, ImageUnreadable
+from .errors import ImageTooLarge, ImageTooSmall, ImageUnreadable
 
 # Raw pixel formats accepted from memory (wire protocol and plug-in): name -> (channels, dtype).
 PIXEL_FORMATS: dict[str, tuple[int, np.dtype]] = {
@@ -70,7 +70,16 @@ class SourceImage:
         return cls(color, alpha)
 
 
+#: Smaller images are refused: nothing to colorize, and the networks need some room.
+MIN_SIDE = 8
+
+
 def check_size(width: int, height: int, max_pixels: int) -> None:
+    """Refuse images under MIN_SIDE pixels a side (ImageTooSmall) or over ``max_pixels`` (ImageTooLarge), in one
+    sentence, before any decoding or network work (the CLI, the service and Ray all pass here)."""
+    if min(width, height) < MIN_SIDE:
+        raise ImageTooSmall(f"the image is {width}x{height} pixels: too small to colorize "
+                            f"(at least {MIN_SIDE}x{MIN_SIDE})")
     if width * height > max_pixels:
         raise ImageTooLarge(
             f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.0f} MP "
