@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gimp_harness import find_gimp, free_port  # noqa: E402
-from test_gimp_plugin import _kill_autostarted, _start_backend, _stop, photo, write_png  # noqa: E402
+from test_gimp_plugin import GIMP_CALL, _kill_autostarted, _start_backend, _stop, photo, write_png  # noqa: E402
 
 GIMP, WHY = find_gimp()
 needs_gimp = pytest.mark.skipif(GIMP is None, reason=f"no GIMP 3: {WHY}")
@@ -48,16 +48,7 @@ def dump(d, fmt, name):
                               Gegl.AbyssPolicy.NONE)
     open(OUT + "/" + name, "wb").write(bytes(data))
 
-def call(name, image, drawables, **props):
-    proc = pdb.lookup_procedure(name)
-    cfg = proc.create_config()
-    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    cfg.set_property("image", image)
-    cfg.set_core_object_array("drawables", drawables)
-    for k, v in props.items():
-        cfg.set_property(k, v)
-    res = proc.run(cfg)
-    return res.index(0).value_nick, [res.index(i) for i in range(1, res.length())], pdb.get_last_error()
+GIMP_CALL
 
 def layers(image):
     out = []
@@ -173,7 +164,8 @@ def run(models_dir, tmp_path_factory):
         params = {"out": work.inner_path("out"), "photo": work.inner_path("in", "photo.png"), "endpoint": endpoint,
                   "args": ARGS, "dab": list(DAB), "dab_rgba": list(DAB_RGBA)}
         (work.host / "params.json").write_text(json.dumps(params))
-        (work.host / "batch.py").write_text(BATCH.replace("PARAMS_PATH", repr(work.inner_path("params.json"))))
+        script = BATCH.replace("GIMP_CALL", GIMP_CALL).replace("PARAMS_PATH", repr(work.inner_path("params.json")))
+        (work.host / "batch.py").write_text(script)
         t0 = time.monotonic()
         proc = GIMP.run_batch(work, "batch.py", timeout=900, block_pyzmq=True)
         print(f"\n[test_gimp_hints] {GIMP.describe()}: {time.monotonic() - t0:.1f} s, exit {proc.returncode}",

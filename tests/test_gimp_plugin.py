@@ -103,6 +103,22 @@ while time.time() < end:
 # batch code run by GIMP (python-fu-eval): everything GIMP does in this test module
 # ---------------------------------------------------------------------------------------------------------------------
 
+#: Run a PDB procedure non-interactively from a test script inside GIMP: (status nick, return values, last error).
+#: Shared by this module's and test_gimp_hints.py's in-GIMP scripts.
+GIMP_CALL = r'''
+def call(name, image, drawables, **props):
+    proc = pdb.lookup_procedure(name)
+    cfg = proc.create_config()
+    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    cfg.set_property("image", image)
+    cfg.set_core_object_array("drawables", drawables)
+    for k, v in props.items():
+        cfg.set_property(k, v)
+    res = proc.run(cfg)
+    vals = [res.index(i) for i in range(1, res.length())]
+    return res.index(0).value_nick, vals, pdb.get_last_error()
+'''
+
 BATCH = r'''
 import json, sys, traceback
 from gi.repository import Gimp, Gegl, Gio, GLib, GObject
@@ -131,17 +147,7 @@ def wire_format(image, layer):
     gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
     return ("gray" if gray else "rgb") + ("a" if layer.has_alpha() else "") + ("8" if u8 else "16")
 
-def call(name, image, drawables, **props):
-    proc = pdb.lookup_procedure(name)
-    cfg = proc.create_config()
-    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    cfg.set_property("image", image)
-    cfg.set_core_object_array("drawables", drawables)
-    for k, v in props.items():
-        cfg.set_property(k, v)
-    res = proc.run(cfg)
-    vals = [res.index(i) for i in range(1, res.length())]
-    return res.index(0).value_nick, vals, pdb.get_last_error()
+GIMP_CALL
 
 def parts(group):
     """(Colorized layer, {mask index: mask layer}, Masks group) found by parasite, as re-fuse finds them."""
@@ -589,7 +595,8 @@ def gimp_run(backend, models_dir):
     restarter = Restarter(models_dir, work.host / "restart-serve.log", out)
     params["restart_endpoint"] = restarter.endpoint
     (work.host / "params.json").write_text(json.dumps(params))
-    (work.host / "batch.py").write_text(BATCH.replace("PARAMS_PATH", repr(work.inner_path("params.json"))))
+    script = BATCH.replace("GIMP_CALL", GIMP_CALL).replace("PARAMS_PATH", repr(work.inner_path("params.json")))
+    (work.host / "batch.py").write_text(script)
     t0 = time.monotonic()
     try:
         proc = GIMP.run_batch(work, "batch.py", timeout=600, block_pyzmq=True)
