@@ -407,7 +407,7 @@ def test_busy_queue_cancel_queued_and_ping_while_running(tmp_path):
         assert not any(r["type"] in CP.FINAL_TYPES and r.get("job") in ("a", "b") for r in seen)
         s.close(0)
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)   # closes sockets a failed assertion left open; term() alone would hang
         srv.stop()
 
 

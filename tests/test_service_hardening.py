@@ -33,10 +33,14 @@ def slow_echo(tmp_path_factory):
     srv.stop()
 
 
+_unread: dict[int, list[dict]] = {}   # replies read while waiting for another one, per socket
+
+
 def _dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(endpoint)
+    _unread[id(s)] = []
     return s
 
 
@@ -49,13 +53,18 @@ def _colorize_frames(job: str, v: int = 2, token: str | None = None) -> list[byt
 
 
 def _wait(sock: zmq.Socket, pred, timeout_s: float = 20.0) -> dict:
+    """The first reply on ``sock`` matching ``pred``; replies that do not match are kept for later waits (the
+    server may answer in either order, e.g. a queued job's ``cancelled`` before the cancel's ``ack``)."""
+    kept = _unread.setdefault(id(sock), [])
     deadline = time.monotonic() + timeout_s
     while True:
+        for r in kept:
+            if pred(r):
+                kept.remove(r)
+                return r
         left = deadline - time.monotonic()
-        assert left > 0 and sock.poll(int(left * 1000)), "no matching reply"
-        r = json.loads(sock.recv_multipart()[0])
-        if pred(r):
-            return r
+        assert left > 0 and sock.poll(int(left * 1000)), f"no matching reply; got {kept}"
+        kept.append(json.loads(sock.recv_multipart()[0]))
 
 
 def test_jobs_are_bound_to_their_token(slow_echo):
@@ -90,7 +99,7 @@ def test_jobs_are_bound_to_their_token(slow_echo):
         assert result["type"] == "result" and result["token"] == token
         a.close(0), b.close(0)
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)   # closes sockets a failed assertion left open; term() alone would hang
     log = slow_echo.log()
     assert "tok-a" not in log and res.job_id not in log, "job ids must not be logged at INFO"
 
@@ -120,7 +129,7 @@ def test_protocol_1_clients_are_still_served(slow_echo):
         other.close(0)
         s.close(0)
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)   # closes sockets a failed assertion left open; term() alone would hang
 
 
 def test_disconnected_clients_queued_jobs_are_dropped_at_once(slow_echo):
@@ -142,7 +151,7 @@ def test_disconnected_clients_queued_jobs_are_dropped_at_once(slow_echo):
             waited = time.monotonic() - t0
             assert c.info()["queued"] == 0
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)   # closes sockets a failed assertion left open; term() alone would hang
     print(f"\nnew job done {waited:.1f} s after the client with 9 jobs disconnected (5 stages x 0.4 s)")
     assert waited < 5.0, f"the new job waited {waited:.1f} s behind a disconnected client's jobs"
     assert "8 queued job(s) dropped" in slow_echo.log()
@@ -173,7 +182,7 @@ def test_remote_colorize_retries_when_busy(tmp_path):
         assert ei.value.code == "busy"
         s.close(0)
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)   # closes sockets a failed assertion left open; term() alone would hang
         srv.stop()
 
 
