@@ -159,23 +159,28 @@ def test_disconnected_clients_queued_jobs_are_dropped_at_once(slow_echo):
 
 def test_remote_colorize_retries_when_busy(tmp_path):
     srv = start_server(tmp_path, "--pipeline-factory", "service_support:echo_pipeline", "--queue-size", "1",
-                       env={"PATCHCOLOR_TEST_STAGE_DELAY": "0.2"})
+                       env={"PATCHCOLOR_TEST_STAGE_DELAY": "0.4"})
     ctx = zmq.Context()
     said: list[str] = []
+
+    def fill_queue(first: int) -> None:
+        """One job running (its first progress event seen), one queued: the queue is full for ~2 s."""
+        s.send_multipart(_colorize_frames(f"fill-{first}"))
+        assert _wait(s, lambda r: r.get("job") == f"fill-{first}")["type"] == "accepted"
+        _wait(s, lambda r: r.get("job") == f"fill-{first}" and r["type"] == "progress")
+        s.send_multipart(_colorize_frames(f"fill-{first + 1}"))
+        assert _wait(s, lambda r: r.get("job") == f"fill-{first + 1}")["type"] == "accepted"
+
     try:
         s = _dealer(ctx, srv.endpoint)
-        for i in range(2):                   # one running, one queued: the queue is full for a while
-            s.send_multipart(_colorize_frames(f"fill-{i}"))
-            assert _wait(s, lambda r: r.get("job") == f"fill-{i}")["type"] == "accepted"
+        fill_queue(0)
         src = SourceImage(np.full((4, 4), 9, np.uint8))
         res = run_remote_colorize(srv.endpoint, src, make_options("default", detector="none"), timeout_s=10,
                                   say=said.append)
         assert res.image.shape == (4, 4, 3)
         assert said and all("busy" in line and "retry" in line for line in said)
         # gives up after the bounded retries, and says so
-        s.send_multipart(_colorize_frames("fill-2"))
-        s.send_multipart(_colorize_frames("fill-3"))
-        time.sleep(0.3)
+        fill_queue(2)
         with pytest.raises(RemoteError) as ei:
             run_remote_colorize(srv.endpoint, src, make_options("default", detector="none"), timeout_s=10,
                                 busy_retries=0, say=said.append)
