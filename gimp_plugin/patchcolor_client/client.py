@@ -97,7 +97,8 @@ class ColorizeResult:
     timings: dict[str, float] = field(default_factory=dict)
     refusable: bool = True     # False when the server could not keep this job's state (refuse -> unknown_job)
     token: str = field(default="", repr=False)   # the job's secret: refuse/cancel of this job need it
-    #: other header fields: "hints" (colour hints followed); previews: "preview", "n_instances", "computed"
+    #: other header fields: "hints" (colour hints followed); previews: "preview", "n_instances", "computed",
+    #: "draft" (bool: a draft was rendered, see Client.preview)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -285,11 +286,18 @@ class Client:
 
     def preview(self, width: int, height: int, fmt: str, pixels: InBuffer, options: dict[str, Any] | None = None,
                 hints: HintMap | None = None, long_side: int = P.PREVIEW_SIDE, progress: ProgressFn | None = None,
-                should_cancel: CancelFn | None = None) -> ColorizeResult:
+                should_cancel: CancelFn | None = None, draft: bool = False) -> ColorizeResult:
         """The result of ``colorize`` with the same options and hints on a proxy of long side <= ``long_side``
         (8-bit, no masks, not refusable). The server reuses what an earlier preview of the same pixels computed
-        (``res.extra["computed"]``: network inputs run this time). Nothing is kept for ``refuse``."""
-        res = self._send_image(P.PREVIEW, width, height, fmt, pixels, options, hints, {"long_side": int(long_side)})
+        (``res.extra["computed"]``: network inputs run this time). Nothing is kept for ``refuse``.
+
+        draft=True: a fast approximation (detector and networks on the small proxy, ~1 s instead of tens of
+        seconds for a first preview on a CPU) unless the server already has this image's exact detections, in
+        which case the exact preview comes back. ``res.extra["draft"]`` says which one it is."""
+        more: dict[str, Any] = {"long_side": int(long_side)}
+        if draft:
+            more["draft"] = True        # only sent when asked, so a server without drafts is not bothered
+        res = self._send_image(P.PREVIEW, width, height, fmt, pixels, options, hints, more)
         return self._job(res[0], res[1], progress, should_cancel)
 
     def _send_image(self, kind: str, width: int, height: int, fmt: str, pixels: InBuffer,
@@ -429,5 +437,7 @@ def _decode_result(h: dict[str, Any], frames: list[Any]) -> ColorizeResult:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BackendError("bad_reply", f"malformed result from the server: {e!r}") from None
     extra = {k: h[k] for k in ("hints", "preview", "n_instances", "computed") if k in h}
+    if h.get("preview"):
+        extra["draft"] = h.get("draft") is True     # what the server rendered (False when it does not say)
     return ColorizeResult(job_id, width, height, fmt, getattr(frames[0], "buffer", frames[0]), instances, timings,
                           bool(h.get("refusable", True)), extra=extra)
