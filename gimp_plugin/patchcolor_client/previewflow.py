@@ -1,0 +1,201 @@
+"""The Colorize (Patch) dialog's preview requests, without GTK or GIMP (standard library only, unit-tested alone).
+
+A refresh asks the backend for a DRAFT preview first (an approximate one in about a second while the image's exact
+analysis is not cached yet), shows it, then asks for the EXACT preview and replaces the picture when it arrives.
+When the backend already has the exact analysis it answers the draft request with the exact preview
+(``res.extra["draft"]`` False) and nothing more is asked.
+
+Threads: :meth:`PreviewFlow.request` is called on the GUI's main thread with everything the backend call needs
+already read from GIMP (GIMP's PDB may only be called there); the backend calls run in a daemon thread; every
+result is handed back through ``deliver`` (``GLib.idle_add`` in the plug-in) and the callbacks run on the main
+thread. Each request gets a new generation number: an older generation's calls are cancelled through their
+``should_cancel`` and whatever they still return is dropped, so the picture always shows the newest request. After
+:meth:`PreviewFlow.close` (the dialog's OK/Cancel) no callback runs any more and nothing waits for a thread.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+AUTO_PREVIEW_S = 2.0        # option changes refresh by themselves while the first answer came this fast
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What a fetch is given (in the worker thread): which preview to ask for, whether to give up, and a way to
+    show a short status text (e.g. "Starting the backend...") on the main thread."""
+
+    generation: int
+    draft: bool
+    should_cancel: Callable[[], bool]
+    note: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PreviewUpdate:
+    """A preview to show. ``result``: the client's ColorizeResult (8-bit proxy); ``draft``: what the backend
+    rendered; ``final``: no further update follows for this generation; ``seconds``: since the request."""
+
+    generation: int
+    result: Any
+    n_hints: int
+    draft: bool
+    final: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PreviewFailure:
+    """The newest request failed: ``message`` is one sentence for the dialog."""
+
+    generation: int
+    message: str
+    seconds: float
+
+
+#: fetch(job, attempt) -> (ColorizeResult, number of hints); runs in the worker thread, raises on failure.
+FetchFn = Callable[[Any, Attempt], "tuple[Any, int]"]
+
+
+def _start_daemon(target: Callable[[], None]) -> None:
+    threading.Thread(target=target, name="colorize-patch-preview", daemon=True).start()
+
+
+def is_draft(result: Any) -> bool:
+    """True when the backend says it rendered a draft (``extra["draft"]``); older backends never do."""
+    extra = getattr(result, "extra", None)
+    return bool(extra.get("draft")) if isinstance(extra, dict) else False
+
+
+def describe(update: PreviewUpdate) -> str:
+    """The dialog's status line for a shown preview."""
+    res = update.result
+    extra = getattr(res, "extra", None) or {}
+    what = (f"{res.width}x{res.height}, {extra.get('n_instances', 0)} object(s), {update.n_hints} hint(s), "
+            f"{update.seconds:.1f} s")
+    if update.draft:
+        return f"Draft preview (approximate) {what}; computing the exact preview\u2026"
+    return f"Preview {what}"
+
+
+class PreviewFlow:
+    """Draft-then-exact preview requests with a generation counter (see the module docstring).
+
+    fetch:      :data:`FetchFn` (worker thread).
+    on_update:  called with a :class:`PreviewUpdate` (main thread, newest generation only, not after close).
+    on_failure: called with a :class:`PreviewFailure` (same rules).
+    on_note:    called with a status text a fetch passed to ``attempt.note`` (same rules); optional.
+    deliver:    runs a callable on the main thread later (``lambda fn: GLib.idle_add(fn)``); the callable
+                returns False (GLib's "run once"). Default: call it at once (tests).
+    start:      starts the worker (default: a daemon ``threading.Thread``).
+    draft:      ask for a draft first (False: the exact preview only, e.g. for a backend without drafts).
+    auto_s:     :attr:`fast` threshold in seconds.
+    """
+
+    def __init__(self, fetch: FetchFn, on_update: Callable[[PreviewUpdate], Any],
+                 on_failure: Callable[[PreviewFailure], Any], on_note: Optional[Callable[[str], Any]] = None,
+                 deliver: Optional[Callable[[Callable[[], bool]], Any]] = None,
+                 start: Callable[[Callable[[], None]], None] = _start_daemon, draft: bool = True,
+                 auto_s: float = AUTO_PREVIEW_S, clock: Callable[[], float] = time.monotonic):
+        self._fetch = fetch
+        self._on_update = on_update
+        self._on_failure = on_failure
+        self._on_note = on_note
+        self._deliver = deliver or (lambda fn: fn())
+        self._start = start
+        self._draft = draft
+        self._auto_s = auto_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._closed = False
+        self._answered = True       # the newest generation has shown something (or failed)
+        self.fast = False           # the newest answered generation's first answer came within auto_s
+
+    # ---- main thread ---------------------------------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def request(self, job: Any) -> int:
+        """Start a preview of ``job`` (whatever ``fetch`` needs, read on the main thread); supersedes (cancels)
+        every earlier request. Returns the new generation; 0 after :meth:`close`."""
+        with self._lock:
+            if self._closed:
+                return 0
+            self._generation += 1
+            gen = self._generation
+            self._answered = False
+        t0 = self._clock()
+        self._start(lambda: self._work(gen, job, t0))
+        return gen
+
+    def cancel(self) -> None:
+        """Drop and cancel what is in flight (no new request)."""
+        with self._lock:
+            self._generation += 1
+
+    def close(self) -> None:
+        """The dialog is closing: cancel what is in flight; no callback runs after this returns. Never waits."""
+        with self._lock:
+            self._closed = True
+            self._generation += 1
+
+    # ---- worker thread -------------------------------------------------------------------------------------------
+    def _stale(self, gen: int) -> bool:
+        return self._closed or gen != self._generation
+
+    def _work(self, gen: int, job: Any, t0: float) -> None:
+        def stale() -> bool:
+            return self._stale(gen)
+
+        def note(text: str) -> None:
+            if self._on_note is not None and not stale():
+                self._post(gen, lambda: self._on_note(text))
+
+        try:
+            if self._draft:
+                res, n = self._fetch(job, Attempt(gen, True, stale, note))
+                if stale():
+                    return
+                draft = is_draft(res)
+                self._post(gen, self._shown(PreviewUpdate(gen, res, n, draft, not draft, self._clock() - t0)))
+                if not draft:
+                    return          # the backend had the exact analysis: that was the exact preview
+            res, n = self._fetch(job, Attempt(gen, False, stale, note))
+            if stale():
+                return
+            self._post(gen, self._shown(PreviewUpdate(gen, res, n, False, True, self._clock() - t0)))
+        except Exception as e:      # noqa: BLE001 - shown in the dialog; a stale request's error is dropped
+            if not stale():
+                msg = str(e) or e.__class__.__name__
+                self._post(gen, self._failed(PreviewFailure(gen, msg, self._clock() - t0)))
+
+    def _shown(self, update: PreviewUpdate) -> Callable[[], None]:
+        def run() -> None:
+            if not self._answered:
+                self._answered = True
+                self.fast = update.seconds <= self._auto_s
+            self._on_update(update)
+        return run
+
+    def _failed(self, failure: PreviewFailure) -> Callable[[], None]:
+        def run() -> None:
+            self._answered = True
+            self.fast = False
+            self._on_failure(failure)
+        return run
+
+    def _post(self, gen: int, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the main thread unless the generation is stale or the flow closed by then."""
+        def on_main() -> bool:
+            if not self._stale(gen):
+                fn()
+            return False
+        self._deliver(on_main)
