@@ -12,6 +12,13 @@ refresh does not change is reused:
 
 so a saturation / feather / fusion / preset-finish change runs fuse + finish only, and a hint change runs only
 the inputs whose hint tensors changed (the full image and the crops holding the changed hints).
+
+A **draft** (``render(..., draft=True)`` while the exact detections for these options are not cached yet) is the
+dialog's fast first look: the same pipeline on the proxy itself instead of the working copy — the detector at a
+reduced test size with fewer RPN proposals, the colorizer at a reduced network size (constants below). Its working
+copy, detections and network outputs are cached under keys of their own, never mixed with the exact ones, so an
+exact render afterwards is bit-equal to one in a fresh session. Once the exact detections are cached, a draft
+request renders the exact preview (as fast by then).
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -30,11 +37,19 @@ from .fuse import fuse_state
 from .hints import HintTensors
 from .options import Options
 from .pipeline import CancelFn, Pipeline, ProgressFn, _Job, crop_box, net_input
-from .prepare import SourceImage, to_8bit, working_size
+from .prepare import SourceImage, to_8bit, working_copy, working_size
 from .result import FusionState
 from .segment.base import Instance
 
 PROXY_SIDE = 384
+
+# Draft parameters (bench/bench_preview.py, 24 MP layer, 2-core AMD EPYC; figures in the README / report).
+#: detector input short side for a draft (exact: Detectron2's 800; the max side scales with it, 1333/800)
+DRAFT_DETECTOR_SIDE = 320
+#: RPN post-NMS proposals for a draft (exact: 1000): the box head's work scales with it
+DRAFT_PROPOSALS = 300
+#: colorizer input side for a draft (exact: the options' net_size, 256 by default); the smaller one is used
+DRAFT_NET_SIZE = 128
 
 
 @dataclass
@@ -47,6 +62,7 @@ class Preview:
     hints: int
     computed: int
     timings: dict[str, float] = field(default_factory=dict)
+    draft: bool = False     # True: a draft was rendered (see the module docstring), False: the exact preview
 
 
 def make_proxy(src: SourceImage, long_side: int = PROXY_SIDE) -> SourceImage:
@@ -94,12 +110,14 @@ class PreviewSession:
                    + sum(i.mask.nbytes for f in self._found.values() for i in f))
 
     def render(self, opts: Options, hints: SourceImage | None = None, progress: ProgressFn | None = None,
-               cancelled: CancelFn | None = None, src: SourceImage | None = None) -> Preview:
+               cancelled: CancelFn | None = None, src: SourceImage | None = None, draft: bool = False) -> Preview:
         """The result of ``pipe.run(src, opts, hints=hints)`` at proxy size, 8-bit.
 
         hints: a colour-hint map at the image's size or any scaled copy (the proxy's size is enough for a
         preview and fastest; a full run maps the full-size map, so crops may then differ by a working pixel).
         src:   the session's image again (needed when it was made with keep_source=False).
+        draft: a draft is acceptable: rendered unless the exact detections for these options are cached
+               (then the exact preview, as fast). ``Preview.draft`` says which one was rendered.
         """
         src = src if src is not None else self.src
         if src is None:
@@ -109,10 +127,18 @@ class PreviewSession:
         with self._lock:
             t0 = time.perf_counter()
             job = _Job(self.pipe, src, opts, progress, cancelled)
-            work = self._work.get(job.opts.max_side)
-            if work is None:
-                work = self._work[job.opts.max_side] = job.prepare()
-            found = self._detections(job, work)
+            draft = draft and self._detection_key(job.opts) not in self._found
+            if draft:
+                job.opts = replace(job.opts, net_size=min(job.opts.net_size, DRAFT_NET_SIZE))
+                work = self._work.get(("draft", job.opts.max_side))
+                if work is None:                           # the proxy is the draft's working copy
+                    job.stage("prepare", 0.0)
+                    work = self._work[("draft", job.opts.max_side)] = working_copy(self.proxy, job.opts.max_side)
+            else:
+                work = self._work.get(job.opts.max_side)
+                if work is None:
+                    work = self._work[job.opts.max_side] = job.prepare()
+            found = self._detections(job, work, draft)
             timings = dict(job.timings)                    # prepare / segment when they ran
 
             def lap(name: str, since: float) -> float:
@@ -125,7 +151,7 @@ class PreviewSession:
             o = job.opts
             t = lap("hints", t)
             boxes = [crop_box(i.box, work.shape[1], work.shape[0], o.context, o.square_crops) for i in found]
-            full_ab, inst_ab, computed = self._colorize(job, work, boxes, points)
+            full_ab, inst_ab, computed = self._colorize(job, work, boxes, points, draft)
             t = lap("colorize", t)
             job.stage("fuse", 0.0)
             fused = fuse_state(FusionState((work.shape[1], work.shape[0]), full_ab, inst_ab, boxes, found), o)
@@ -134,23 +160,32 @@ class PreviewSession:
             image = finish(self.proxy.color, self.proxy.alpha, fused, o, np.dtype(np.uint8))
             lap("finish", t)
             timings["total"] = time.perf_counter() - t0
-            return Preview(image, len(found), len(points) if points is not None else 0, computed, timings)
+            return Preview(image, len(found), len(points) if points is not None else 0, computed, timings, draft)
 
-    def _detections(self, job: _Job, work: np.ndarray) -> list[Instance]:
-        o = job.opts
-        key = (o.detector, o.score_thresh, o.nms_thresh, o.min_area_frac, o.max_instances, o.max_side, o.precision)
+    @staticmethod
+    def _detection_key(o: Options) -> tuple:
+        """What the exact detections depend on (job options, precision resolved)."""
+        return (o.detector, o.score_thresh, o.nms_thresh, o.min_area_frac, o.max_instances, o.max_side, o.precision)
+
+    def _detections(self, job: _Job, work: np.ndarray, draft: bool = False) -> list[Instance]:
+        key = self._detection_key(job.opts)
+        if draft:        # the draft's detections: their own key (another working copy, other detector knobs)
+            key = ("draft", DRAFT_DETECTOR_SIDE, DRAFT_PROPOSALS, *key)
         if key not in self._found:
-            self._found[key] = job.segment(work)
+            self._found[key] = (job.segment(work, min_size=DRAFT_DETECTOR_SIDE, proposals=DRAFT_PROPOSALS)
+                                if draft else job.segment(work))
         return self._found[key]
 
-    def _colorize(self, job: _Job, work: np.ndarray, boxes: list[tuple[int, int, int, int]], points
-                  ) -> tuple[np.ndarray, list[np.ndarray], int]:
+    def _colorize(self, job: _Job, work: np.ndarray, boxes: list[tuple[int, int, int, int]], points,
+                  draft: bool = False) -> tuple[np.ndarray, list[np.ndarray], int]:
         """Network a/b for the full image and each box, from the cache where the inputs did not change."""
         o = job.opts
         job.stage("colorize", 0.0)
         targets: list[tuple[int, int, int, int] | None] = [None, *boxes]
         tensors = [job.hint_input(points, b) for b in targets]
-        keys = [(o.colorizer, o.net_size, o.precision, o.max_side, b, _digest(t)) for b, t in zip(targets, tensors)]
+        kind = "draft" if draft else "exact"          # boxes of the draft are on another working copy
+        keys = [(kind, o.colorizer, o.net_size, o.precision, o.max_side, b, _digest(t))
+                for b, t in zip(targets, tensors)]
         todo = [i for i, k in enumerate(keys) if k not in self._ab]
         if todo:
             n = o.net_size

@@ -61,6 +61,12 @@ class DetectorSettings:
     nms_thresh: float = 0.3
     detections_per_image: int = 100
     precision: str = "fp32"   # "fp32" | "bf16" | "fp16": autocast for the network forward only
+    #: Test-size override (Detectron2 INPUT.MIN_SIZE_TEST, the input's short side; the max size scales with it,
+    #: 1333/800 of it for R101). None: the detector's own (800). Smaller = faster and coarser (drafts).
+    min_size: int | None = None
+    #: RPN post-NMS top-N override (proposals handed to the box head; Detectron2 POST_NMS_TOPK_TEST).
+    #: None: the detector's own (1000). Fewer = faster box head, may miss objects in crowded images.
+    proposals: int | None = None
     #: Called with the fraction (0..1) of the detector's forward done after each sub-stage (backbone levels,
     #: FPN, RPN, box and mask heads); it may raise (e.g. Cancelled) to stop the forward. Optional per detector.
     progress: Callable[[float], None] | None = field(default=None, compare=False)

@@ -52,7 +52,11 @@ class Detectron2Detector:
 
     def detect(self, image: np.ndarray, settings: DetectorSettings) -> list[Instance]:
         """image: (H, W, 3) float RGB in [0, 255] (the seed's grey, R=G=B). Returns instances by descending
-        score, boxes in image pixels, masks as bool windows."""
+        score, boxes in image pixels, masks as bool windows.
+
+        ``settings.min_size`` replaces INPUT.MIN_SIZE_TEST (800; MAX_SIZE_TEST scaled in proportion) through a
+        ResizeShortestEdge of its own; ``settings.proposals`` replaces the RPN's POST_NMS_TOPK_TEST for this
+        call (restored after it), when the proposal generator has detectron2's ``post_nms_topk`` (else ignored)."""
         p = self.predictor
         # DefaultPredictor.__call__ without its postprocess. Like the seed, the array is handed over as is
         # (float64; not flipped to the BGR the config expects — R=G=B for the seed's grey, so order is moot).
@@ -60,14 +64,30 @@ class Detectron2Detector:
         if p.input_format == "RGB":
             original = original[:, :, ::-1]
         height, width = original.shape[:2]
-        resized = p.aug.get_transform(original).apply_image(original)
+        aug = p.aug
+        if settings.min_size is not None:
+            from detectron2.data import transforms as T
+
+            short = int(settings.min_size)
+            aug = T.ResizeShortestEdge([short, short], int(p.cfg.INPUT.MAX_SIZE_TEST * short
+                                                           / p.cfg.INPUT.MIN_SIZE_TEST + 0.5))
+        resized = aug.get_transform(original).apply_image(original)
         tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)).to(self.device)
         box_predictor = p.model.roi_heads.box_predictor
+        topk = getattr(p.model.proposal_generator, "post_nms_topk", None)   # {training: bool -> int}
         with self._lock, torch.inference_mode(), autocast(self.device, settings.precision):
             box_predictor.test_score_thresh = settings.score_thresh
             box_predictor.test_nms_thresh = settings.nms_thresh
             box_predictor.test_topk_per_image = settings.detections_per_image
-            (out,) = p.model.inference([{"image": tensor, "height": height, "width": width}], do_postprocess=False)
+            saved = topk[False] if isinstance(topk, dict) else None
+            if settings.proposals is not None and saved is not None:
+                topk[False] = int(settings.proposals)
+            try:
+                (out,) = p.model.inference([{"image": tensor, "height": height, "width": width}],
+                                           do_postprocess=False)
+            finally:
+                if saved is not None:
+                    topk[False] = saved
         result = {"boxes": out.pred_boxes.tensor.float(), "scores": out.scores.float(),
                   "labels": out.pred_classes + 1, "masks": out.pred_masks.float(), "image_size": out.image_size}
         with torch.inference_mode():

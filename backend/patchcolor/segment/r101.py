@@ -422,15 +422,33 @@ class R101Detector:
             self.model.roi_heads.register_forward_pre_hook(_pooled_features_nchw)
         add_float32_hooks(self.model)
 
+    def test_size(self, settings: DetectorSettings) -> tuple[int, int]:
+        """(short side, max side) of the network input: the detector's own, or ``settings.min_size`` with the
+        max side scaled in proportion (800/1333 -> e.g. 320/533)."""
+        if settings.min_size is None:
+            return self.min_size, self.max_size
+        if type(settings.min_size) is not int or settings.min_size < 32:
+            raise BadOptions(f"The detector's test size must be an integer >= 32, got {settings.min_size!r}.")
+        return settings.min_size, int(self.max_size * settings.min_size / self.min_size + 0.5)
+
     def forward_raw(self, x: Tensor, settings: DetectorSettings) -> dict[str, Any]:
         """Network + RPN/ROI inference on an already resized (1, 3, h, w) float32 RGB 0–255 tensor.
 
-        Returns the raw result dict (boxes in the (h, w) frame, 28x28 mask probabilities)."""
-        heads = self.model.roi_heads
+        Returns the raw result dict (boxes in the (h, w) frame, 28x28 mask probabilities).
+        ``settings.proposals`` overrides the RPN's post-NMS top-N for this call (restored after it)."""
+        heads, rpn = self.model.roi_heads, self.model.rpn
+        if settings.proposals is not None and (type(settings.proposals) is not int or settings.proposals < 1):
+            raise BadOptions(f"The detector's proposal count must be a positive integer, got {settings.proposals!r}.")
         with self._lock, autocast(self.device, settings.precision), _progress_hooks(self.model, settings.progress):
             heads.score_thresh, heads.nms_thresh = settings.score_thresh, settings.nms_thresh
             heads.detections_per_img = settings.detections_per_image
-            (result,) = self.model([x[0]])
+            post = rpn._post_nms_top_n["testing"]
+            if settings.proposals is not None:
+                rpn._post_nms_top_n["testing"] = settings.proposals
+            try:
+                (result,) = self.model([x[0]])
+            finally:
+                rpn._post_nms_top_n["testing"] = post
         return result
 
     def detect(self, image: np.ndarray, settings: DetectorSettings) -> list[Instance]:
@@ -440,5 +458,5 @@ class R101Detector:
         with torch.inference_mode():
             x = image_to_tensor(image, self.device)
             h, w = x.shape[-2:]
-            result = self.forward_raw(resize_like_detectron2(x, self.min_size, self.max_size), settings)
+            result = self.forward_raw(resize_like_detectron2(x, *self.test_size(settings)), settings)
             return postprocess_detections(result, int(h), int(w))

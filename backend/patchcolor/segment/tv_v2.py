@@ -55,12 +55,25 @@ class TorchvisionV2Detector:
 
     def detect(self, image: np.ndarray, settings: DetectorSettings) -> list[Instance]:
         """image: (H, W, 3) float32 RGB in [0, 255]. Returns instances by descending score, class ids 0..79,
-        boxes in image pixels, masks as bool windows (probability >= 0.5)."""
-        heads = self.model.roi_heads
+        boxes in image pixels, masks as bool windows (probability >= 0.5).
+
+        Honours both of ``settings``' knobs for this call (restored after it): ``min_size`` replaces the
+        transform's 800 short side (its 1333 max side scaled in proportion), ``proposals`` the RPN's post-NMS
+        top-N (1000)."""
+        heads, rpn, t = self.model.roi_heads, self.model.rpn, self.model.transform
         with torch.inference_mode():
             x = image_to_tensor(image, self.device)
             with self._lock, autocast(self.device, settings.precision):
                 heads.score_thresh, heads.nms_thresh = settings.score_thresh, settings.nms_thresh
                 heads.detections_per_img = settings.detections_per_image
-                (result,) = self.model([x[0] / 255.0])   # torchvision models take RGB in [0, 1]
+                saved = t.min_size, t.max_size, rpn._post_nms_top_n["testing"]
+                if settings.min_size is not None:
+                    t.min_size = (int(settings.min_size),)
+                    t.max_size = int(saved[1] * settings.min_size / saved[0][-1] + 0.5)
+                if settings.proposals is not None:
+                    rpn._post_nms_top_n["testing"] = int(settings.proposals)
+                try:
+                    (result,) = self.model([x[0] / 255.0])   # torchvision models take RGB in [0, 1]
+                finally:
+                    t.min_size, t.max_size, rpn._post_nms_top_n["testing"] = saved
             return postprocess_detections(result, x.shape[-2], x.shape[-1], class_ids=LABEL_TO_CLASS)

@@ -5,7 +5,8 @@
   patchcolor/hints.py for what counts as painted). It is checked like the image frame — header first (format,
   size, shape against the image), then its exact byte size — before anything is kept.
 * ``preview`` parses exactly like ``colorize`` (no ``instances``) plus an optional ``"long_side"`` (64..1024,
-  default 384). It runs on the worker like a job (progress, cancel), reusing the worker's loaded models, and
+  default 384) and an optional ``"draft"`` (bool, default false: a fast draft is acceptable; the result says
+  ``"draft": true|false``, what was rendered). It runs on the worker like a job (progress, cancel), reusing the worker's loaded models, and
   answers one ``result`` with ``"preview": true``: the colorized proxy (8-bit, long side <= ``long_side``), no
   masks, not kept for ``refuse``. Each worker keeps recent :class:`~patchcolor.preview.PreviewSession` s (LRU,
   byte-bounded) keyed by a digest of the image, so a refresh with other options or hints runs only what changed.
@@ -76,6 +77,15 @@ def parse_hints(obj: Any, width: int, height: int, max_pixels: int, req_id: str 
     return HintsMeta(w, h, fmt)
 
 
+def parse_draft(v: Any, req_id: str | None, job: str | None) -> bool:
+    """A ``preview`` header's ``draft`` (None -> False). Raises ProtocolError(bad_request) unless a JSON bool."""
+    if v is None:
+        return False
+    if type(v) is not bool:
+        raise ProtocolError("bad_request", "'draft' must be true or false", req_id, job)
+    return v
+
+
 def parse_long_side(v: Any, req_id: str | None, job: str | None) -> int:
     """A ``preview`` header's ``long_side`` (None -> PREVIEW_SIDE). Raises ProtocolError(bad_request)."""
     if v is None:
@@ -128,14 +138,16 @@ class PreviewSessions:
 
 
 def run_preview(sessions: PreviewSessions, pipeline: Any, frame: Any, width: int, height: int, fmt: str,
-                opts: Options, hints: SourceImage | None, long_side: int, progress=None, cancelled=None) -> Any:
+                opts: Options, hints: SourceImage | None, long_side: int, progress=None, cancelled=None,
+                draft: bool = False) -> Any:
     """Render the preview of an image frame on ``pipeline`` (its models stay loaded); returns a
-    :class:`~patchcolor.preview.Preview`. The session is found by the image's digest, or made."""
+    :class:`~patchcolor.preview.Preview`. The session is found by the image's digest, or made.
+    draft: a draft is acceptable (see :meth:`~patchcolor.preview.PreviewSession.render`)."""
     src = SourceImage.from_buffer(frame, width, height, fmt)
     key = (id(pipeline), image_digest(frame, width, height, fmt), long_side)
     session = sessions.session(pipeline, src, key)
     try:
-        return session.render(opts, hints=hints, progress=progress, cancelled=cancelled, src=src)
+        return session.render(opts, hints=hints, progress=progress, cancelled=cancelled, src=src, draft=draft)
     finally:
         sessions.trim()
 
@@ -145,7 +157,8 @@ def preview_message(req_id: str, job: str, preview: Any, v: int) -> tuple[dict[s
     from .protocol import image_to_wire
 
     fmt, pixels = image_to_wire(preview.image)
-    header = {"v": v, "type": "result", "id": req_id, "job": job, "preview": True, "refusable": False,
+    header = {"v": v, "type": "result", "id": req_id, "job": job, "preview": True, "draft": bool(getattr(preview, "draft", False)),
+              "refusable": False,
               "width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "format": fmt, "instances": [],
               "n_instances": int(preview.instances), "hints": int(preview.hints), "computed": int(preview.computed),
               "timings": {str(k): round(float(t), 4) for k, t in preview.timings.items()}}

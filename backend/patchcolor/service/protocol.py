@@ -26,7 +26,7 @@ from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one de
 from ..options import DEFAULT, Options, make_options
 from ..prepare import PIXEL_FORMATS as NUMPY_PIXEL_FORMATS
 from ..prepare import SourceImage, working_size
-from .hints_wire import HintsMeta, parse_hints, parse_long_side
+from .hints_wire import HintsMeta, parse_draft, parse_hints, parse_long_side
 
 if TYPE_CHECKING:   # patchcolor.result imports torch (through segment): not needed to parse requests
     from ..result import Result
@@ -111,6 +111,7 @@ class ColorizeRequest:
     hints_meta: HintsMeta | None = field(default=None, repr=False)   # the optional hints frame (last)
     hints: SourceImage | None = field(default=None, repr=False)      # its zero-copy view
     preview: int | None = None       # a ``preview`` request: the proxy's long side (hints_wire.py)
+    draft: bool = False              # a ``preview`` request: a draft is acceptable (hints_wire.py)
 
 
 @dataclass
@@ -283,7 +284,8 @@ def parse_header(h: dict[str, Any], limits: Limits) -> tuple[Request, list[int] 
         sizes += [hints.nbytes] if hints is not None else []
         return ColorizeRequest(req_id, job, width, height, fmt, opts, token=token, v=v, instance_metas=metas,
                                hints_meta=hints, preview=parse_long_side(h.get("long_side"), req_id, job)
-                               if kind == PREVIEW else None), sizes
+                               if kind == PREVIEW else None,
+                               draft=parse_draft(h.get("draft"), req_id, job) if kind == PREVIEW else False), sizes
 
     # REFUSE
     base = _job_id(h, "base_job", req_id)

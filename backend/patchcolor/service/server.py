@@ -100,6 +100,7 @@ class Job:
     fusion_state: Any = None                   # refuse only: the kept FusionState
     hints: SourceImage | None = None           # colorize/preview: the colour-hint map (a frame view)
     preview: int | None = None                 # preview only: the proxy's long side
+    draft: bool = False                        # preview only: a draft is acceptable
     cancel: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"           # queued -> running -> done | cancelled
     submitted: float = field(default_factory=time.monotonic)
@@ -567,7 +568,7 @@ class Server:
                       req.id, req.job)
             job = Job(req.job, req.id, envelope, P.PREVIEW if req.preview else P.COLORIZE, req.width, req.height,
                       req.format, req.pixels, req.options, instances=req.instances, hints=req.hints,
-                      preview=req.preview)
+                      preview=req.preview, draft=req.draft)
         else:
             rec = self.cache.get(req.base_job)
             if rec is None or not self._may_use(rec.token, rec.owner, rec.creator, req.base_token, peer):
@@ -664,7 +665,8 @@ class Server:
             src = SourceImage.from_buffer(job.pixels, job.width, job.height, job.format)
             if job.kind == P.PREVIEW:
                 pv = run_preview(self.previews, pipeline, job.pixels, job.width, job.height, job.format,
-                                 job.options, job.hints, job.preview or 0, progress, job.cancel.is_set)
+                                 job.options, job.hints, job.preview or 0, progress, job.cancel.is_set,
+                                 draft=job.draft)
                 header, data = preview_message(job.req_id, job.job_id, pv, job.v)
                 emit(header, data, final=True)
                 log.info("job #%d (preview) done on %s in %.2f s: %d network input(s) run", job.seq, device,
