@@ -1,5 +1,10 @@
-"""Screenshot of the Colorize (Patch) dialog with its preview and colour hints, from a real GIMP 3 under Xvfb in the chroot (random weights). Writes /tmp/h4/fig/screen.png; docs/img/dialog-hints-preview.png is its crop. Run from the repo root with .venv/bin/python."""
-import json, os, signal, subprocess, sys, tempfile, time
+"""Screenshots of the Colorize (Patch) dialog with its preview and colour hints, from a real GIMP 3 under Xvfb in the
+chroot (random weights). The dialog asks for a draft preview on open and replaces it with the exact one when that
+arrives (the backend call runs in a thread: the dialog stays responsive meanwhile). Shots of the dialog window are
+taken SHOT_TIMES seconds (comma-separated, default "8,20,60") after it appeared, as
+$SHOT_DIR/dialog-preview-<t>s.png (default /tmp/h4/fig), plus screen.png at the end; docs/img/dialog-hints-preview.png
+is one of them. Run from the repo root with .venv/bin/python."""
+import os, shutil, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import numpy as np
@@ -73,16 +78,22 @@ call("plug-in-colorize-patch", img, [src], Gimp.RunMode.INTERACTIVE, colorizer="
             wid = ids[-1]
     print("window", wid, flush=True)
     assert wid, (work.host / "out" / "gimp.log").read_text()[-3000:]
-    time.sleep(5)
+    t_open = time.time()
     x("xdotool", "windowactivate", "--sync", wid)
-    x("xdotool", "mousemove", "281", "401", "click", "1")
-    time.sleep(float(os.environ.get("SHOT_WAIT", "60")))
-    x("import", "-window", wid, work.inner_path("out", "dialog-preview.png"))
+    names = []
+    for t in sorted(float(v) for v in os.environ.get("SHOT_TIMES", "8,20,60").split(",")):
+        time.sleep(max(0.0, t_open + t - time.time()))
+        name = f"dialog-preview-{t:g}s.png"
+        x("import", "-window", wid, work.inner_path("out", name))
+        names.append(name)
+        print("shot", name, flush=True)
     x("import", "-window", "root", work.inner_path("out", "screen.png"))
-    for n in ("dialog-preview.png", "screen.png"):
+    shot_dir = os.environ.get("SHOT_DIR", "/tmp/h4/fig")
+    os.makedirs(shot_dir, exist_ok=True)
+    for n in names + ["screen.png"]:
         p = work.host / "out" / n
         if p.exists():
-            os.makedirs("/tmp/h4/fig", exist_ok=True); os.system(f"cp {p} /tmp/h4/fig/{n}")
+            shutil.copy(p, os.path.join(shot_dir, n))
     print("done", flush=True)
 finally:
     for p in reversed(procs):

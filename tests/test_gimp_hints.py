@@ -101,16 +101,20 @@ try:
     save()
 
     before = layers(img)
-    n_images = len(Gimp.get_images())
-    s, v, e = call("plug-in-colorize-patch-preview", img, [src], **args, **{"long-side": 64})
-    R["preview"] = {"status": s, "error": e}
-    if s == "success":
-        pv = v[0]
-        pl = pv.get_layers()[0]
-        R["preview"].update(size=[pl.get_width(), pl.get_height()], n_hints=v[1], layers_same=layers(img) == before,
-                            new_images=len(Gimp.get_images()) - n_images, alpha=pl.has_alpha())
-        dump(pl, "R'G'B' u8", "preview.raw")
-        pv.delete()
+    img.clean_all()               # every undo step after this makes the image dirty: previews must add none
+    for key, draft in (("draft", True), ("preview", False), ("draft_again", True)):
+        n_images = len(Gimp.get_images())
+        s, v, e = call("plug-in-colorize-patch-preview", img, [src], **args, **{"long-side": 64, "draft": draft})
+        R[key] = {"status": s, "error": e}
+        if s == "success":
+            pv = v[0]
+            pl = pv.get_layers()[0]
+            R[key].update(size=[pl.get_width(), pl.get_height()], n_hints=v[1], layers_same=layers(img) == before,
+                          new_images=len(Gimp.get_images()) - n_images, alpha=pl.has_alpha(), name=pl.get_name(),
+                          dirty=img.is_dirty())
+            dump(pl, "R'G'B' u8", key + ".raw")
+            pv.delete()
+        save()
     s, v, e = call("plug-in-colorize-patch-preview", img, [src], **args, **{"long-side": 64, "use-hints": False})
     R["preview_off"] = {"status": s, "error": e, "n_hints": v[1] if s == "success" else None}
     if s == "success":
@@ -212,6 +216,7 @@ def test_preview_procedure_matches_the_backend_and_leaves_the_image_alone(run):
     p = r["preview"]
     assert p["status"] == "success", p["error"]
     assert p["size"] == [64, 53] and p["n_hints"] == 1 and p["layers_same"] and p["new_images"] == 1
+    assert p["name"] == "Preview" and not p["dirty"]
     assert r["preview_off"]["status"] == "success" and r["preview_off"]["n_hints"] == 0
     src = _img(out, "src.raw")
     with Client(endpoint, timeout_s=120) as c:
@@ -245,3 +250,21 @@ def test_hint_layer_changes_the_colorized_layer_near_the_hint_and_refuse_keeps_i
             again = c.refuse(want.job_id, masks)
             got = _img(out, "hinted_refused.raw").astype(int)
             assert np.abs(got - np.frombuffer(again.pixels, np.uint8).reshape(H, W, 3)).max() <= 1
+
+
+@needs_gimp
+def test_preview_procedure_draft_then_exact(run):
+    """draft=True on an image the backend has not analysed: a proxy-size draft named so; draft=True again after the
+    exact preview: the exact preview (the backend has it cached). Neither touches the source image."""
+    r, out, _, _ = run
+    assert "draft" in r["registered"]["plug-in-colorize-patch-preview"]["args"]
+    d, again = r["draft"], r["draft_again"]
+    for p in (d, again):
+        assert p["status"] == "success", p["error"]
+        assert p["size"] == [64, 53] and p["n_hints"] == 1 and p["new_images"] == 1
+        assert p["layers_same"] and not p["dirty"]                  # no layer and no undo step added
+    assert d["name"] == "Preview (draft)"
+    assert again["name"] == "Preview"
+    exact = _img(out, "preview.raw", 64, 53).astype(int)
+    assert np.abs(_img(out, "draft_again.raw", 64, 53).astype(int) - exact).max() <= 1
+    assert _img(out, "draft.raw", 64, 53).std() > 0                 # a picture, not an empty layer

@@ -27,6 +27,7 @@ import os
 import sys
 import traceback
 import uuid
+from dataclasses import dataclass, field
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 CONFIG_PATH = os.path.join(PLUGIN_DIR, "config.json")
@@ -282,12 +283,15 @@ def run_dialog(procedure, config, image=None, layer=None) -> bool:
     GimpUi.init("colorize-patch")
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Colorize (Patch)")
     dialog.fill(DIALOG_FIELDS)
+    close_preview = None
     if image is not None:
         try:
-            _dialog_preview(dialog, image, layer, config)
+            close_preview = _dialog_preview(dialog, image, layer, config)
         except Exception:       # noqa: BLE001 - the dialog works without its preview
             traceback.print_exc()
     ok = dialog.run()
+    if close_preview is not None:       # cancel a preview in flight; nothing waits for it, no widget is touched
+        close_preview()
     dialog.destroy()
     return bool(ok)
 
@@ -765,6 +769,8 @@ def run_refuse(procedure, run_mode, image, drawables, config, run_data):
 
 PREVIEW_SIDE = 384          # the dialog preview's long side
 AUTO_PREVIEW_S = 2.0        # the dialog refreshes the preview by itself while the backend answers this fast
+PREVIEW_LAYER = "Preview"                   # the Preview procedure's layer name: the exact preview
+PREVIEW_DRAFT_LAYER = "Preview (draft)"     # ... a draft (approximate: the backend had no exact analysis yet)
 
 
 def _use_hints(config) -> bool:
@@ -811,25 +817,51 @@ def _hint_map(image, layer, use_hints: bool):
     return (PC.HintMap(w, h, "rgba8", data), n) if n else (None, 0)
 
 
-def make_preview(image, layer, options: dict, use_hints: bool, endpoint: str, cfg: dict,
-                 long_side: int = PREVIEW_SIDE, progress=None, cache: dict | None = None):
-    """The backend's preview of ``layer`` (same options, the hint layer unless switched off): (ColorizeResult with
-    the 8-bit proxy, number of hints). Only reads the image; the dialog and the Preview procedure both call this.
-    ``cache``: a dict kept by the caller while the image cannot change (the modal dialog): the layer and the hint
-    layer are read from GIMP once, not at every refresh."""
+@dataclass(frozen=True)
+class PreviewInputs:
+    """What a preview request sends, read from GIMP on the main thread (GIMP's PDB may only be called there):
+    the layer's pixels in wire format ``fmt`` (``width`` x ``height``) and the hint map (None: no hints)."""
+
+    width: int
+    height: int
+    fmt: str
+    pixels: bytes = field(repr=False)
+    hints: object = field(default=None, repr=False)
+    n_hints: int = 0
+
+
+def preview_inputs(image, layer, use_hints: bool, cache: dict | None = None) -> PreviewInputs:
+    """The layer and hint layer as a preview sends them. ``cache``: a dict kept by the caller while the image
+    cannot change (the modal dialog): the layer and the hint layer are read from GIMP once, not at every
+    refresh. Main thread only."""
     fmt = _wire_format(image, layer)
-    w, h = layer.get_width(), layer.get_height()
     cache = {} if cache is None else cache
     if "pixels" not in cache:
         cache["pixels"] = _read(layer, fmt)
     if use_hints and "hints" not in cache:
         cache["hints"] = _hint_map(image, layer, True)
-    pixels = cache["pixels"]
     hints, n = cache["hints"] if use_hints else (None, 0)
+    return PreviewInputs(layer.get_width(), layer.get_height(), fmt, cache["pixels"], hints, n)
+
+
+def _draft_kw(fn, draft: bool) -> dict:
+    """Pass ``draft`` only to a client that takes it (an older one always renders the exact preview)."""
+    import inspect
+    return {"draft": True} if draft and "draft" in inspect.signature(fn).parameters else {}
+
+
+def fetch_preview(inp: PreviewInputs, options: dict, endpoint: str, cfg: dict, long_side: int = PREVIEW_SIDE,
+                  draft: bool = False, progress=None, should_cancel=None):
+    """Ask the backend for the preview of ``inp``: the ColorizeResult with the 8-bit proxy (``extra["draft"]``:
+    a draft was rendered). No GIMP call: safe in a worker thread. ``draft``: an approximate preview when the
+    backend has not analysed this image exactly yet (else it sends the exact one)."""
     client = PC.Client(endpoint, timeout_s=float(cfg.get("timeout_s", 30.0)), server_public_key=_server_key(cfg))
+    if should_cancel is None and progress is not None:
+        should_cancel = progress.idle
     try:
-        res = client.preview(w, h, fmt, pixels, options, hints=hints, long_side=long_side, progress=progress,
-                             should_cancel=progress.idle if progress is not None else None)
+        res = client.preview(inp.width, inp.height, inp.fmt, inp.pixels, options, hints=inp.hints,
+                             long_side=long_side, progress=progress, should_cancel=should_cancel,
+                             **_draft_kw(client.preview, draft))
     except PC.BackendUnavailable as e:
         raise PluginError(backend_message(e, endpoint))
     except PC.BackendError as e:
@@ -838,17 +870,48 @@ def make_preview(image, layer, options: dict, use_hints: bool, endpoint: str, cf
         client.close()
     if res.fmt not in ("rgb8", "rgba8"):
         raise PluginError(f"the colorize backend sent a {res.fmt} preview instead of an 8-bit one")
-    return res, n
+    return res
 
 
-def _dialog_preview(dialog, image, layer, config) -> None:
-    """Adds "N hints found", a Preview button and the preview image to the Colorize dialog. The preview refreshes
-    on the button, and by itself after an option changes while the backend answered the last one within
-    AUTO_PREVIEW_S. It never touches the image."""
-    import time
+def make_preview(image, layer, options: dict, use_hints: bool, endpoint: str, cfg: dict,
+                 long_side: int = PREVIEW_SIDE, progress=None, cache: dict | None = None, draft: bool = False):
+    """The backend's preview of ``layer`` (same options, the hint layer unless switched off): (ColorizeResult with
+    the 8-bit proxy, number of hints). Only reads the image; the Preview procedure calls this, the dialog calls
+    its two halves (preview_inputs on the main thread, fetch_preview in a worker thread)."""
+    inp = preview_inputs(image, layer, use_hints, cache)
+    return fetch_preview(inp, options, endpoint, cfg, long_side, draft, progress), inp.n_hints
+
+
+def _preview_pixbuf(res):
+    """A ColorizeResult's 8-bit pixels -> GdkPixbuf (main thread)."""
+    from gi.repository import GdkPixbuf
+    ch = 4 if res.fmt == "rgba8" else 3
+    return GdkPixbuf.Pixbuf.new_from_bytes(GLib.Bytes.new(bytes(res.pixels)), GdkPixbuf.Colorspace.RGB, ch == 4, 8,
+                                           res.width, res.height, res.width * ch)
+
+
+@dataclass(frozen=True)
+class _PreviewJob:
+    """One dialog preview request, read on the main thread: the inputs and the options at that moment."""
+
+    inputs: PreviewInputs
+    options: dict
+    endpoint: str
+    auto_start: bool
+
+
+def _dialog_preview(dialog, image, layer, config):
+    """Adds "N hints found", a Preview button and the preview image to the Colorize dialog. Returns a function
+    that closes the preview (call it before destroying the dialog).
+
+    On open and on the button: a draft preview first ("Draft preview (approximate) ..."), then the exact one
+    replaces it. The backend calls run in a daemon thread (previewflow.PreviewFlow); the dialog never waits for
+    them. Option changes refresh by themselves while the backend answered the last request within AUTO_PREVIEW_S.
+    It never touches the image."""
     gi.require_version("Gtk", "3.0")
     gi.require_version("GdkPixbuf", "2.0")
-    from gi.repository import GdkPixbuf, Gtk
+    from gi.repository import Gtk
+    from patchcolor_client.previewflow import PreviewFlow, describe
     cfg = load_config()
     box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6)
     try:
@@ -864,45 +927,69 @@ def _dialog_preview(dialog, image, layer, config) -> None:
     hint_label.set_line_wrap(True)
     button = Gtk.Button.new_with_mnemonic("_Preview")
     status = Gtk.Label(label="", xalign=0.0)
+    status.set_line_wrap(True)
     picture = Gtk.Image()
-    state = {"fast": False, "pending": 0, "cache": {}}
+    state = {"pending": 0, "cache": {}, "handler": 0}
+
+    def fetch(job: _PreviewJob, attempt):           # worker thread: no GIMP and no GTK calls here
+        try:
+            launcher.ensure_backend(job.endpoint, job.auto_start, cfg, set_text=attempt.note, tick=lambda: None)
+        except launcher.LaunchError as e:
+            raise PluginError(str(e))
+        return fetch_preview(job.inputs, job.options, job.endpoint, cfg, draft=attempt.draft,
+                             should_cancel=attempt.should_cancel), job.inputs.n_hints
+
+    def show(update):
+        picture.set_from_pixbuf(_preview_pixbuf(update.result))
+        text = describe(update)
+        if update.final and not flow.fast:
+            text += " (press Preview after changes)"
+        status.set_text(text)
+
+    flow = PreviewFlow(fetch, show, lambda f: status.set_text(f"No preview: {f.message}"), status.set_text,
+                       deliver=lambda fn: GLib.idle_add(fn), auto_s=AUTO_PREVIEW_S)
 
     def refresh(*_args):
         state["pending"] = 0
-        endpoint = resolve_endpoint(config.get_property("endpoint"), cfg)
-        status.set_text("Previewing\u2026")
-        t0 = time.monotonic()
-        try:
-            launcher.ensure_backend(endpoint, bool(config.get_property("auto-start")), cfg,
-                                    set_text=status.set_text, tick=lambda: None)
-            res, nh = make_preview(image, layer, options_from_config(config), _use_hints(config), endpoint, cfg,
-                                   cache=state["cache"])
-        except Exception as e:      # noqa: BLE001 - shown in the dialog, never fatal
-            status.set_text(f"No preview: {e}")
-            state["fast"] = False
+        if flow.closed:
             return False
-        ch = 4 if res.fmt == "rgba8" else 3
-        pix = GdkPixbuf.Pixbuf.new_from_bytes(GLib.Bytes.new(bytes(res.pixels)), GdkPixbuf.Colorspace.RGB, ch == 4,
-                                              8, res.width, res.height, res.width * ch)
-        picture.set_from_pixbuf(pix)
-        took = time.monotonic() - t0
-        state["fast"] = took <= AUTO_PREVIEW_S
-        status.set_text(f"Preview {res.width}x{res.height}, {res.extra.get('n_instances', 0)} object(s), {nh} hint(s), "
-                        f"{took:.1f} s" + ("" if state["fast"] else " (press Preview after changes)"))
+        try:
+            auto_start = bool(config.get_property("auto-start")) and cfg.get("auto_start", True) is not False
+            job = _PreviewJob(preview_inputs(image, layer, _use_hints(config), state["cache"]),
+                              options_from_config(config), resolve_endpoint(config.get_property("endpoint"), cfg),
+                              auto_start)
+        except Exception as e:      # noqa: BLE001 - shown in the dialog, never fatal
+            flow.cancel()
+            status.set_text(f"No preview: {e}")
+            return False
+        status.set_text("Draft preview\u2026" if picture.get_storage_type() == Gtk.ImageType.EMPTY
+                        else "Updating the preview\u2026")
+        flow.request(job)
         return False
 
     def changed(*_args):
-        if state["fast"]:
+        if flow.fast and not flow.closed:
             if state["pending"]:
                 GLib.source_remove(state["pending"])
             state["pending"] = GLib.timeout_add(400, refresh)
 
+    def close():
+        flow.close()
+        if state["pending"]:
+            GLib.source_remove(state["pending"])
+            state["pending"] = 0
+        if state["handler"]:
+            config.disconnect(state["handler"])
+            state["handler"] = 0
+
     button.connect("clicked", refresh)
-    config.connect("notify", changed)
+    state["handler"] = config.connect("notify", changed)
     for widget in (hint_label, button, status, picture):
         box.pack_start(widget, False, False, 0)
     dialog.get_content_area().pack_end(box, False, False, 6)
     box.show_all()
+    GLib.idle_add(refresh)            # the first (draft) preview as soon as the dialog is up
+    return close
 
 
 def run_add_hints(procedure, run_mode, image, drawables, config, run_data):
@@ -953,10 +1040,12 @@ def run_preview(procedure, run_mode, image, drawables, config, run_data):
         auto_start = bool(config.get_property("auto-start")) and cfg.get("auto_start", True) is not False
         _ensure_backend(endpoint, auto_start, cfg, progress)
         res, n = make_preview(image, layer, options_from_config(config), _use_hints(config), endpoint, cfg,
-                              int(config.get_property("long-side")), progress)
+                              int(config.get_property("long-side")), progress,
+                              draft=bool(config.get_property("draft")))
         rgba = res.fmt == "rgba8"
         out = Gimp.Image.new(res.width, res.height, Gimp.ImageBaseType.RGB)
-        pl = Gimp.Layer.new(out, "Preview", res.width, res.height,
+        name = PREVIEW_DRAFT_LAYER if res.extra.get("draft") else PREVIEW_LAYER
+        pl = Gimp.Layer.new(out, name, res.width, res.height,
                             Gimp.ImageType.RGBA_IMAGE if rgba else Gimp.ImageType.RGB_IMAGE, 100.0,
                             Gimp.LayerMode.NORMAL)
         out.insert_layer(pl, None, 0)
@@ -1001,11 +1090,16 @@ def _preview_procedure(plugin, name):
         "The Colorize (Patch) dialog's preview, as a new image",
         "Colorizes a small copy (long side 'long-side') of the selected layer with the given options and the hint "
         "layer, exactly as the dialog's preview does, and returns it as a new image that is not displayed. The "
-        "source image, its layers and its undo history are not touched.", name)
+        "source image, its layers and its undo history are not touched. With 'draft' on, the backend answers with "
+        "an approximate preview (layer 'Preview (draft)') in about a second while it has not analysed this image "
+        "exactly yet, else with the exact one (layer 'Preview').", name)
     p.set_attribution("Patch Colorization contributors", "MIT", "2025")
     _add_option_arguments(p)
     _add_use_hints_argument(p)
     p.add_int_argument("long-side", "_Long side", "The preview's long side in pixels", 64, 1024, PREVIEW_SIDE, RW)
+    p.add_boolean_argument("draft", "_Draft", "Accept an approximate preview (smaller detector and network sizes, "
+                           "about a second) while the backend has not analysed this image exactly yet; the layer "
+                           "is then named 'Preview (draft)'. Off: always the exact preview", False, RW)
     p.add_image_return_value("preview", "Preview", "A new image with the preview", False, RW)
     p.add_int_return_value("n-hints", "Hints", "Colour hints used", 0, 100000, 0, RW)
     return p
