@@ -27,7 +27,6 @@ import os
 import sys
 import traceback
 import uuid
-from dataclasses import dataclass, field
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 CONFIG_PATH = os.path.join(PLUGIN_DIR, "config.json")
@@ -39,10 +38,10 @@ try:
     from patchcolor_client import launcher
     from patchcolor_client import protocol as P
     from patchcolor_client.client import Instance
-    from patchcolor_client import hintmap
+    from patchcolor_client import hintmap, previewflow
     CLIENT_ERROR = None
 except ImportError as _e:          # registered anyway; each run says what is wrong
-    PC = launcher = P = Instance = hintmap = None
+    PC = launcher = P = Instance = hintmap = previewflow = None
     CLIENT_ERROR = str(_e)
 
 PROC_COLORIZE = "plug-in-colorize-patch"
@@ -817,20 +816,7 @@ def _hint_map(image, layer, use_hints: bool):
     return (PC.HintMap(w, h, "rgba8", data), n) if n else (None, 0)
 
 
-@dataclass(frozen=True)
-class PreviewInputs:
-    """What a preview request sends, read from GIMP on the main thread (GIMP's PDB may only be called there):
-    the layer's pixels in wire format ``fmt`` (``width`` x ``height``) and the hint map (None: no hints)."""
-
-    width: int
-    height: int
-    fmt: str
-    pixels: bytes = field(repr=False)
-    hints: object = field(default=None, repr=False)
-    n_hints: int = 0
-
-
-def preview_inputs(image, layer, use_hints: bool, cache: dict | None = None) -> PreviewInputs:
+def preview_inputs(image, layer, use_hints: bool, cache: dict | None = None):
     """The layer and hint layer as a preview sends them. ``cache``: a dict kept by the caller while the image
     cannot change (the modal dialog): the layer and the hint layer are read from GIMP once, not at every
     refresh. Main thread only."""
@@ -841,7 +827,7 @@ def preview_inputs(image, layer, use_hints: bool, cache: dict | None = None) -> 
     if use_hints and "hints" not in cache:
         cache["hints"] = _hint_map(image, layer, True)
     hints, n = cache["hints"] if use_hints else (None, 0)
-    return PreviewInputs(layer.get_width(), layer.get_height(), fmt, cache["pixels"], hints, n)
+    return previewflow.PreviewInputs(layer.get_width(), layer.get_height(), fmt, cache["pixels"], hints, n)
 
 
 def _draft_kw(fn, draft: bool) -> dict:
@@ -850,11 +836,11 @@ def _draft_kw(fn, draft: bool) -> dict:
     return {"draft": True} if draft and "draft" in inspect.signature(fn).parameters else {}
 
 
-def fetch_preview(inp: PreviewInputs, options: dict, endpoint: str, cfg: dict, long_side: int = PREVIEW_SIDE,
+def fetch_preview(inp, options: dict, endpoint: str, cfg: dict, long_side: int = PREVIEW_SIDE,
                   draft: bool = False, progress=None, should_cancel=None):
     """Ask the backend for the preview of ``inp``: the ColorizeResult with the 8-bit proxy (``extra["draft"]``:
     a draft was rendered). No GIMP call: safe in a worker thread. ``draft``: an approximate preview when the
-    backend has not analysed this image exactly yet (else it sends the exact one)."""
+    backend has not analysed this image exactly yet (else it sends the exact one). ``inp``: PreviewInputs."""
     client = PC.Client(endpoint, timeout_s=float(cfg.get("timeout_s", 30.0)), server_public_key=_server_key(cfg))
     if should_cancel is None and progress is not None:
         should_cancel = progress.idle
@@ -890,16 +876,6 @@ def _preview_pixbuf(res):
                                            res.width, res.height, res.width * ch)
 
 
-@dataclass(frozen=True)
-class _PreviewJob:
-    """One dialog preview request, read on the main thread: the inputs and the options at that moment."""
-
-    inputs: PreviewInputs
-    options: dict
-    endpoint: str
-    auto_start: bool
-
-
 def _dialog_preview(dialog, image, layer, config):
     """Adds "N hints found", a Preview button and the preview image to the Colorize dialog. Returns a function
     that closes the preview (call it before destroying the dialog).
@@ -911,7 +887,6 @@ def _dialog_preview(dialog, image, layer, config):
     gi.require_version("Gtk", "3.0")
     gi.require_version("GdkPixbuf", "2.0")
     from gi.repository import Gtk
-    from patchcolor_client.previewflow import PreviewFlow, describe
     cfg = load_config()
     box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6)
     try:
@@ -931,7 +906,7 @@ def _dialog_preview(dialog, image, layer, config):
     picture = Gtk.Image()
     state = {"pending": 0, "cache": {}, "handler": 0}
 
-    def fetch(job: _PreviewJob, attempt):           # worker thread: no GIMP and no GTK calls here
+    def fetch(job, attempt):           # worker thread: no GIMP and no GTK calls here
         try:
             launcher.ensure_backend(job.endpoint, job.auto_start, cfg, set_text=attempt.note, tick=lambda: None)
         except launcher.LaunchError as e:
@@ -941,13 +916,13 @@ def _dialog_preview(dialog, image, layer, config):
 
     def show(update):
         picture.set_from_pixbuf(_preview_pixbuf(update.result))
-        text = describe(update)
+        text = previewflow.describe(update)
         if update.final and not flow.fast:
             text += " (press Preview after changes)"
         status.set_text(text)
 
-    flow = PreviewFlow(fetch, show, lambda f: status.set_text(f"No preview: {f.message}"), status.set_text,
-                       deliver=lambda fn: GLib.idle_add(fn), auto_s=AUTO_PREVIEW_S)
+    flow = previewflow.PreviewFlow(fetch, show, lambda f: status.set_text(f"No preview: {f.message}"),
+                                   status.set_text, deliver=lambda fn: GLib.idle_add(fn), auto_s=AUTO_PREVIEW_S)
 
     def refresh(*_args):
         state["pending"] = 0
@@ -955,9 +930,9 @@ def _dialog_preview(dialog, image, layer, config):
             return False
         try:
             auto_start = bool(config.get_property("auto-start")) and cfg.get("auto_start", True) is not False
-            job = _PreviewJob(preview_inputs(image, layer, _use_hints(config), state["cache"]),
-                              options_from_config(config), resolve_endpoint(config.get_property("endpoint"), cfg),
-                              auto_start)
+            job = previewflow.PreviewJob(preview_inputs(image, layer, _use_hints(config), state["cache"]),
+                                         options_from_config(config),
+                                         resolve_endpoint(config.get_property("endpoint"), cfg), auto_start)
         except Exception as e:      # noqa: BLE001 - shown in the dialog, never fatal
             flow.cancel()
             status.set_text(f"No preview: {e}")

@@ -16,10 +16,34 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 AUTO_PREVIEW_S = 2.0        # option changes refresh by themselves while the first answer came this fast
+
+
+@dataclass(frozen=True)
+class PreviewInputs:
+    """What a preview request sends, read from GIMP on the main thread (GIMP's PDB may only be called there):
+    the layer's pixels (``width`` x ``height`` in wire format ``fmt``, e.g. "rgb8") and the hint map (a
+    client.HintMap; None: no hints) with its number of hints."""
+
+    width: int
+    height: int
+    fmt: str
+    pixels: bytes = field(repr=False)
+    hints: Any = field(default=None, repr=False)
+    n_hints: int = 0
+
+
+@dataclass(frozen=True)
+class PreviewJob:
+    """One dialog preview request, read on the main thread: the inputs and the options at that moment."""
+
+    inputs: PreviewInputs
+    options: dict
+    endpoint: str
+    auto_start: bool
 
 
 @dataclass(frozen=True)
