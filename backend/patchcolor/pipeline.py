@@ -245,8 +245,10 @@ class _Job:
         self._lap("prepare")
         return work
 
-    def segment(self, work: np.ndarray, min_size: int | None = None, proposals: int | None = None) -> list[Instance]:
-        """Detected instances on ``work``; min_size / proposals: DetectorSettings' knobs (None: the detector's)."""
+    def segment(self, work: np.ndarray, min_size: int | None = None, proposals: int | None = None,
+                detections: int = 100) -> list[Instance]:
+        """Detected instances on ``work``; min_size / proposals / detections: DetectorSettings' knobs (None: the
+        detector's; detections: per image before the area filter, 100 as the seed)."""
         self.stage("segment", 0.0)
         if self.opts.detector == "none" or self.opts.max_instances == 0:
             return []
@@ -254,7 +256,7 @@ class _Job:
 
         det = self.pipe.detector(self.opts.detector)
         gray = lab.neutral_gray(lab.lightness(work[..., 0] if self.src.is_gray else work))
-        settings = DetectorSettings(self.opts.score_thresh, self.opts.nms_thresh, 100, self.opts.precision,
+        settings = DetectorSettings(self.opts.score_thresh, self.opts.nms_thresh, detections, self.opts.precision,
                                     min_size=min_size, proposals=proposals,
                                     progress=lambda f: self.stage("segment", 0.99 * f))
         found = det.detect(np.repeat(gray[..., None], 3, axis=2), settings)

@@ -17,8 +17,9 @@ A **draft** (``render(..., draft=True)`` while the exact detections for these op
 dialog's fast first look: the same pipeline on the proxy itself instead of the working copy — the detector at a
 reduced test size with fewer RPN proposals, the colorizer at a reduced network size (constants below). Its working
 copy, detections and network outputs are cached under keys of their own, never mixed with the exact ones, so an
-exact render afterwards is bit-equal to one in a fresh session. Once the exact detections are cached, a draft
-request renders the exact preview (as fast by then).
+exact render afterwards is bit-equal to one in a fresh session. Once the exact preview needs no detector and no
+network run (its detections and network outputs cached), a draft request renders the exact preview (as fast);
+after a hint or network option change it renders a draft again (~0.1-1 s instead of seconds).
 """
 from __future__ import annotations
 
@@ -43,13 +44,20 @@ from .segment.base import Instance
 
 PROXY_SIDE = 384
 
-# Draft parameters (bench/bench_preview.py, 24 MP layer, 2-core AMD EPYC; figures in the README / report).
-#: detector input short side for a draft (exact: Detectron2's 800; the max side scales with it, 1333/800)
-DRAFT_DETECTOR_SIDE = 320
-#: RPN post-NMS proposals for a draft (exact: 1000): the box head's work scales with it
+# Draft parameters, picked by measurement (R101 + SIGGRAPH17, proxy 384x256 of a 6000x4000 layer, 2-core AMD EPYC
+# under load; seconds per part of a first draft, see bench/bench_preview.py and the report):
+#: detector input short side (exact: Detectron2's 800 on the <= 1280 working copy; the max side scales with it,
+#: 1333/800). 256 = the default proxy's own short side for a 3:2 image. Backbone ~0.6 s (192: ~0.4, 320: ~0.9,
+#: 800 on the working copy: ~10 s); objects under ~20 proxy pixels are missed (smallest anchor 32).
+DRAFT_DETECTOR_SIDE = 256
+#: RPN post-NMS proposals (exact: 1000): box head ~0.3 s at 300 (1000: ~0.9 s, 100: ~0.1 s but more misses)
 DRAFT_PROPOSALS = 300
-#: colorizer input side for a draft (exact: the options' net_size, 256 by default); the smaller one is used
-DRAFT_NET_SIZE = 128
+#: detections per image (exact: 100) before the area filter and max_instances: the mask head, the mask paste and
+#: the colorizer run once per detection (~0.03 + 0.12 s each); a draft shows at most this many objects
+DRAFT_DETECTIONS = 10
+#: colorizer input side (exact: the options' net_size, 256 by default; the smaller one is used). SIGGRAPH17 for
+#: 5 inputs: 64: ~0.6 s, 96: ~1.3 s, 128: ~2.9 s, 256: ~11 s; a/b is coarser (8x8 at the network's bottleneck)
+DRAFT_NET_SIZE = 64
 
 
 @dataclass
@@ -86,6 +94,13 @@ def _digest(tensors: HintTensors | None) -> bytes | None:
     return h.digest()
 
 
+def _lap(timings: dict[str, float], name: str, since: float) -> float:
+    """timings[name] += now - since; returns now."""
+    now = time.perf_counter()
+    timings[name] = timings.get(name, 0.0) + now - since
+    return now
+
+
 class PreviewSession:
     """One image's previews. ``render`` may be called from several threads (one at a time runs)."""
 
@@ -116,8 +131,9 @@ class PreviewSession:
         hints: a colour-hint map at the image's size or any scaled copy (the proxy's size is enough for a
         preview and fastest; a full run maps the full-size map, so crops may then differ by a working pixel).
         src:   the session's image again (needed when it was made with keep_source=False).
-        draft: a draft is acceptable: rendered unless the exact detections for these options are cached
-               (then the exact preview, as fast). ``Preview.draft`` says which one was rendered.
+        draft: a draft is acceptable: rendered unless the exact preview needs neither the detector nor a
+               network (its detections and network outputs for these options and hints are cached; it is then as
+               fast). ``Preview.draft`` says which one was rendered.
         """
         src = src if src is not None else self.src
         if src is None:
@@ -127,40 +143,58 @@ class PreviewSession:
         with self._lock:
             t0 = time.perf_counter()
             job = _Job(self.pipe, src, opts, progress, cancelled)
-            draft = draft and self._detection_key(job.opts) not in self._found
+            timings: dict[str, float] = {}
+            plan = None
+            if not draft or self._detection_key(job.opts) in self._found:
+                plan = self._plan(job, hints, draft=False, timings=timings)
+                # a draft is still fine when the exact preview would have to run networks (a hint or option change)
+                draft = draft and any(k not in self._ab for k in plan[4])
             if draft:
                 job.opts = replace(job.opts, net_size=min(job.opts.net_size, DRAFT_NET_SIZE))
-                work = self._work.get(("draft", job.opts.max_side))
-                if work is None:                           # the proxy is the draft's working copy
-                    job.stage("prepare", 0.0)
-                    work = self._work[("draft", job.opts.max_side)] = working_copy(self.proxy, job.opts.max_side)
-            else:
-                work = self._work.get(job.opts.max_side)
-                if work is None:
-                    work = self._work[job.opts.max_side] = job.prepare()
-            found = self._detections(job, work, draft)
-            timings = dict(job.timings)                    # prepare / segment when they ran
-
-            def lap(name: str, since: float) -> float:
-                now = time.perf_counter()
-                timings[name] = now - since
-                return now
-
+                plan = self._plan(job, hints, draft=True, timings=timings)
+            assert plan is not None
+            work, found, points, boxes, keys, tensors = plan
             t = time.perf_counter()
-            points = job.hints(hints, work)                # switches job.opts to siggraph17 when there are hints
-            o = job.opts
-            t = lap("hints", t)
-            boxes = [crop_box(i.box, work.shape[1], work.shape[0], o.context, o.square_crops) for i in found]
-            full_ab, inst_ab, computed = self._colorize(job, work, boxes, points, draft)
-            t = lap("colorize", t)
+            full_ab, inst_ab, computed = self._colorize(job, work, boxes, points, keys, tensors)
+            t = _lap(timings, "colorize", t)
             job.stage("fuse", 0.0)
+            o = job.opts
             fused = fuse_state(FusionState((work.shape[1], work.shape[0]), full_ab, inst_ab, boxes, found), o)
-            t = lap("fuse", t)
+            t = _lap(timings, "fuse", t)
             job.stage("finish", 0.0)
             image = finish(self.proxy.color, self.proxy.alpha, fused, o, np.dtype(np.uint8))
-            lap("finish", t)
+            _lap(timings, "finish", t)
             timings["total"] = time.perf_counter() - t0
             return Preview(image, len(found), len(points) if points is not None else 0, computed, timings, draft)
+
+    def _plan(self, job: _Job, hints: SourceImage | None, draft: bool, timings: dict[str, float]) -> tuple:
+        """Working copy, detections, hint points, crop boxes, network-output cache keys and hint tensors of the
+        exact preview or of the draft (each cached under its own keys). Adds prepare / segment / hints timings."""
+        o = job.opts
+        if draft:
+            work = self._work.get(("draft", o.max_side))
+            if work is None:                               # the proxy is the draft's working copy
+                job.stage("prepare", 0.0)
+                t = time.perf_counter()
+                work = self._work[("draft", o.max_side)] = working_copy(self.proxy, o.max_side)
+                _lap(timings, "prepare", t)
+        else:
+            work = self._work.get(o.max_side)
+            if work is None:
+                work = self._work[o.max_side] = job.prepare()
+        found = self._detections(job, work, draft)
+        timings.update({k: timings.get(k, 0.0) + v for k, v in job.timings.items()})   # prepare / segment
+        job.timings.clear()
+        t = time.perf_counter()
+        points = job.hints(hints, work)                    # switches job.opts to siggraph17 when there are hints
+        o = job.opts
+        _lap(timings, "hints", t)
+        boxes = [crop_box(i.box, work.shape[1], work.shape[0], o.context, o.square_crops) for i in found]
+        targets: list[tuple[int, int, int, int] | None] = [None, *boxes]
+        tensors = [job.hint_input(points, b) for b in targets]
+        kind = "draft" if draft else "exact"               # the draft's boxes are on another working copy
+        keys = [(kind, o.colorizer, o.net_size, o.precision, o.max_side, b, _digest(t)) for b, t in zip(targets, tensors)]
+        return work, found, points, boxes, keys, tensors
 
     @staticmethod
     def _detection_key(o: Options) -> tuple:
@@ -170,22 +204,18 @@ class PreviewSession:
     def _detections(self, job: _Job, work: np.ndarray, draft: bool = False) -> list[Instance]:
         key = self._detection_key(job.opts)
         if draft:        # the draft's detections: their own key (another working copy, other detector knobs)
-            key = ("draft", DRAFT_DETECTOR_SIDE, DRAFT_PROPOSALS, *key)
+            key = ("draft", DRAFT_DETECTOR_SIDE, DRAFT_PROPOSALS, DRAFT_DETECTIONS, *key)
         if key not in self._found:
-            self._found[key] = (job.segment(work, min_size=DRAFT_DETECTOR_SIDE, proposals=DRAFT_PROPOSALS)
+            self._found[key] = (job.segment(work, DRAFT_DETECTOR_SIDE, DRAFT_PROPOSALS, DRAFT_DETECTIONS)
                                 if draft else job.segment(work))
         return self._found[key]
 
     def _colorize(self, job: _Job, work: np.ndarray, boxes: list[tuple[int, int, int, int]], points,
-                  draft: bool = False) -> tuple[np.ndarray, list[np.ndarray], int]:
+                  keys: list[tuple], tensors: list) -> tuple[np.ndarray, list[np.ndarray], int]:
         """Network a/b for the full image and each box, from the cache where the inputs did not change."""
         o = job.opts
         job.stage("colorize", 0.0)
         targets: list[tuple[int, int, int, int] | None] = [None, *boxes]
-        tensors = [job.hint_input(points, b) for b in targets]
-        kind = "draft" if draft else "exact"          # boxes of the draft are on another working copy
-        keys = [(kind, o.colorizer, o.net_size, o.precision, o.max_side, b, _digest(t))
-                for b, t in zip(targets, tensors)]
         todo = [i for i, k in enumerate(keys) if k not in self._ab]
         if todo:
             n = o.net_size

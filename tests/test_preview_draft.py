@@ -1,0 +1,166 @@
+"""Draft previews (issue 10): PreviewSession.render(draft=True), the detector knobs it uses (DetectorSettings
+min_size / proposals) and the ``draft`` field's parsing. The service round trip is in tests/test_service_hints.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from patchcolor.errors import BadOptions
+from patchcolor.options import make_options
+from patchcolor.prepare import SourceImage
+from patchcolor.preview import DRAFT_DETECTIONS, DRAFT_NET_SIZE, PreviewSession
+from patchcolor.segment.base import DetectorSettings
+from patchcolor.service.hints_wire import parse_draft
+from patchcolor_client.protocol import ProtocolError
+
+CPU = torch.device("cpu")
+# a small exact detector input (the test's R101 runs at 240 instead of 800) keeps the exact renders quick
+OBJ = dict(colorizer="siggraph17", net_size=96, detector="r101", max_instances=3, max_side=160)
+
+
+@pytest.fixture(scope="module")
+def pipe(models_dir):
+    """A Pipeline of its own whose R101 runs at 240/400 (the session fixture's stays at 800)."""
+    from patchcolor.pipeline import Pipeline
+
+    p = Pipeline(models_dir, device="cpu")
+    det = p.detector("r101")
+    det.min_size, det.max_size = 240, 400
+    return p
+
+
+@pytest.fixture(scope="module")
+def src(photo_gray) -> SourceImage:
+    return SourceImage(np.asarray(Image.fromarray(photo_gray).resize((300, 200), Image.BICUBIC)))
+
+
+def hint_map(w: int, h: int) -> SourceImage:
+    m = np.zeros((h, w, 4), np.uint8)
+    m[h // 2 - 2:h // 2 + 2, w // 2 - 2:w // 2 + 2] = (40, 60, 230, 255)
+    return SourceImage(np.ascontiguousarray(m[..., :3]), np.ascontiguousarray(m[..., 3]))
+
+
+def test_draft_then_exact_is_bit_equal_to_a_fresh_exact_preview(pipe, src):
+    opts = make_options("default", **OBJ)
+    fresh = PreviewSession(pipe, src, long_side=120).render(opts)
+    assert not fresh.draft and fresh.instances >= 1, "the biased random detector should find objects"
+
+    s = PreviewSession(pipe, src, long_side=120)
+    d = s.render(opts, draft=True)
+    assert d.draft and d.image.shape == (80, 120, 3) and d.image.dtype == np.uint8
+    assert 1 <= d.instances <= min(DRAFT_DETECTIONS, OBJ["max_instances"]) and d.computed == d.instances + 1
+    assert ("draft", OBJ["max_side"]) in s._work and s._work[("draft", OBJ["max_side"])].shape == (80, 120, 3)
+    assert all(k[0] == "draft" for k in s._ab) and len(s._found) == 1     # nothing exact computed by the draft
+    assert {k[2] for k in s._ab} == {min(OBJ["net_size"], DRAFT_NET_SIZE)}
+    again = s.render(make_options("default", **OBJ, saturation=1.4), draft=True)   # draft reused: fuse + finish
+    assert again.draft and again.computed == 0
+
+    exact = s.render(opts)
+    assert not exact.draft and exact.computed == fresh.computed
+    assert np.array_equal(exact.image, fresh.image)                      # the draft's caches did not leak in
+    assert np.abs(exact.image.astype(int) - d.image).max() > 0          # and the draft is another picture
+
+    # exact detections and outputs cached: a draft request gets the exact preview (as fast)
+    cached = s.render(opts, draft=True)
+    assert not cached.draft and cached.computed == 0 and np.array_equal(cached.image, fresh.image)
+    sat = s.render(make_options("default", **OBJ, saturation=1.4), draft=True)
+    assert not sat.draft and sat.computed == 0
+    # a hint would make the exact preview run networks: a draft again (on the draft's cached detections)
+    hinted = s.render(opts, hints=hint_map(120, 80), draft=True)
+    assert hinted.draft and hinted.hints == 1 and hinted.computed >= 1 and "segment" not in hinted.timings
+
+
+def test_draft_without_detector_and_with_alpha(pipe, photo_gray):
+    rgba = np.dstack([np.repeat(photo_gray[:150, :200, None], 3, axis=2), np.full((150, 200), 200, np.uint8)])
+    src = SourceImage(np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]))
+    s = PreviewSession(pipe, src, long_side=100)
+    opts = make_options("default", colorizer="eccv16", detector="none")
+    d = s.render(opts, draft=True)
+    assert d.draft and d.image.shape == (75, 100, 4) and d.instances == 0 and d.computed == 1
+    assert (d.image[..., 3] == 200).all()
+    e = s.render(opts, draft=True)            # exact never rendered: still the draft, from the cache
+    assert e.draft and e.computed == 0 and np.array_equal(e.image, d.image)
+    exact = s.render(opts)
+    assert not exact.draft and exact.computed == 1
+    assert np.array_equal(exact.image, PreviewSession(pipe, src, long_side=100).render(opts).image)
+
+
+# -- detector knobs ------------------------------------------------------------------------------------------------
+
+def _observe(det):
+    """Hooks that record the detector's network input size and the proposals reaching the box head."""
+    seen: dict[str, object] = {}
+
+    def rpn_in(_m, args):
+        seen["size"] = tuple(args[0].image_sizes[0])
+
+    def roi_in(_m, args):
+        seen["proposals"] = len(args[1][0])
+
+    return seen, [det.model.rpn.register_forward_pre_hook(rpn_in),
+                  det.model.roi_heads.register_forward_pre_hook(roi_in)]
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(
+        x.class_id == y.class_id and x.score == y.score and x.box == y.box and x.mask_origin == y.mask_origin
+        and np.array_equal(x.mask, y.mask) for x, y in zip(a, b))
+
+
+def test_r101_knobs(models_dir, photo_gray):
+    from patchcolor.segment.r101 import R101Detector
+
+    det = R101Detector(models_dir / "model_final_a3ec72.pkl", CPU, min_size=240, max_size=400)
+    img = np.repeat(np.asarray(Image.fromarray(photo_gray).resize((160, 120)), np.float32)[..., None], 3, axis=2)
+    seen, hooks = _observe(det)
+    try:
+        base = det.detect(img, DetectorSettings())
+        assert seen == {"size": (240, 320), "proposals": seen["proposals"]} and seen["proposals"] > 40
+        # None knobs = the detector's own values, bit for bit
+        assert _same(base, det.detect(img, DetectorSettings(min_size=240, proposals=1000)))
+        assert base, "the biased random detector should find objects"
+        small = det.detect(img, DetectorSettings(min_size=128, proposals=40))
+        assert seen == {"size": (128, 171), "proposals": 40}
+        assert det.model.rpn._post_nms_top_n["testing"] == 1000            # restored after the call
+        det.detect(img, DetectorSettings(min_size=300))                    # max side scales: 400 * 300 / 240
+        assert seen["size"] == (300, 400) and seen["proposals"] > 40
+        assert not _same(base, small)
+        for bad in (DetectorSettings(min_size=8), DetectorSettings(proposals=0)):
+            with pytest.raises(BadOptions):
+                det.detect(img, bad)
+        assert det.model.rpn._post_nms_top_n["testing"] == 1000
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_torchvision_v2_knobs(tmp_path):
+    from fake_r101 import write_tv_v2_pth
+    from patchcolor.segment.tv_v2 import TorchvisionV2Detector
+
+    det = TorchvisionV2Detector(write_tv_v2_pth(tmp_path / "tv.pth", bias_label=18), CPU)
+    t = det.model.transform
+    t.min_size, t.max_size = (160,), 267
+    img = np.full((120, 160, 3), 128, np.float32)
+    img[30:90, 40:120] = 60
+    seen, hooks = _observe(det)
+    try:
+        det.detect(img, DetectorSettings())
+        assert seen["size"] == (160, 213) and seen["proposals"] > 30
+        det.detect(img, DetectorSettings(min_size=96, proposals=30))
+        assert seen == {"size": (96, 128), "proposals": 30}
+        assert (t.min_size, t.max_size, det.model.rpn._post_nms_top_n["testing"]) == ((160,), 267, 1000)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_parse_draft():
+    assert parse_draft(None, "r", "j") is False and parse_draft(True, "r", "j") is True
+    assert parse_draft(False, "r", "j") is False
+    for v in (1, 0, "true", [], {}):
+        with pytest.raises(ProtocolError, match="'draft' must be true or false") as e:
+            parse_draft(v, "r", "j")
+        assert e.value.code == "bad_request" and e.value.job == "j"
