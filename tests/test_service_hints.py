@@ -135,3 +135,43 @@ def test_cli_remote_with_hints(server, pipeline, pixels, tmp_path):
     want = pipeline.run(SourceImage(pixels[..., 0].copy()), make_options(detector="none"),
                         hints=SourceImage(hm[..., :3].copy(), hm[..., 3].copy()))
     assert np.abs(got.astype(int) - want.image).max() <= 1
+
+
+def test_preview_draft_round_trip(server, pixels):
+    import zmq
+
+    hm = hint_rgba()
+    with Client(server.endpoint, timeout_s=60) as c:
+        d = c.preview(W, H, "gray8", pixels, {**OPTS, "saturation": 1.2}, long_side=80, draft=True)
+        assert d.extra["draft"] is True and (d.width, d.height) == (80, 60) and d.extra["computed"] == 1
+        exact = c.preview(W, H, "gray8", pixels, {**OPTS, "saturation": 1.2}, long_side=80)
+        assert exact.extra["draft"] is False and exact.extra["computed"] == 1
+        assert np.abs(_image(exact).astype(int) - _image(d)).max() > 0
+        cached = c.preview(W, H, "gray8", pixels, {**OPTS, "saturation": 1.3}, long_side=80, draft=True)
+        assert cached.extra["draft"] is False and cached.extra["computed"] == 0     # exact cached: exact
+        hinted = c.preview(W, H, "gray8", pixels, OPTS, long_side=80, draft=True, hints=HintMap(W, H, "rgba8", hm))
+        assert hinted.extra["draft"] is True and hinted.extra["hints"] == 1
+        plain = c.colorize(W, H, "gray8", pixels, OPTS)
+        assert "draft" not in plain.extra
+
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(server.endpoint)
+    try:
+        for bad in ("yes", 1, None):
+            header = {"v": P.PROTOCOL_VERSION, "type": "preview", "id": "r9", "job": "j9", "width": W, "height": H,
+                      "format": "gray8", "options": OPTS, "draft": bad}
+            s.send_multipart([json.dumps(header).encode(), pixels.tobytes()])
+            assert s.poll(30000), "no reply"
+            r = json.loads(s.recv_multipart()[0])
+            if bad is None:        # null = absent: an ordinary (exact) preview
+                while r["type"] != "result":
+                    assert r["type"] in ("accepted", "progress"), r
+                    assert s.poll(30000), "no result"
+                    r = json.loads(s.recv_multipart()[0])
+                assert r["draft"] is False and r["preview"] is True
+            else:
+                assert r["type"] == "error" and r["code"] == "bad_request" and "'draft'" in r["message"]
+    finally:
+        s.close()
