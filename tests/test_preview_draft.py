@@ -164,3 +164,14 @@ def test_parse_draft():
         with pytest.raises(ProtocolError, match="'draft' must be true or false") as e:
             parse_draft(v, "r", "j")
         assert e.value.code == "bad_request" and e.value.job == "j"
+
+
+def test_client_reads_draft_as_sent_or_false():
+    from patchcolor_client.client import _decode_result
+
+    base = {"type": "result", "job": "j", "width": 2, "height": 1, "format": "rgb8", "preview": True}
+    assert _decode_result({**base, "draft": True}, [b"\0" * 6]).extra["draft"] is True
+    assert _decode_result({**base, "draft": False}, [b"\0" * 6]).extra["draft"] is False
+    assert _decode_result(base, [b"\0" * 6]).extra["draft"] is False             # an older server
+    assert _decode_result({**base, "draft": "yes"}, [b"\0" * 6]).extra["draft"] is False
+    assert "draft" not in _decode_result({**base, "preview": False}, [b"\0" * 6]).extra   # not a preview
