@@ -3,7 +3,9 @@ chroot (random weights). The dialog asks for a draft preview on open and replace
 arrives (the backend call runs in a thread: the dialog stays responsive meanwhile). Shots of the dialog window are
 taken SHOT_TIMES seconds (comma-separated, default "8,20,60") after it appeared, as
 $SHOT_DIR/dialog-preview-<t>s.png (default /tmp/h4/fig), plus screen.png at the end; docs/img/dialog-hints-preview.png
-is one of them. Run from the repo root with .venv/bin/python."""
+is one of them. SHOT_CLICKS="t:x,y;..." clicks at window coordinates (x, y) t seconds after it appeared, e.g. the
+Saturation "+" while the exact preview is computed: a later shot shows the new value (the dialog was not frozen).
+Run from the repo root with .venv/bin/python."""
 import os, shutil, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -81,12 +83,20 @@ call("plug-in-colorize-patch", img, [src], Gimp.RunMode.INTERACTIVE, colorizer="
     t_open = time.time()
     x("xdotool", "windowactivate", "--sync", wid)
     names = []
-    for t in sorted(float(v) for v in os.environ.get("SHOT_TIMES", "8,20,60").split(",")):
+    events = [(float(v), "shot", None) for v in os.environ.get("SHOT_TIMES", "8,20,60").split(",")]
+    for item in filter(None, os.environ.get("SHOT_CLICKS", "").split(";")):
+        t, xy = item.split(":")
+        events.append((float(t), "click", xy.split(",")))
+    for t, kind, xy in sorted(events, key=lambda e: e[0]):
         time.sleep(max(0.0, t_open + t - time.time()))
+        if kind == "click":
+            x("xdotool", "mousemove", "--window", wid, xy[0], xy[1], "click", "1")
+            print(f"click {xy} at {time.time() - t_open:.1f} s", flush=True)
+            continue
         name = f"dialog-preview-{t:g}s.png"
         x("import", "-window", wid, work.inner_path("out", name))
         names.append(name)
-        print("shot", name, flush=True)
+        print("shot", name, f"at {time.time() - t_open:.1f} s", flush=True)
     x("import", "-window", "root", work.inner_path("out", "screen.png"))
     shot_dir = os.environ.get("SHOT_DIR", "/tmp/h4/fig")
     os.makedirs(shot_dir, exist_ok=True)

@@ -223,3 +223,43 @@ def test_fast_follows_the_first_answer_of_the_newest_request(first_s, fast):
     flow.request("x")
     assert flow.fast is fast
     assert [round(u.seconds, 3) for u in rec.updates] == [first_s, first_s + 30.0]
+
+
+def test_an_option_changed_during_a_slow_request_asks_for_one_refresh_when_it_ends():
+    """Not fast (the draft took 12 s: the backend was loading its models): a change while the exact preview is
+    computed does not refresh at once, but once that request ends the dialog is asked to refresh once (the
+    backend then has the exact analysis cached and answers fast, which turns auto-refresh on)."""
+    loop = MainLoop()
+    now = [0.0]
+    outdated = []
+
+    def fetch(job, att):
+        now[0] += 12.0 if att.draft else 20.0
+        return FakeResult(4, 4, {"draft": att.draft}), 0
+
+    rec = Recorder()
+    flow = PreviewFlow(fetch, rec.updates.append, rec.failures.append, deliver=loop.deliver, start=sync_start,
+                       clock=lambda: now[0], on_outdated=lambda: outdated.append(flow.generation))
+    g = flow.request("slow")
+    assert flow.option_changed() is False             # nothing shown yet: not fast
+    loop.run_pending()
+    assert [u.final for u in rec.updates] == [False, True] and not flow.fast
+    assert outdated == [g]                            # exactly one follow-up, after the final update
+    assert flow.option_changed() is False             # idle and not fast: the user presses Preview
+    loop.run_pending()
+    assert outdated == [g]
+
+    flow.request("again")                              # no change while it runs: no follow-up
+    loop.run_pending()
+    assert outdated == [g]
+    now[0] = 0.0
+
+    def fast_fetch(job, att):
+        now[0] += 0.1
+        return FakeResult(4, 4, {"draft": False}), 0
+
+    flow2 = PreviewFlow(fast_fetch, rec.updates.append, rec.failures.append, deliver=loop.deliver,
+                        start=sync_start, clock=lambda: now[0], on_outdated=lambda: outdated.append("x"))
+    flow2.request("cached")
+    loop.run_pending()
+    assert flow2.fast and flow2.option_changed() is True and outdated == [g]

@@ -882,8 +882,8 @@ def _dialog_preview(dialog, image, layer, config):
 
     On open and on the button: a draft preview first ("Draft preview (approximate) ..."), then the exact one
     replaces it. The backend calls run in a daemon thread (previewflow.PreviewFlow); the dialog never waits for
-    them. Option changes refresh by themselves while the backend answered the last request within AUTO_PREVIEW_S.
-    It never touches the image."""
+    them. Option changes refresh by themselves while the backend answered the last request within AUTO_PREVIEW_S;
+    a change made while a slower request runs refreshes once when that request ends. It never touches the image."""
     gi.require_version("Gtk", "3.0")
     gi.require_version("GdkPixbuf", "2.0")
     from gi.repository import Gtk
@@ -921,8 +921,14 @@ def _dialog_preview(dialog, image, layer, config):
             text += " (press Preview after changes)"
         status.set_text(text)
 
+    def later():
+        if state["pending"]:
+            GLib.source_remove(state["pending"])
+        state["pending"] = GLib.timeout_add(400, refresh)      # one refresh after a burst of changes
+
     flow = previewflow.PreviewFlow(fetch, show, lambda f: status.set_text(f"No preview: {f.message}"),
-                                   status.set_text, deliver=lambda fn: GLib.idle_add(fn), auto_s=AUTO_PREVIEW_S)
+                                   status.set_text, deliver=lambda fn: GLib.idle_add(fn), auto_s=AUTO_PREVIEW_S,
+                                   on_outdated=later)
 
     def refresh(*_args):
         state["pending"] = 0
@@ -943,10 +949,8 @@ def _dialog_preview(dialog, image, layer, config):
         return False
 
     def changed(*_args):
-        if flow.fast and not flow.closed:
-            if state["pending"]:
-                GLib.source_remove(state["pending"])
-            state["pending"] = GLib.timeout_add(400, refresh)
+        if not flow.closed and flow.option_changed():
+            later()
 
     def close():
         flow.close()

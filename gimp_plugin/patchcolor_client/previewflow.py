@@ -111,6 +111,8 @@ class PreviewFlow:
     on_update:  called with a :class:`PreviewUpdate` (main thread, newest generation only, not after close).
     on_failure: called with a :class:`PreviewFailure` (same rules).
     on_note:    called with a status text a fetch passed to ``attempt.note`` (same rules); optional.
+    on_outdated: called (main thread) when the newest request has ended and an option changed while it ran
+                without :attr:`fast` (see :meth:`option_changed`): the caller refreshes once; optional.
     deliver:    runs a callable on the main thread later (``lambda fn: GLib.idle_add(fn)``); the callable
                 returns False (GLib's "run once"). Default: call it at once (tests).
     start:      starts the worker (default: a daemon ``threading.Thread``).
@@ -122,11 +124,13 @@ class PreviewFlow:
                  on_failure: Callable[[PreviewFailure], Any], on_note: Optional[Callable[[str], Any]] = None,
                  deliver: Optional[Callable[[Callable[[], bool]], Any]] = None,
                  start: Callable[[Callable[[], None]], None] = _start_daemon, draft: bool = True,
-                 auto_s: float = AUTO_PREVIEW_S, clock: Callable[[], float] = time.monotonic):
+                 auto_s: float = AUTO_PREVIEW_S, clock: Callable[[], float] = time.monotonic,
+                 on_outdated: Optional[Callable[[], Any]] = None):
         self._fetch = fetch
         self._on_update = on_update
         self._on_failure = on_failure
         self._on_note = on_note
+        self._on_outdated = on_outdated
         self._deliver = deliver or (lambda fn: fn())
         self._start = start
         self._draft = draft
@@ -136,6 +140,8 @@ class PreviewFlow:
         self._generation = 0
         self._closed = False
         self._answered = True       # the newest generation has shown something (or failed)
+        self._in_flight = False     # the newest generation has not ended yet (main thread's view)
+        self._outdated = False      # an option changed while the newest generation ran, not fast
         self.fast = False           # the newest answered generation's first answer came within auto_s
 
     # ---- main thread ---------------------------------------------------------------------------------------------
@@ -156,14 +162,27 @@ class PreviewFlow:
             self._generation += 1
             gen = self._generation
             self._answered = False
+        self._in_flight = True
+        self._outdated = False
         t0 = self._clock()
         self._start(lambda: self._work(gen, job, t0))
         return gen
+
+    def option_changed(self) -> bool:
+        """A dialog option changed (main thread). True: refresh now (the backend answers fast). False: the
+        preview is out of date; if a request is running, ``on_outdated`` asks for one refresh when it ends (its
+        answer shows whether the backend is fast now, e.g. once the exact analysis is cached)."""
+        if self.fast:
+            return True
+        if self._in_flight:
+            self._outdated = True
+        return False
 
     def cancel(self) -> None:
         """Drop and cancel what is in flight (no new request)."""
         with self._lock:
             self._generation += 1
+        self._in_flight = self._outdated = False
 
     def close(self) -> None:
         """The dialog is closing: cancel what is in flight; no callback runs after this returns. Never waits."""
@@ -207,6 +226,8 @@ class PreviewFlow:
                 self._answered = True
                 self.fast = update.seconds <= self._auto_s
             self._on_update(update)
+            if update.final:
+                self._ended()
         return run
 
     def _failed(self, failure: PreviewFailure) -> Callable[[], None]:
@@ -214,7 +235,15 @@ class PreviewFlow:
             self._answered = True
             self.fast = False
             self._on_failure(failure)
+            self._ended()
         return run
+
+    def _ended(self) -> None:
+        self._in_flight = False
+        if self._outdated:
+            self._outdated = False
+            if self._on_outdated is not None and not self._closed:
+                self._on_outdated()
 
     def _post(self, gen: int, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the main thread unless the generation is stale or the flow closed by then."""
