@@ -5,16 +5,17 @@ its detections, the same crops, the hints mapped the same way), so a preview is 
 size (long side 384 by default; its lightness from an area-downscaled copy of the original). Everything a
 refresh does not change is reused:
 
-    working copy     per max_side
+    working copy     per max_side                                          (drafts: per ("draft", max_side))
     detections       per detector settings (detector, thresholds, max_instances, max_side, precision)
-    network a/b      per (colorizer, net size, precision, max_side, crop box, digest of its hint tensors),
-                     least recently used first out beyond ``cache_bytes``
+                                                                 (drafts: ("draft", DRAFT_* knobs, settings))
+    network a/b      per ("exact" | "draft", colorizer, net size, precision, max_side, crop box, digest of its
+                     hint tensors), least recently used first out beyond ``cache_bytes``
 
 so a saturation / feather / fusion / preset-finish change runs fuse + finish only, and a hint change runs only
 the inputs whose hint tensors changed (the full image and the crops holding the changed hints).
 
-A **draft** (``render(..., draft=True)`` while the exact detections for these options are not cached yet) is the
-dialog's fast first look: the same pipeline on the proxy itself instead of the working copy — the detector at a
+A **draft** (``render(..., draft=True)`` while the exact preview would still run the detector or a network) is
+the dialog's fast first look: the same pipeline on the proxy itself instead of the working copy — the detector at a
 reduced test size with fewer RPN proposals, the colorizer at a reduced network size (constants below). Its working
 copy, detections and network outputs are cached under keys of their own, never mixed with the exact ones, so an
 exact render afterwards is bit-equal to one in a fresh session. Once the exact preview needs no detector and no
@@ -35,7 +36,7 @@ import numpy as np
 from .colorize import predict_ab
 from .finish import finish
 from .fuse import fuse_state
-from .hints import HintTensors
+from .hints import Hints, HintTensors
 from .options import Options
 from .pipeline import CancelFn, Pipeline, ProgressFn, _Job, crop_box, net_input
 from .prepare import SourceImage, to_8bit, working_copy, working_size
@@ -94,6 +95,20 @@ def _digest(tensors: HintTensors | None) -> bytes | None:
     return h.digest()
 
 
+@dataclass
+class _Plan:
+    """What a render works on (exact or draft). work: (h, w, 3) uint8 working copy; found: its detections; points:
+    the hints on its grid (None: no hints); boxes: the crops; keys / tensors: the network-output cache keys and hint
+    tensors of the full image then each crop."""
+
+    work: np.ndarray
+    found: list[Instance]
+    points: Hints | None
+    boxes: list[tuple[int, int, int, int]]
+    keys: list[tuple]
+    tensors: list[HintTensors | None]
+
+
 def _lap(timings: dict[str, float], name: str, since: float) -> float:
     """timings[name] += now - since; returns now."""
     now = time.perf_counter()
@@ -148,14 +163,14 @@ class PreviewSession:
             if not draft or self._detection_key(job.opts) in self._found:
                 plan = self._plan(job, hints, draft=False, timings=timings)
                 # a draft is still fine when the exact preview would have to run networks (a hint or option change)
-                draft = draft and any(k not in self._ab for k in plan[4])
+                draft = draft and any(k not in self._ab for k in plan.keys)
             if draft:
                 job.opts = replace(job.opts, net_size=min(job.opts.net_size, DRAFT_NET_SIZE))
                 plan = self._plan(job, hints, draft=True, timings=timings)
             assert plan is not None
-            work, found, points, boxes, keys, tensors = plan
+            work, found, points, boxes = plan.work, plan.found, plan.points, plan.boxes
             t = time.perf_counter()
-            full_ab, inst_ab, computed = self._colorize(job, work, boxes, points, keys, tensors)
+            full_ab, inst_ab, computed = self._colorize(job, plan)
             t = _lap(timings, "colorize", t)
             job.stage("fuse", 0.0)
             o = job.opts
@@ -167,7 +182,7 @@ class PreviewSession:
             timings["total"] = time.perf_counter() - t0
             return Preview(image, len(found), len(points) if points is not None else 0, computed, timings, draft)
 
-    def _plan(self, job: _Job, hints: SourceImage | None, draft: bool, timings: dict[str, float]) -> tuple:
+    def _plan(self, job: _Job, hints: SourceImage | None, draft: bool, timings: dict[str, float]) -> _Plan:
         """Working copy, detections, hint points, crop boxes, network-output cache keys and hint tensors of the
         exact preview or of the draft (each cached under its own keys). Adds prepare / segment / hints timings."""
         o = job.opts
@@ -194,7 +209,7 @@ class PreviewSession:
         tensors = [job.hint_input(points, b) for b in targets]
         kind = "draft" if draft else "exact"               # the draft's boxes are on another working copy
         keys = [(kind, o.colorizer, o.net_size, o.precision, o.max_side, b, _digest(t)) for b, t in zip(targets, tensors)]
-        return work, found, points, boxes, keys, tensors
+        return _Plan(work, found, points, boxes, keys, tensors)
 
     @staticmethod
     def _detection_key(o: Options) -> tuple:
@@ -210,12 +225,11 @@ class PreviewSession:
                                 if draft else job.segment(work))
         return self._found[key]
 
-    def _colorize(self, job: _Job, work: np.ndarray, boxes: list[tuple[int, int, int, int]], points,
-                  keys: list[tuple], tensors: list) -> tuple[np.ndarray, list[np.ndarray], int]:
+    def _colorize(self, job: _Job, plan: _Plan) -> tuple[np.ndarray, list[np.ndarray], int]:
         """Network a/b for the full image and each box, from the cache where the inputs did not change."""
-        o = job.opts
+        o, work, points, keys, tensors = job.opts, plan.work, plan.points, plan.keys, plan.tensors
         job.stage("colorize", 0.0)
-        targets: list[tuple[int, int, int, int] | None] = [None, *boxes]
+        targets: list[tuple[int, int, int, int] | None] = [None, *plan.boxes]
         todo = [i for i, k in enumerate(keys) if k not in self._ab]
         if todo:
             n = o.net_size
