@@ -369,6 +369,28 @@ def test_end_to_end_biased_random_r101(detector: R101Detector) -> None:
     assert kept == [i for i in found if (int(i.box[2]) - int(i.box[0])) * (int(i.box[3]) - int(i.box[1])) > 76.8]
 
 
+@pytest.mark.parametrize("frac, cap", [(0.001, 4), (0.05, 3), (0.001, 0)])
+def test_mask_head_runs_only_on_kept_detections(detector: R101Detector, frac: float, cap: int) -> None:
+    """settings.keep: the same instances, order and masks as filtering the full list afterwards, and the mask
+    head sees only the kept boxes (the ROIs counted at the mask predictor)."""
+    img = grey_image(320, 240)
+    seen: list[int] = []
+    hook = detector.model.roi_heads.mask_predictor.register_forward_hook(lambda m, a, out: seen.append(out.shape[0]))
+    try:
+        full = detector.detect(img, DetectorSettings())
+        kept = detector.detect(img, DetectorSettings(keep=(frac, cap)))
+    finally:
+        hook.remove()
+    want = filter_instances(full, 320, 240, frac, cap)
+    assert len(full) > max(cap, 1) and len(want) == min(cap, len(want))
+    assert [(i.class_id, i.score, i.box, i.mask_origin) for i in kept] == \
+        [(i.class_id, i.score, i.box, i.mask_origin) for i in want]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(kept, want))
+    assert seen[0] == len(full) and sum(seen[1:]) == len(want)
+    assert filter_instances(kept, 320, 240, frac, cap) == kept           # the pipeline's own filter: no change
+    assert "postprocess_detections" not in vars(detector.model.roi_heads)  # the per-call filter is removed
+
+
 def test_autocast_keeps_postprocessing_float32(detector: R101Detector) -> None:
     """bf16 forward (emulated and slow on CPUs without AVX512-BF16, so few proposals here)."""
     img = grey_image(160, 120)

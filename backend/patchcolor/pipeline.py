@@ -258,6 +258,7 @@ class _Job:
         gray = lab.neutral_gray(lab.lightness(work[..., 0] if self.src.is_gray else work))
         settings = DetectorSettings(self.opts.score_thresh, self.opts.nms_thresh, detections, self.opts.precision,
                                     min_size=min_size, proposals=proposals,
+                                    keep=(self.opts.min_area_frac, self.opts.max_instances),
                                     progress=lambda f: self.stage("segment", 0.99 * f))
         found = det.detect(np.repeat(gray[..., None], 3, axis=2), settings)
         kept = filter_instances(found, work.shape[1], work.shape[0], self.opts.min_area_frac, self.opts.max_instances)

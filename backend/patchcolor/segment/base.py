@@ -67,6 +67,11 @@ class DetectorSettings:
     #: RPN post-NMS top-N override (proposals handed to the box head; Detectron2 POST_NMS_TOPK_TEST).
     #: None: the detector's own (1000). Fewer = faster box head, may miss objects in crowded images.
     proposals: int | None = None
+    #: (min_area_frac, max_instances): the seed's small-box filter and the instance cap
+    #: (:func:`patchcolor.segment.filter_instances`) applied by the detector itself before its mask head where it
+    #: can (R101), so masks are computed only for the detections that will be kept. None: masks for all.
+    #: The returned list is then already filtered; applying filter_instances again changes nothing.
+    keep: tuple[float, int] | None = None
     #: Called with the fraction (0..1) of the detector's forward done after each sub-stage (backbone levels,
     #: FPN, RPN, box and mask heads); it may raise (e.g. Cancelled) to stop the forward. Optional per detector.
     progress: Callable[[float], None] | None = field(default=None, compare=False)

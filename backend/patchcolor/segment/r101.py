@@ -370,6 +370,42 @@ def postprocess_detections(result: dict[str, Any], out_h: int, out_w: int, class
     return instances
 
 
+def _kept_detections(heads: nn.Module, keep: tuple[float, int], out_size: tuple[int, int]) -> Callable[..., Any]:
+    """The ROI heads' ``postprocess_detections`` followed by the seed's small-box filter and the instance cap
+    (``keep`` = (min_area_frac, max_instances)), so that torchvision's RoIHeads runs the mask head (4 convs and a
+    deconvolution per detection, ~1.2 GFLOP each) only on detections the pipeline keeps: with 100 detections and
+    4 kept that is ~115 GFLOP (~18 % of the detector) not spent. Boxes are mapped to ``out_size`` exactly as
+    :func:`postprocess_detections` maps them and tested exactly as ``filter_instances`` tests them (empty boxes
+    and dropped classes do not take a place), so the kept detections, their order and their masks are those the
+    unfiltered run would have kept."""
+    from . import filter_instances   # the one definition of the seed's filter
+
+    base = type(heads).postprocess_detections.__get__(heads)
+    out_h, out_w = out_size
+    frac, cap = keep
+
+    def run(class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
+            image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        all_boxes, all_scores, all_labels = base(class_logits, box_regression, proposals, image_shapes)
+        out: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+        for boxes, scores, labels, (in_h, in_w) in zip(all_boxes, all_scores, all_labels, image_shapes):
+            mapped = boxes.float().clone()
+            mapped[:, 0::2] *= out_w / in_w
+            mapped[:, 1::2] *= out_h / in_h
+            mapped = box_ops.clip_boxes_to_image(mapped, (out_h, out_w))
+            valid = ((mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1]) & (labels >= 1)).tolist()
+            probe = [Instance(0, 0.0, tuple(float(v) for v in b), np.zeros((0, 0), bool), (0, 0)) for b in mapped]
+            passed = {id(i) for i in filter_instances([p for p, ok in zip(probe, valid) if ok], out_w, out_h,
+                                                      frac, cap)}
+            idx = torch.tensor([k for k, p in enumerate(probe) if id(p) in passed], dtype=torch.long,
+                               device=boxes.device)
+            for dst, src in zip(out, (boxes, scores, labels)):
+                dst.append(src[idx])
+        return out
+
+    return run
+
+
 def image_to_tensor(image: np.ndarray, device: torch.device) -> Tensor:
     """(H, W, 3) 0–255 image -> (1, 3, H, W) float32 tensor on ``device``."""
     img = np.asarray(image)
@@ -431,11 +467,14 @@ class R101Detector:
             raise BadOptions(f"The detector's test size must be an integer >= 32, got {settings.min_size!r}.")
         return settings.min_size, int(self.max_size * settings.min_size / self.min_size + 0.5)
 
-    def forward_raw(self, x: Tensor, settings: DetectorSettings) -> dict[str, Any]:
+    def forward_raw(self, x: Tensor, settings: DetectorSettings, out_size: tuple[int, int] | None = None
+                    ) -> dict[str, Any]:
         """Network + RPN/ROI inference on an already resized (1, 3, h, w) float32 RGB 0–255 tensor.
 
         Returns the raw result dict (boxes in the (h, w) frame, 28x28 mask probabilities).
-        ``settings.proposals`` overrides the RPN's post-NMS top-N for this call (restored after it)."""
+        ``settings.proposals`` overrides the RPN's post-NMS top-N for this call (restored after it).
+        ``settings.keep`` with ``out_size`` = (H, W) of the image the boxes are reported in: the mask head runs
+        only on the detections that filter (see :func:`_kept_detections`)."""
         heads, rpn = self.model.roi_heads, self.model.rpn
         if settings.proposals is not None and (type(settings.proposals) is not int or settings.proposals < 1):
             raise BadOptions(f"The detector's proposal count must be a positive integer, got {settings.proposals!r}.")
@@ -445,10 +484,13 @@ class R101Detector:
             post = rpn._post_nms_top_n["testing"]
             if settings.proposals is not None:
                 rpn._post_nms_top_n["testing"] = settings.proposals
+            if settings.keep is not None and out_size is not None:
+                heads.postprocess_detections = _kept_detections(heads, settings.keep, out_size)
             try:
                 (result,) = self.model([x[0]])
             finally:
                 rpn._post_nms_top_n["testing"] = post
+                heads.__dict__.pop("postprocess_detections", None)
         return result
 
     def detect(self, image: np.ndarray, settings: DetectorSettings) -> list[Instance]:
@@ -458,5 +500,5 @@ class R101Detector:
         with torch.inference_mode():
             x = image_to_tensor(image, self.device)
             h, w = x.shape[-2:]
-            result = self.forward_raw(resize_like_detectron2(x, *self.test_size(settings)), settings)
+            result = self.forward_raw(resize_like_detectron2(x, *self.test_size(settings)), settings, (int(h), int(w)))
             return postprocess_detections(result, int(h), int(w))
