@@ -114,3 +114,6 @@ finally:
             except subprocess.TimeoutExpired:
                 p.kill()
     _stop(backend)
+    if not os.environ.get("PATCHCOLOR_KEEP_GIMP_WORK"):
+        GIMP.cleanup(work)
+        shutil.rmtree(models, ignore_errors=True)

@@ -223,6 +223,12 @@ def test_fast_follows_the_first_answer_of_the_newest_request(first_s, fast):
     flow.request("x")
     assert flow.fast is fast
     assert [round(u.seconds, 3) for u in rec.updates] == [first_s, first_s + 30.0]
+    assert describe(rec.updates[1]).endswith(f"{first_s + 30.0:.1f} s")
+
+
+def test_describe_shows_subsecond_times_with_two_decimals():
+    fast = PreviewUpdate(1, FakeResult(4, 4, {"n_instances": 1}), 0, False, True, 0.034)
+    assert describe(fast) == "Preview 4x4, 1 object(s), 0 hint(s), 0.03 s"
 
 
 def test_an_option_changed_during_a_slow_request_asks_for_one_refresh_when_it_ends():

@@ -98,7 +98,7 @@ def describe(update: PreviewUpdate) -> str:
     res = update.result
     extra = getattr(res, "extra", None) or {}
     what = (f"{res.width}x{res.height}, {extra.get('n_instances', 0)} object(s), {update.n_hints} hint(s), "
-            f"{update.seconds:.1f} s")
+            f"{update.seconds:.{2 if update.seconds < 1 else 1}f} s")
     if update.draft:
         return f"Draft preview (approximate) {what}; computing the exact preview\u2026"
     return f"Preview {what}"
