@@ -12,6 +12,8 @@ finds objects), max_instances 4, CPU, fp32. Rows, in the order a dialog produces
     option    a saturation / feather / order change: fuse + finish on the proxy only (the warm case)
     hint      a colour hint painted inside one object: the full image and that crop through SIGGRAPH17
     hint-move the hint moved: the same inputs again
+    hint-drft the hint moved, draft=True: a draft (the exact preview would run networks) on the cached draft
+              detections: the full image and the crops holding the hint at the draft's net size
     same      the last request again (all cached)
     digest    what the service adds per preview request to find the session (blake2b of the frame)
 
@@ -142,6 +144,13 @@ def main() -> None:
             return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
 
         timed("hint-move", lambda r: (opts, hint_map(pw, ph, moved(r), colours[0])), "(hint moved each time)")
+        times, pv = [], None
+        for r in range(args.reps):          # what the dialog asks first after a hint change: a draft
+            t0 = time.perf_counter()
+            pv = session.render(opts, hints=hint_map(pw, ph, moved(r + args.reps), colours[1]), draft=True)
+            times.append(time.perf_counter() - t0)
+        rows.append(("hint-drft", statistics.median(times), f"draft={pv.draft}; {pv.computed} network inputs; "
+                     "hint moved each time, draft=True"))
         timed("same", lambda r: (opts, hint_map(pw, ph, box, colours[0])))
         from patchcolor.service.hints_wire import image_digest
         frame = np.ascontiguousarray(src.color).tobytes()
