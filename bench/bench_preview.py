@@ -4,8 +4,8 @@ Random official-format weights (tests/fake_colorizers.py, a biased random R101 f
 finds objects), max_instances 4, CPU, fp32. Rows, in the order a dialog produces them:
 
     open      PreviewSession(...) on the 24 MP layer: the 384 px proxy (cv2 INTER_AREA)
-    draft     first render with draft=True on the fresh session: detector and networks on the proxy with the
-              draft parameters of patchcolor/preview.py (DRAFT_*), fuse, finish
+    draft     first render with draft=True on a fresh session: detector and networks on the proxy with the
+              draft parameters of patchcolor/preview.py (DRAFT_*), fuse, finish (median of --reps sessions)
     first     first exact render (after the draft, which shares nothing with it): working copy, detector,
               networks (full image + each crop), fuse, finish
     draft>ex  draft=True again now that the exact detections are cached: the exact preview (draft False)
@@ -20,7 +20,7 @@ finds objects), max_instances 4, CPU, fp32. Rows, in the order a dialog produces
 Goal (issue 10): a preview of the 24 MP layer <= 1.5 s warm (models loaded) on this 2-core CPU. Printed for
 the first look at an image (open + draft, and open + first exact) and for the refresh ("option").
 
-    .venv/bin/python bench/bench_preview.py [--reps 3] [--side 384]
+    .venv/bin/python bench/bench_preview.py [--reps 3] [--side 384] [--draft-side 256 --draft-proposals 300 ...]
 """
 from __future__ import annotations
 
@@ -64,6 +64,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each warm row (median printed)")
     ap.add_argument("--side", type=int, default=384, help="proxy long side")
     ap.add_argument("--max-instances", type=int, default=4)
+    ap.add_argument("--draft-side", type=int, help="override preview.DRAFT_DETECTOR_SIDE (to measure another)")
+    ap.add_argument("--draft-proposals", type=int, help="override preview.DRAFT_PROPOSALS")
+    ap.add_argument("--draft-net", type=int, help="override preview.DRAFT_NET_SIZE (multiple of 8, >= 64)")
     args = ap.parse_args()
 
     import torch
@@ -74,7 +77,15 @@ def main() -> None:
     from patchcolor.pipeline import Pipeline
     from patchcolor.precision import cpu_report
     from patchcolor.prepare import SourceImage
+    from patchcolor import preview
     from patchcolor.preview import PreviewSession
+
+    for name, value in (("DRAFT_DETECTOR_SIDE", args.draft_side), ("DRAFT_PROPOSALS", args.draft_proposals),
+                        ("DRAFT_NET_SIZE", args.draft_net)):
+        if value is not None:
+            setattr(preview, name, value)
+    print(f"draft: detector side {preview.DRAFT_DETECTOR_SIDE}, {preview.DRAFT_PROPOSALS} proposals, "
+          f"{preview.DRAFT_DETECTIONS} detections, net {preview.DRAFT_NET_SIZE}")
 
     cpu = cpu_report()
     print(f"CPU: {cpu.model}, {cpu.cores} cores, {cpu.isa}; torch {torch.__version__}, "
@@ -94,16 +105,21 @@ def main() -> None:
 
         src = SourceImage(make_layer())
         rows: list[tuple[str, float, str]] = []
-        t = time.perf_counter()
-        session = PreviewSession(pipe, src, long_side=args.side)
-        rows.append(("open", time.perf_counter() - t, f"proxy {session.proxy.width}x{session.proxy.height}"))
-        c0 = time.process_time()
-        draft = session.render(opts, draft=True)
-        draft_cpu = time.process_time() - c0
-        rows.append(("draft", draft.timings["total"],
+        opens, drafts, cpus = [], [], []
+        for _ in range(args.reps):          # each a first look: a fresh session (the first also meets new shapes)
+            t = time.perf_counter()
+            session = PreviewSession(pipe, src, long_side=args.side)
+            opens.append(time.perf_counter() - t)
+            c0 = time.process_time()
+            draft = session.render(opts, draft=True)
+            cpus.append(time.process_time() - c0)
+            drafts.append(draft.timings["total"])
+        rows.append(("open", statistics.median(opens), f"proxy {session.proxy.width}x{session.proxy.height}"))
+        rows.append(("draft", statistics.median(drafts),
                      f"draft={draft.draft}; {draft.instances} objects, {draft.computed} network inputs; "
                      + ", ".join(f"{k} {v:.2f}" for k, v in draft.timings.items() if k != "total")
-                     + f"; CPU time {draft_cpu:.2f} s"))
+                     + f"; min {min(drafts):.2f} max {max(drafts):.2f} s; CPU time {statistics.median(cpus):.2f} s "
+                     f"(fresh session each time)"))
         first = session.render(opts)
         rows.append(("first", first.timings["total"],
                      f"{first.instances} objects, {first.computed} network inputs; "
