@@ -4,7 +4,9 @@ arrives (the backend call runs in a thread: the dialog stays responsive meanwhil
 taken SHOT_TIMES seconds (comma-separated, default "8,20,60") after it appeared, as
 $SHOT_DIR/dialog-preview-<t>s.png (default /tmp/h4/fig), plus screen.png at the end; docs/img/dialog-hints-preview.png
 is one of them. SHOT_CLICKS="t:x,y;..." clicks at window coordinates (x, y) t seconds after it appeared, e.g. the
-Saturation "+" while the exact preview is computed: a later shot shows the new value (the dialog was not frozen).
+Saturation "+" while the exact preview is computed: a later shot shows the new value (the dialog was not frozen),
+or OK (the dialog closes without waiting for the preview). screen.png is taken SHOT_END seconds after the dialog
+appeared (default: after the last shot).
 Run from the repo root with .venv/bin/python."""
 import os, shutil, signal, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -94,9 +96,13 @@ call("plug-in-colorize-patch", img, [src], Gimp.RunMode.INTERACTIVE, colorizer="
             print(f"click {xy} at {time.time() - t_open:.1f} s", flush=True)
             continue
         name = f"dialog-preview-{t:g}s.png"
+        if x("xdotool", "getwindowname", wid).returncode != 0:
+            print(f"no dialog at {t:g} s (closed)", flush=True)
+            continue
         x("import", "-window", wid, work.inner_path("out", name))
         names.append(name)
         print("shot", name, f"at {time.time() - t_open:.1f} s", flush=True)
+    time.sleep(max(0.0, t_open + float(os.environ.get("SHOT_END", "0")) - time.time()))
     x("import", "-window", "root", work.inner_path("out", "screen.png"))
     shot_dir = os.environ.get("SHOT_DIR", "/tmp/h4/fig")
     os.makedirs(shot_dir, exist_ok=True)
