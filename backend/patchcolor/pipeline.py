@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -36,6 +36,19 @@ ProgressFn = Callable[[str, float], None]   # (stage name, fraction 0..1 within 
 CancelFn = Callable[[], bool]               # True -> stop at the next stage/batch boundary (raises Cancelled)
 
 log = logging.getLogger("patchcolor")
+
+
+class Reuse(Protocol):
+    """Work already done on the same image with the same options (a preview session, :mod:`patchcolor.preview`),
+    looked up before the detector and before each network input; None = not there, run it. ``opts`` are the
+    job's options as run (precision resolved, colorizer switched for hints)."""
+
+    def detections(self, opts: Options) -> list[Instance] | None:
+        """The working copy's detections after the seed's filter (as :meth:`_Job.segment` returns them)."""
+
+    def network_ab(self, opts: Options, box: tuple[int, int, int, int] | None, hint_tensors) -> np.ndarray | None:
+        """The (2, h, w) float32 a/b the colorizer gave for the full image (box None) or a crop box with these
+        hint tensors (None: none)."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -141,7 +154,7 @@ class Pipeline:
     # -- jobs --------------------------------------------------------------------------------------------
     def run(self, src: SourceImage, opts: Options, progress: ProgressFn | None = None,
             cancelled: CancelFn | None = None, instances: Sequence[InstanceResult] | None = None,
-            hints: SourceImage | None = None) -> Result:
+            hints: SourceImage | None = None, reuse: Reuse | None = None) -> Result:
         """Colorize ``src``. Returns the colorized image (input's bit depth, alpha kept) and the instances.
 
         instances: use these instead of running the detector (a re-fuse when the earlier job's state is gone):
@@ -150,16 +163,22 @@ class Pipeline:
         reaches outside it (then from the mask's bounds, as in :meth:`refuse`); empty masks drop the instance.
         hints: a colour-hint map (see hints.py; the image's size): SIGGRAPH17 follows the painted colours on the
         full image and in every crop that contains some; a map with hints runs siggraph17 whatever was asked.
+        reuse: detections and network outputs already computed for this image (a preview session): the
+        detector and each network input run only when ``reuse`` does not have them (same result, less time).
         """
         job = _Job(self, src, opts, progress, cancelled)
         work = job.prepare()
         points = job.hints(hints, work)
         if instances is None:
-            found = job.segment(work)
+            found = reuse.detections(job.opts) if reuse is not None else None
+            if found is None:
+                found = job.segment(work)
+            else:
+                log.info("reusing the preview's %d detection(s)", len(found))
             boxes = [crop_box(i.box, work.shape[1], work.shape[0], opts.context, opts.square_crops) for i in found]
         else:
             found, boxes = job.given(work, instances)
-        full_ab, inst_ab = job.colorize(work, boxes, points)
+        full_ab, inst_ab = job.colorize(work, boxes, points, reuse)
         state = FusionState((work.shape[1], work.shape[0]), full_ab, inst_ab, boxes, found, points)
         return job.fuse_and_finish(work, state)
 
@@ -350,17 +369,29 @@ class _Job:
         """The network's hint tensors for ``box`` (None: the full image), or None when it holds no hint."""
         return None if points is None else points.net_input(box, self.opts.net_size)
 
-    def colorize(self, work: np.ndarray, boxes: list[tuple[int, int, int, int]], points: Hints | None = None):
-        """Full image + every crop through the colorizer in batches, each with the hints inside it.
-        Returns ((2,h,w), [(2,bh,bw)...])."""
+    def colorize(self, work: np.ndarray, boxes: list[tuple[int, int, int, int]], points: Hints | None = None,
+                 reuse: Reuse | None = None):
+        """Full image + every crop through the colorizer in batches, each with the hints inside it (inputs that
+        ``reuse`` already has are not run). Returns ((2,h,w), [(2,bh,bw)...])."""
         self.stage("colorize", 0.0)
-        model = self.pipe.colorizer(self.opts.colorizer)
-        n = self.opts.net_size
-        inputs = [net_input(work, None, n)] + [net_input(work, b, n) for b in boxes]
-        sizes = [work.shape[:2]] + [(b[3] - b[1], b[2] - b[0]) for b in boxes]
-        hints = None if points is None else [self.hint_input(points, b) for b in [None, *boxes]]
-        abs_ = predict_ab(model, inputs, sizes, self.opts.precision, self.opts.batch_size,
-                          on_batch=lambda done, total: self.stage("colorize", done / total), hints=hints)
+        targets: list[tuple[int, int, int, int] | None] = [None, *boxes]
+        hints = [self.hint_input(points, b) for b in targets]
+        abs_ = [reuse.network_ab(self.opts, b, h) if reuse is not None else None for b, h in zip(targets, hints)]
+        todo = [i for i, ab in enumerate(abs_) if ab is None]
+        if len(todo) < len(targets):
+            log.info("reusing the preview's network output for %d of %d input(s)", len(targets) - len(todo),
+                     len(targets))
+        if todo:
+            model = self.pipe.colorizer(self.opts.colorizer)
+            n = self.opts.net_size
+            new = predict_ab(model, [net_input(work, targets[i], n) for i in todo],
+                             [work.shape[:2] if targets[i] is None else
+                              (targets[i][3] - targets[i][1], targets[i][2] - targets[i][0]) for i in todo],
+                             self.opts.precision, self.opts.batch_size,
+                             on_batch=lambda done, total: self.stage("colorize", done / total),
+                             hints=None if points is None else [hints[i] for i in todo])
+            for i, ab in zip(todo, new):
+                abs_[i] = ab
         self._lap("colorize")
         return abs_[0], abs_[1:]
 

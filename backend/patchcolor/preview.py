@@ -208,8 +208,13 @@ class PreviewSession:
         targets: list[tuple[int, int, int, int] | None] = [None, *boxes]
         tensors = [job.hint_input(points, b) for b in targets]
         kind = "draft" if draft else "exact"               # the draft's boxes are on another working copy
-        keys = [(kind, o.colorizer, o.net_size, o.precision, o.max_side, b, _digest(t)) for b, t in zip(targets, tensors)]
+        keys = [self._ab_key(kind, o, b, t) for b, t in zip(targets, tensors)]
         return _Plan(work, found, points, boxes, keys, tensors)
+
+    @staticmethod
+    def _ab_key(kind: str, o: Options, box: tuple[int, int, int, int] | None, tensors: HintTensors | None) -> tuple:
+        """What one network output depends on ("exact" / "draft", job options, crop box, hint tensors)."""
+        return kind, o.colorizer, o.net_size, o.precision, o.max_side, box, _digest(tensors)
 
     @staticmethod
     def _detection_key(o: Options) -> tuple:
@@ -253,3 +258,15 @@ class PreviewSession:
                 break
             if k not in keep:
                 total -= self._ab.pop(k).nbytes
+
+    # -- what a full run of the same image may reuse (pipeline.Reuse) -------------------------------------------
+    def detections(self, opts: Options) -> list[Instance] | None:
+        """The exact preview's detections for these options (as run: precision resolved), None if not computed."""
+        with self._lock:
+            return self._found.get(self._detection_key(opts))
+
+    def network_ab(self, opts: Options, box: tuple[int, int, int, int] | None,
+                   hint_tensors: HintTensors | None) -> np.ndarray | None:
+        """The exact preview's network a/b for the full image (box None) or a crop, None if not computed."""
+        with self._lock:
+            return self._ab.get(self._ab_key("exact", opts, box, hint_tensors))

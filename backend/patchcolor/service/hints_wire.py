@@ -126,6 +126,20 @@ class PreviewSessions:
             self._sessions.move_to_end(key)
             return s
 
+    def find(self, pipeline: Any, frame: Any, width: int, height: int, fmt: str) -> Any | None:
+        """The most recent session of this image on ``pipeline`` (any proxy size), or None: what a colorize job of
+        the image the dialog previewed reuses (pipeline.Reuse). The frame is digested only when ``pipeline`` has
+        sessions at all, so a colorize without a preview pays nothing."""
+        with self._lock:
+            if not any(k[0] == id(pipeline) for k in self._sessions):
+                return None
+        digest = image_digest(frame, width, height, fmt)
+        with self._lock:
+            for key in reversed(self._sessions):
+                if key[0] == id(pipeline) and key[1] == digest:
+                    return self._sessions[key]
+        return None
+
     def trim(self) -> None:
         with self._lock:
             total = sum(s.nbytes for s in self._sessions.values())

@@ -674,6 +674,10 @@ class Server:
                 return
             if job.kind == P.COLORIZE:
                 extra = {"hints": job.hints} if job.hints is not None else {}   # fake pipelines lack it
+                reuse = (None if job.instances is not None else
+                         self.previews.find(pipeline, job.pixels, job.width, job.height, job.format))
+                if reuse is not None:     # the dialog previewed this image: its detections / network outputs
+                    extra["reuse"] = reuse
                 result = pipeline.run(src, job.options, progress=progress, cancelled=job.cancel.is_set,
                                       instances=job.instances, **extra)
             else:
