@@ -4,7 +4,8 @@ Works in horizontal bands of ~256 K pixels (reused float32 buffers that stay in 
 spread over the CPU cores (OpenCV and numpy release the GIL inside their array loops).
 
 * seed (``finish="seed"``): L* of the pixels, skimage ``lab2rgb`` (per-channel clip), then the seed's
-  desaturation in HSV: S ← S · w(Y), w(Y) = −2.5Y² + 2.5Y + 0.375, Y = rgb2gray of the input.
+  desaturation in HSV (OpenCV's float32 HSV: the seed's skimage formulas): S ← S · w(Y),
+  w(Y) = −2.5Y² + 2.5Y + 0.375, Y = rgb2gray of the input.
 * keep-l (default): L* of the *original* pixels at full resolution; the same w(Y) (if enabled) and the user's
   ``saturation`` gain scale the a/b chroma, and out-of-gamut colours lose chroma instead of lightness
   (lab.srgb_keep_l), so the output's L* equals the input's to rounding.
@@ -17,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
-from skimage import color as skcolor
 
 from . import lab
 from .options import Options
@@ -61,10 +61,12 @@ def _band_seed(codes: np.ndarray, a: np.ndarray, b: np.ndarray, dst: np.ndarray,
     rgb = lab.lab_to_rgb_clipped(lab.lightness(color), np.stack([a, b], axis=-1)[None])
     gain = np.float32(opts.saturation)
     if opts.seed_desaturate or gain != 1:
-        hsv = skcolor.rgb2hsv(rgb)
+        # OpenCV's float32 HSV is skimage's rgb2hsv / hsv2rgb (the seed's) with H in degrees; ~50x faster
+        # (S differs by < 3e-5, which moves an 8-bit code in < 1 % of pixels, as float32 vs float64 already does)
+        hsv = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2HSV)
         w = desaturation_weight(lab.luma(color)) if opts.seed_desaturate else np.float32(1)
         hsv[..., 1] = np.minimum(hsv[..., 1] * (w * gain), 1)
-        rgb = skcolor.hsv2rgb(hsv)
+        rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     dst[:, :3] = quantize(rgb[0], dst.dtype)
 
 
