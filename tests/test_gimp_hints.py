@@ -156,7 +156,8 @@ def run(models_dir, tmp_path_factory):
     if GIMP is None:
         pytest.skip(f"no GIMP 3: {WHY}")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    backend = _start_backend(models_dir, tmp_path_factory.mktemp("backend") / "serve.log", endpoint)
+    backend_log = tmp_path_factory.mktemp("backend") / "serve.log"
+    backend = _start_backend(models_dir, backend_log, endpoint)
     work = GIMP.workdir("hints")
     out = work.host / "out"
     try:
@@ -179,6 +180,7 @@ def run(models_dir, tmp_path_factory):
             pytest.fail(f"GIMP batch failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")
         result = json.loads((out / "result.json").read_text())
         assert "traceback" not in result, result["traceback"] + proc.stderr[-3000:]
+        result["backend_log"] = backend_log.read_text(errors="replace")
         yield result, out, endpoint, gray
     finally:
         _stop(backend)
@@ -268,3 +270,18 @@ def test_preview_procedure_draft_then_exact(run):
     exact = _img(out, "preview.raw", 64, 53).astype(int)
     assert np.abs(_img(out, "draft_again.raw", 64, 53).astype(int) - exact).max() <= 1
     assert _img(out, "draft.raw", 64, 53).std() > 0                 # a picture, not an empty layer
+
+
+@needs_gimp
+def test_colorize_after_the_dialog_preview_reuses_its_work(run):
+    """The plug-in's colorize sends the same pixels, options and hint map as its preview: the backend reuses the
+    preview's detections and network outputs for both colorizes (hints off and on, each after its exact preview)
+    instead of running the detector and the networks again."""
+    r, _, _, _ = run
+    assert r["plain"]["status"] == "success" and r["hinted"]["status"] == "success"
+    log = r["backend_log"]
+    assert log.count("reusing the preview's") >= 4, log[-3000:]     # detections + network outputs, twice
+    reused = [line for line in log.splitlines() if "network output for" in line]
+    assert len(reused) >= 2 and all(" of " in line for line in reused)
+    n_of = [line.split("network output for ")[1].split(" input")[0].split(" of ") for line in reused[-2:]]
+    assert all(a == b for a, b in n_of), reused                      # every input reused
