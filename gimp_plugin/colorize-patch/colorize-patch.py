@@ -1103,7 +1103,8 @@ def _add_option_arguments(p):
                           "2 = twice as vivid", 0.0, 4.0, 1.0, RW)
     p.add_double_argument("feather", "_Feathering (% of object size)", "Width of the soft edge where an object's "
                           "colour blends into the rest, in percent of the object's box diagonal", 0.0, 50.0, 2.0, RW)
-    p.add_choice_argument("precision", "_Speed", "Exact: fp32, as published (default). Fast: bf16 where the "
+    # "Speed" has no mnemonic: each of its letters is taken by another control or dialog button
+    p.add_choice_argument("precision", "Speed", "Exact: fp32, as published (default). Fast: bf16 where the "
                           "backend's CPU (AVX512-BF16/AMX) or GPU runs it natively, about 3.5x faster, colours very "
                           "slightly different; elsewhere it runs exact fp32", _choice(PRECISIONS), "fp32", RW)
     p.add_string_argument("endpoint", "Backend _endpoint", "ZeroMQ address of `patchcolor serve`. Empty: the one "
