@@ -830,12 +830,6 @@ def preview_inputs(image, layer, use_hints: bool, cache: dict | None = None):
     return previewflow.PreviewInputs(layer.get_width(), layer.get_height(), fmt, cache["pixels"], hints, n)
 
 
-def _draft_kw(fn, draft: bool) -> dict:
-    """Pass ``draft`` only to a client that takes it (an older one always renders the exact preview)."""
-    import inspect
-    return {"draft": True} if draft and "draft" in inspect.signature(fn).parameters else {}
-
-
 def fetch_preview(inp, options: dict, endpoint: str, cfg: dict, long_side: int = PREVIEW_SIDE,
                   draft: bool = False, progress=None, should_cancel=None):
     """Ask the backend for the preview of ``inp``: the ColorizeResult with the 8-bit proxy (``extra["draft"]``:
@@ -847,7 +841,7 @@ def fetch_preview(inp, options: dict, endpoint: str, cfg: dict, long_side: int =
     try:
         res = client.preview(inp.width, inp.height, inp.fmt, inp.pixels, options, hints=inp.hints,
                              long_side=long_side, progress=progress, should_cancel=should_cancel,
-                             **_draft_kw(client.preview, draft))
+                             draft=draft)
     except PC.BackendUnavailable as e:
         raise PluginError(backend_message(e, endpoint))
     except PC.BackendError as e:
