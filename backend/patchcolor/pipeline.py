@@ -178,7 +178,10 @@ class Pipeline:
             boxes = [crop_box(i.box, work.shape[1], work.shape[0], opts.context, opts.square_crops) for i in found]
         else:
             found, boxes = job.given(work, instances)
-        full_ab, inst_ab = job.colorize(work, boxes, points, reuse)
+        full_ab, inst_ab, computed = job.colorize(work, boxes, points, reuse)
+        if reuse is not None and computed <= len(inst_ab):
+            log.info("reusing the preview's network output for %d of %d input(s)", len(inst_ab) + 1 - computed,
+                     len(inst_ab) + 1)
         state = FusionState((work.shape[1], work.shape[0]), full_ab, inst_ab, boxes, found, points)
         return job.fuse_and_finish(work, state)
 
@@ -372,15 +375,12 @@ class _Job:
     def colorize(self, work: np.ndarray, boxes: list[tuple[int, int, int, int]], points: Hints | None = None,
                  reuse: Reuse | None = None):
         """Full image + every crop through the colorizer in batches, each with the hints inside it (inputs that
-        ``reuse`` already has are not run). Returns ((2,h,w), [(2,bh,bw)...])."""
+        ``reuse`` already has are not run). Returns ((2,h,w), [(2,bh,bw)...], number of inputs run)."""
         self.stage("colorize", 0.0)
         targets: list[tuple[int, int, int, int] | None] = [None, *boxes]
         hints = [self.hint_input(points, b) for b in targets]
         abs_ = [reuse.network_ab(self.opts, b, h) if reuse is not None else None for b, h in zip(targets, hints)]
         todo = [i for i, ab in enumerate(abs_) if ab is None]
-        if len(todo) < len(targets):
-            log.info("reusing the preview's network output for %d of %d input(s)", len(targets) - len(todo),
-                     len(targets))
         if todo:
             model = self.pipe.colorizer(self.opts.colorizer)
             n = self.opts.net_size
@@ -393,7 +393,7 @@ class _Job:
             for i, ab in zip(todo, new):
                 abs_[i] = ab
         self._lap("colorize")
-        return abs_[0], abs_[1:]
+        return abs_[0], abs_[1:], len(todo)
 
     def fuse_and_finish(self, work: np.ndarray, state: FusionState) -> Result:
         opts, src = self.opts, self.src

@@ -33,12 +33,11 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from .colorize import predict_ab
 from .finish import finish
 from .fuse import fuse_state
 from .hints import Hints, HintTensors
 from .options import Options
-from .pipeline import CancelFn, Pipeline, ProgressFn, _Job, crop_box, net_input
+from .pipeline import CancelFn, Pipeline, ProgressFn, _Job, crop_box
 from .prepare import SourceImage, to_8bit, working_copy, working_size
 from .result import FusionState
 from .segment.base import Instance
@@ -98,15 +97,14 @@ def _digest(tensors: HintTensors | None) -> bytes | None:
 @dataclass
 class _Plan:
     """What a render works on (exact or draft). work: (h, w, 3) uint8 working copy; found: its detections; points:
-    the hints on its grid (None: no hints); boxes: the crops; keys / tensors: the network-output cache keys and hint
-    tensors of the full image then each crop."""
+    the hints on its grid (None: no hints); boxes: the crops; keys: the network-output cache keys of the full image
+    then each crop."""
 
     work: np.ndarray
     found: list[Instance]
     points: Hints | None
     boxes: list[tuple[int, int, int, int]]
     keys: list[tuple]
-    tensors: list[HintTensors | None]
 
 
 def _lap(timings: dict[str, float], name: str, since: float) -> float:
@@ -114,6 +112,21 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
     now = time.perf_counter()
     timings[name] = timings.get(name, 0.0) + now - since
     return now
+
+
+@dataclass
+class _CacheReuse:
+    """A session's network-output cache as :class:`~patchcolor.pipeline.Reuse` for its own renders (the caller
+    holds the session lock). kind: "exact" | "draft"."""
+
+    ab: OrderedDict
+    kind: str
+
+    def detections(self, opts: Options) -> list[Instance] | None:
+        return None
+
+    def network_ab(self, opts: Options, box, hint_tensors) -> np.ndarray | None:
+        return self.ab.get(PreviewSession._ab_key(self.kind, opts, box, hint_tensors))
 
 
 class PreviewSession:
@@ -209,7 +222,7 @@ class PreviewSession:
         tensors = [job.hint_input(points, b) for b in targets]
         kind = "draft" if draft else "exact"               # the draft's boxes are on another working copy
         keys = [self._ab_key(kind, o, b, t) for b, t in zip(targets, tensors)]
-        return _Plan(work, found, points, boxes, keys, tensors)
+        return _Plan(work, found, points, boxes, keys)
 
     @staticmethod
     def _ab_key(kind: str, o: Options, box: tuple[int, int, int, int] | None, tensors: HintTensors | None) -> tuple:
@@ -231,25 +244,15 @@ class PreviewSession:
         return self._found[key]
 
     def _colorize(self, job: _Job, plan: _Plan) -> tuple[np.ndarray, list[np.ndarray], int]:
-        """Network a/b for the full image and each box, from the cache where the inputs did not change."""
-        o, work, points, keys, tensors = job.opts, plan.work, plan.points, plan.keys, plan.tensors
-        job.stage("colorize", 0.0)
-        targets: list[tuple[int, int, int, int] | None] = [None, *plan.boxes]
-        todo = [i for i, k in enumerate(keys) if k not in self._ab]
-        if todo:
-            n = o.net_size
-            sizes = [work.shape[:2] if targets[i] is None else
-                     (targets[i][3] - targets[i][1], targets[i][2] - targets[i][0]) for i in todo]
-            new = predict_ab(self.pipe.colorizer(o.colorizer), [net_input(work, targets[i], n) for i in todo], sizes,
-                             o.precision, o.batch_size, lambda d, t: job.stage("colorize", d / t),
-                             hints=[tensors[i] for i in todo] if points is not None else None)
-            for i, ab in zip(todo, new):
-                self._ab[keys[i]] = ab
-        abs_ = [self._ab[k] for k in keys]
-        for k in keys:
+        """Network a/b for the full image and each box: the pipeline's colorize step with this session's cache as
+        what it may reuse (only inputs whose key is not cached run); the new outputs are cached."""
+        kind = plan.keys[0][0]
+        full_ab, inst_ab, computed = job.colorize(plan.work, plan.boxes, plan.points, _CacheReuse(self._ab, kind))
+        for k, ab in zip(plan.keys, [full_ab, *inst_ab]):
+            self._ab[k] = ab
             self._ab.move_to_end(k)
-        self._evict(keep=set(keys))
-        return abs_[0], abs_[1:], len(todo)
+        self._evict(keep=set(plan.keys))
+        return full_ab, inst_ab, computed
 
     def _evict(self, keep: set) -> None:
         total = sum(a.nbytes for a in self._ab.values())
