@@ -125,8 +125,10 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
     from . import batch
 
+    from .heap import keep_freed_memory
     from .hint_files import hint_options, hint_runner
 
+    keep_freed_memory()     # one image's freed feature maps are reused for the next (heap.py: 4 % faster)
     if getattr(args, "ray", None):
         if getattr(args, "hints", None) is not None:
             raise BadOptions("--hints is not supported with --ray yet: run without --ray")

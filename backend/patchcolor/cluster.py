@@ -34,6 +34,7 @@ from typing import Callable
 from .batch import (FATAL_CODES, PNG_COMPRESS_LEVEL, STATE_DIR, BatchItem, BatchPlan, BatchSummary, ItemOutcome,
                     claim, describe_os_error, read_item, write_item)
 from .errors import BadOptions, PatchColorError
+from .heap import keep_freed_memory
 
 log = logging.getLogger("patchcolor")
 
@@ -201,6 +202,7 @@ class ColorizeWorker:
         self.opts = opts
         self.compress_level = compress_level
         self.error: PatchColorError | None = None
+        keep_freed_memory()     # this actor process reuses each item's freed feature maps (heap.py)
         if threads:
             import torch
 

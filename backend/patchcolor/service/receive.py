@@ -12,13 +12,12 @@ system right after (``release_memory``: glibc keeps freed large blocks otherwise
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
 
+from ..heap import release_memory
 from . import protocol as P
 
 #: Dropped bytes above which the allocator is asked to give memory back to the system.
@@ -109,26 +108,3 @@ def receive_message(sock: zmq.Socket, limits: P.Limits, sizes_for: SizesFn | Non
             release_memory()
     return msg
 
-
-_libc: Any = None
-
-
-def release_memory() -> bool:
-    """Ask glibc to return freed heap memory to the system (``malloc_trim(0)``, every arena). False elsewhere.
-
-    Hand-written through ctypes: neither the standard library nor pyzmq exposes it."""
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        try:
-            _libc = ctypes.CDLL(name) if name else False
-            if _libc and not hasattr(_libc, "malloc_trim"):
-                _libc = False
-        except OSError:
-            _libc = False
-    if not _libc:
-        return False
-    try:
-        return bool(_libc.malloc_trim(0))
-    except Exception:   # never fail a request over housekeeping
-        return False

@@ -47,6 +47,7 @@ import zmq
 
 from .. import __version__
 from ..errors import Cancelled, PatchColorError
+from ..heap import keep_freed_memory, release_memory
 from ..options import PRESETS, make_options
 from ..prepare import SourceImage
 from . import protocol as P
@@ -119,6 +120,7 @@ class JobQueue:
         self._cv = threading.Condition()
         self._closed = False
         self.running = 0
+        self._busy = 0                  # jobs taken by workers and not yet given back (worker_done)
 
     def offer(self, job: Job) -> int | None:
         """Append ``job``; its 0-based position, or None when the queue is full or closed."""
@@ -139,7 +141,15 @@ class JobQueue:
             job = self._q.popleft()
             job.state = "running"
             self.running += 1
+            self._busy += 1
             return job
+
+    def worker_done(self) -> bool:
+        """A worker has finished the job it took. True when the server is now idle: nothing queued and no other
+        worker busy (``running`` lags behind: the main thread counts a job down when it forwards its result)."""
+        with self._cv:
+            self._busy -= 1
+            return self._busy == 0 and not self._q
 
     def finished(self) -> None:
         with self._cv:
@@ -248,6 +258,7 @@ class Server:
     def start(self) -> None:
         """Make the pipelines (and preload), bind the socket, start the workers. Raises on failure."""
         cfg = self.config
+        keep_freed_memory()     # reuse each job's freed feature maps for the next one (heap.py; trimmed when idle)
         if self._given_pipelines is not None:
             pipelines = self._given_pipelines
             self.devices = [str(getattr(p, "device", "custom")) for p in pipelines]
@@ -262,6 +273,7 @@ class Server:
                 log.info("preloading models on %s ...", d)
                 p.run(SourceImage(np.zeros((64, 64), np.uint8)), make_options("default"))
                 log.info("models ready on %s (%.1f s)", d, time.perf_counter() - t0)
+            release_memory()    # the preload's peak: idle until the first job
 
         self.ctx = zmq.Context()
         if self.keys is not None:
@@ -636,6 +648,9 @@ class Server:
                     self._run_job(pipeline, device, job, push)
                 except Exception:   # could not even report the failure: keep the worker alive
                     log.exception("job #%d: failure while reporting its outcome", job.seq)
+                del job
+                if self.queue.worker_done():
+                    release_memory()    # idle: the job's peak goes back to the system (never raises)
         finally:
             push.close()
 
