@@ -98,7 +98,7 @@ class SeedReenactment:
 
         self.models, self.max_instances, self.fast_detector = models, max_instances, fast_detector
         # colorize_folder.py: eccv16(pretrained=True).eval(), once; its parameters keep requires_grad=True
-        self.eccv16 = load_colorizer("eccv16", weight_path("eccv16", models), torch.device("cpu"))
+        self.eccv16 = load_colorizer("eccv16", weight_path("eccv16", models), torch.device("cpu"), winograd=False)
         self.eccv16.requires_grad_(True)
 
     def _detector(self):
@@ -110,8 +110,8 @@ class SeedReenactment:
 
         path = self.models / registry().model("r101", "detector").weights.file
         if self.fast_detector:
-            return R101Detector(path, torch.device("cpu"))
-        return R101Detector(path, torch.device("cpu"), fold_bn=False, channels_last=False)
+            return R101Detector(path, torch.device("cpu"), winograd=False)
+        return R101Detector(path, torch.device("cpu"), fold_bn=False, channels_last=False, winograd=False)
 
     def _colorize(self, pil_img) -> np.ndarray:
         """``preprocess`` -> ECCV16 (batch 1, autograd on) -> ``scaleback_ab_tens``: (2, h, w) float32 a/b."""

@@ -329,7 +329,9 @@ def test_the_echo_network_follows_hints_and_matches_automatic_elsewhere(echo_pip
     assert moved[0] > 20 and moved[1] < -20
     keep = torch.ones(64, 64, dtype=torch.bool)
     keep[30, 40] = False
-    assert torch.equal(hinted[0][:, keep], auto[0][:, keep])
+    # equal elsewhere up to float rounding: Winograd convolutions (patchcolor.winograd) transform 6×6 tiles, so the
+    # hinted pixel's tile neighbours are rounded differently (exact equality holds with plain convolutions)
+    assert (hinted[0][:, keep] - auto[0][:, keep]).abs().max() < 1e-3
 
 
 def test_hinted_pixels_move_toward_the_hint_in_the_full_image_and_the_crop(echo_pipe, src, plain):

@@ -18,6 +18,7 @@ from ..errors import WeightsCorrupt
 from ..hints import HintTensors
 from ..precision import autocast
 from ..registry import corrupt_error, missing_error, registry
+from ..winograd import use_winograd, winograd_enabled
 from .eccv16 import ECCVGenerator  # noqa: F401 (re-exported; the registry builds it by name)
 from .siggraph17 import SIGGRAPHGenerator
 
@@ -27,9 +28,10 @@ ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
     name: registry().model(name).build_target() for name in registry().names("colorizer")}
 
 
-def load_colorizer(name: str, path: Path, device: torch.device) -> torch.nn.Module:
+def load_colorizer(name: str, path: Path, device: torch.device, winograd: bool | None = None) -> torch.nn.Module:
     """Build colorizer ``name`` (the registry's builder) and load its official state_dict from ``path``; eval
-    mode, no grad, on ``device``. Raises BadOptions (unknown name) or the registry's WeightsMissing /
+    mode, no grad, on ``device``; its 3×3 convolutions on large maps through NNPACK's Winograd when ``winograd``
+    (None: :func:`patchcolor.winograd.winograd_enabled` for ``device``, i.e. AVX2 CPUs). Raises BadOptions (unknown name) or the registry's WeightsMissing /
     WeightsCorrupt (file, folder and the exact install command)."""
     model = registry().model(name, "colorizer").build_target()()
     path = Path(path)
@@ -47,6 +49,8 @@ def load_colorizer(name: str, path: Path, device: torch.device) -> torch.nn.Modu
         raise corrupt_error(name, path, e.message) from None
     model.load_state_dict(state, strict=False)  # strictness already enforced (num_batches_tracked is optional)
     model.eval().requires_grad_(False)
+    if winograd_enabled(device) if winograd is None else winograd:
+        use_winograd(model)
     return model.to(device)
 
 
