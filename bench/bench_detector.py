@@ -5,10 +5,13 @@ dir and times ``detect()`` on a 1280x960 grey image (warm, median of --runs; var
 
   plain      the straight torchvision port: NCHW, FrozenBN modules, single-threaded roi_align
   cl         + channels_last
-  default    + FrozenBN folded into the convs + roi_align split over threads (what R101Detector does)
+  onednn     + FrozenBN folded into the convs + roi_align split over threads (R101Detector without Winograd)
+  default    what R101Detector builds here: on AVX2 CPUs NCHW with the large-map 3×3 convolutions through
+             NNPACK's Winograd (patchcolor.winograd), otherwise the same as onednn
   bf16       default under bf16 autocast (at a reduced --bf16-min-size: emulated on AVX2-only CPUs)
 
-For each: FLOPs of one detect() (torch.utils.flop_counter.FlopCounterMode; convs/matmuls only),
+For each: FLOPs of one detect() (torch.utils.flop_counter.FlopCounterMode; convs/matmuls only, counted as direct
+convolutions, so a Winograd variant's "achieved" rate is an equivalent rate and may exceed the matmul rate),
 achieved GFLOP/s against torch's own 2048² matmul rate in the same dtype, by wall time and by
 process CPU time / threads (the latter is robust to other processes sharing the cores), and where
 the time goes: network modules, ROIAlign poolers, everything else (resize, normalization/padding,
@@ -37,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fake_r101 import write_r101_pkl  # noqa: E402
+from patchcolor import winograd  # noqa: E402
 from patchcolor.segment import r101  # noqa: E402
 from patchcolor.segment.base import DetectorSettings  # noqa: E402
 from patchcolor.segment.r101 import R101Detector  # noqa: E402
@@ -105,8 +109,13 @@ class Variant:
         self.runs.append((w2 - w, (c2 - c) / torch.get_num_threads(), dict(self.timer.total)))
 
     def count_flops(self, img: np.ndarray) -> None:
-        with FlopCounterMode(display=False) as fc:
-            self.call(img)
+        """Direct-convolution FLOPs (the counter does not see NNPACK calls: Winograd is off while counting)."""
+        saved, winograd.MIN_PIXELS = winograd.MIN_PIXELS, 1 << 62
+        try:
+            with FlopCounterMode(display=False) as fc:
+                self.call(img)
+        finally:
+            winograd.MIN_PIXELS = saved
         self.flops = float(fc.get_total_flops())
 
     def report(self, mm_wall: float, mm_cpu: float) -> None:
@@ -159,12 +168,16 @@ def main() -> None:
         pkl = write_r101_pkl(Path(tmp) / "model_final_a3ec72.pkl", seed=0, bias_class=0)
         t = time.perf_counter()
         default = R101Detector(pkl, torch.device("cpu"))
-        print(f"load (read pkl, map keys, fold BN, channels_last): {time.perf_counter() - t:.2f} s")
-        variants = [Variant("default: channels_last + folded BN + threaded roi_align", default, fp32)]
+        how = "Winograd 3×3 (NNPACK), NCHW" if default.winograd else "channels_last (oneDNN)"
+        print(f"load (read pkl, map keys, fold BN, {how}): {time.perf_counter() - t:.2f} s")
+        variants = [Variant(f"default: {how} + folded BN + threaded roi_align", default, fp32)]
         if not args.only_default:
+            cpu = torch.device("cpu")
             variants = [Variant("plain port: NCHW, FrozenBN modules, 1-thread roi_align",
-                                R101Detector(pkl, torch.device("cpu"), channels_last=False, fold_bn=False), fp32, True),
-                        Variant("channels_last only", R101Detector(pkl, torch.device("cpu"), fold_bn=False), fp32, True),
+                                R101Detector(pkl, cpu, channels_last=False, fold_bn=False, winograd=False), fp32, True),
+                        Variant("channels_last only", R101Detector(pkl, cpu, fold_bn=False, winograd=False), fp32, True),
+                        *([Variant("oneDNN: channels_last + folded BN + threaded roi_align",
+                                   R101Detector(pkl, cpu, winograd=False), fp32)] if default.winograd else []),
                         *variants]
 
     mm1 = matmul_rate(torch.float32)
