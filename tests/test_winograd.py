@@ -88,7 +88,8 @@ def test_small_maps_lower_precision_and_channels_last_inputs(nnpack_calls):
 def test_only_plain_3x3_convolutions_are_changed():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1),
                           nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Conv2d(4, 4, 1),
-                          nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+                          nn.Conv2d(4, 4, 3, padding=1, groups=2),
+                          nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
                           nn.ConvTranspose2d(4, 4, 3), nn.Conv2d(4, 4, 3, padding="same"))
     keys = list(model.state_dict())
     changed = W.use_winograd(model)

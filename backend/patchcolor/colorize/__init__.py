@@ -30,9 +30,10 @@ ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
 
 def load_colorizer(name: str, path: Path, device: torch.device, winograd: bool | None = None) -> torch.nn.Module:
     """Build colorizer ``name`` (the registry's builder) and load its official state_dict from ``path``; eval
-    mode, no grad, on ``device``; its 3×3 convolutions on large maps through NNPACK's Winograd when ``winograd``
-    (None: :func:`patchcolor.winograd.winograd_enabled` for ``device``, i.e. AVX2 CPUs). Raises BadOptions (unknown name) or the registry's WeightsMissing /
-    WeightsCorrupt (file, folder and the exact install command)."""
+    mode, no grad, on ``device``; its 3×3 convolutions on large maps through NNPACK's Winograd when
+    ``winograd`` (None: :func:`patchcolor.winograd.winograd_enabled` for ``device``, i.e. AVX2 CPUs).
+    Raises BadOptions (unknown name) or the registry's WeightsMissing / WeightsCorrupt (file, folder and the
+    exact install command)."""
     model = registry().model(name, "colorizer").build_target()()
     path = Path(path)
     if not path.is_file():

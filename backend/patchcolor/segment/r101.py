@@ -23,8 +23,8 @@ Speed (CPU, bench/bench_detector.py): after loading, the backbone's FrozenBN is 
 (same maths, two fewer passes per activation map); on AVX2 CPUs the 3×3 convolutions on large maps run
 NNPACK's Winograd in NCHW (:mod:`patchcolor.winograd`: detector 4.0 -> 3.1 s at 1199×800), elsewhere all
 convolutions run channels_last (oneDNN) and p2..p5 are converted back to NCHW once for ROIAlign; ROIAlign
-(single-threaded in torchvision) is split over threads. Under bf16/fp16 autocast the heads' outputs are cast back to float32 (forward hooks),
-so anchors, box decoding, NMS and mask pasting always run in float32.
+(single-threaded in torchvision) is split over threads. Under bf16/fp16 autocast the heads' outputs are cast
+back to float32 (forward hooks), so anchors, box decoding, NMS and mask pasting always run in float32.
 """
 from __future__ import annotations
 
@@ -460,7 +460,9 @@ class R101Detector:
         self.winograd = winograd_enabled(self.device) if winograd is None else winograd
         if self.winograd:
             use_winograd(self.model)
-        self.channels_last = (self.device.type == "cpu" and not self.winograd) if channels_last is None else channels_last
+        if channels_last is None:
+            channels_last = self.device.type == "cpu" and not self.winograd
+        self.channels_last = channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.model.roi_heads.register_forward_pre_hook(_pooled_features_nchw)
