@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from patchcolor import precision as prec
+from patchcolor import winograd
 
 XEON = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -30,6 +31,7 @@ def test_cpu_report_reads_model_flags_and_probe(tmp_path, monkeypatch, cpuinfo, 
     assert r.flags == (("avx512_bf16", "amx_bf16") if native else ())
     assert r.model in r.line() and ("bf16 native" in r.line()) is native
     assert r.to_dict()["native_bf16"] is native
+    assert ("conv Winograd" in r.line()) is r.winograd is winograd.winograd_enabled("cpu")
     assert prec.fast_precision(torch.device("cpu")) == ("bf16" if native else None)
     # the precision that runs follows the same probe: bf16 where native, fp32 (with the reason) where not
     ran, why = prec.effective_precision(torch.device("cpu"), "bf16")

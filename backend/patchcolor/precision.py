@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import BadOptions
+from .winograd import winograd_enabled
 
 log = logging.getLogger("patchcolor")
 
@@ -49,6 +50,7 @@ class CpuReport:
     native_bf16: oneDNN has native bf16 kernels here (AVX512-BF16 or AMX): ``--precision bf16`` is the fast choice.
     native_fp16: the same for fp16 (AVX512-FP16 / AMX-FP16).
     flags:       the bf16/fp16 CPU flags found in /proc/cpuinfo (empty where it does not exist).
+    winograd:    fp32 3×3 convolutions on large maps run NNPACK's Winograd here (:mod:`patchcolor.winograd`).
     """
 
     model: str
@@ -57,11 +59,13 @@ class CpuReport:
     native_bf16: bool
     native_fp16: bool
     flags: tuple[str, ...]
+    winograd: bool = False
 
     def line(self) -> str:
-        """e.g. "CPU AMD EPYC, 2 cores, AVX2, bf16 emulated (slow)"."""
+        """e.g. "CPU AMD EPYC, 2 cores, AVX2, bf16 emulated (slow), fp32 3×3 conv Winograd"."""
         bf16 = "bf16 native (fast)" if self.native_bf16 else "bf16 emulated (slow)"
-        return f"CPU {self.model}, {self.cores} cores, {self.isa}, {bf16}"
+        conv = "Winograd" if self.winograd else "oneDNN"
+        return f"CPU {self.model}, {self.cores} cores, {self.isa}, {bf16}, fp32 3×3 conv {conv}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,7 +96,8 @@ def cpu_report() -> CpuReport:
         isa = str(torch.backends.cpu.get_cpu_capability())
     except (AttributeError, RuntimeError):   # older torch builds
         isa = "unknown"
-    return CpuReport(model, os.cpu_count() or 1, isa, _cpu_native("bf16"), _cpu_native("fp16"), flags)
+    return CpuReport(model, os.cpu_count() or 1, isa, _cpu_native("bf16"), _cpu_native("fp16"), flags,
+                     winograd_enabled("cpu"))
 
 
 def fast_precision(device: torch.device) -> str | None:

@@ -746,7 +746,7 @@ def _cpu_info() -> dict[str, Any]:
 
     report = cpu_report()
     return {"line": report.line(), "model": report.model, "cores": report.cores, "isa": report.isa,
-            "native_bf16": report.native_bf16, "native_fp16": report.native_fp16}
+            "native_bf16": report.native_bf16, "native_fp16": report.native_fp16, "winograd": report.winograd}
 
 
 def weights_info(models_dir: Path | None) -> dict[str, Any]:
