@@ -31,6 +31,10 @@ outputs ~7 is off by 8e-5 (NNPACK) vs 2e-5 (oneDNN), i.e. ~1e-5 relative: float3
 TF32 (~1e-3 relative), which PyTorch uses by default for cuDNN convolutions on the Ampere-class GPUs the seed
 runs on. Detections of the R101 test checkpoint agree (boxes within 1e-4 px, same scores to 1e-7).
 
+Threads: NNPACK's thread pool is created at its first convolution with ``torch.get_num_threads()`` threads and
+keeps that size (``torch.set_num_threads`` later does not resize it); set the thread count before the first image,
+as the Ray workers do. Its results do not depend on the thread count (checked: 1 vs 2 threads, bit-equal).
+
 Policy, ``PATCHCOLOR_WINOGRAD``: ``auto`` (default) = on where it was measured: an x86-64 CPU whose best ISA is
 AVX2 (on AVX-512 CPUs oneDNN's kernels are twice as wide; not measured, so off), with NNPACK in this torch build;
 ``on`` = wherever NNPACK is available; ``off`` = never.
