@@ -9,7 +9,9 @@ Rows, after the CPU line:
 * ``pipeline``: our ``Pipeline.run`` with ``--preset seed`` (fp32), warm (models loaded, one warm-up run first),
   decoded image in, array out (no decode/encode);
 * ``cli``: ``patchcolor colorize --preset seed`` as a subprocess on 1 and on N copies, warm per image
-  (t_N − t_1)/(N − 1): decode, run, PNG encode;
+  (t_N − t_1)/(N − 1): decode, run, PNG encode. The CLI process keeps freed heap memory for the next image
+  (patchcolor.heap); this bench process, which runs the seed and pipeline rows, keeps the system's malloc
+  settings, as the seed's own process does;
 * the ratios seed / pipeline and seed / cli (> 1: ours is faster).
 The seed rows and the pipeline rows alternate image by image, so a change of machine load hits both.
 
@@ -42,6 +44,8 @@ How it differs from the real seed code (which cannot run here: detectron2 has no
   too. So the float64 mask stack, the cache pickle and the crops are those of a 4-object photo.
 * the seed's caching of detections across runs is not used (every image is new, as in a first run).
 * CPU instead of ``.cuda()``; torch's threads are the same for every row.
+* the seed's convolutions are PyTorch's default (oneDNN); ours take NNPACK's Winograd for large-map 3×3
+  convolutions where patchcolor.winograd's policy turns it on (AVX2 CPUs; the CPU line says which).
 Arithmetic reused from the project where it is the seed's: patchcolor.colorize (ECCV16 + official .pth
 loader), patchcolor.segment (R101 loader via the registry, ``filter_instances``), patchcolor.fuse (``seed``
 mode, one call per instance), patchcolor.finish.desaturation_weight; skimage for all colour conversions.
