@@ -130,7 +130,7 @@ def main() -> None:
               + ("" if policy == "system" or all(d["kept"] for d in ds) else " (NOT in effect on this system)"),
               flush=True)
     print(f"[{cpu}] keep_freed_memory: {mean_s['system'] / mean_s['keep']:.3f}x "
-          f"(system s/image / keep s/image; {100 * (1 - mean_s['keep'] / mean_s['system']):+.1f} % time)")
+          f"(system s/image / keep s/image; time per image {100 * (mean_s['keep'] / mean_s['system'] - 1):+.1f} %)")
 
 
 if __name__ == "__main__":
