@@ -85,6 +85,20 @@ def test_small_maps_lower_precision_and_channels_last_inputs(nnpack_calls):
     assert nnpack_calls.batches == [1, 1]
 
 
+@needs_nnpack
+def test_a_failing_nnpack_call_falls_back_to_the_ordinary_convolution(monkeypatch, caplog):
+    def refuse(*args):
+        raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
+
+    conv = winograd_conv(4, 4, padding=1)
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse)
+    x = torch.randn(2, 4, 50, 50)
+    with caplog.at_level(logging.WARNING, logger="patchcolor"), torch.inference_mode():
+        got = conv(x)
+    torch.testing.assert_close(got, F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=0)
+    assert "NNPACK convolution failed" in caplog.text
+
+
 def test_only_plain_3x3_convolutions_are_changed():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1),
                           nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Conv2d(4, 4, 1),

@@ -111,10 +111,23 @@ class WinogradConv2d(nn.Conv2d):
         x = x.contiguous()
         weight = self.weight.contiguous()
         pad = list(self.padding)
-        if x.shape[0] == 1:
-            return torch._nnpack_spatial_convolution(x, weight, self.bias, pad, [1, 1])
-        return torch.cat([torch._nnpack_spatial_convolution(x[i:i + 1], weight, self.bias, pad, [1, 1])
-                          for i in range(x.shape[0])])
+        try:
+            if x.shape[0] == 1:
+                return torch._nnpack_spatial_convolution(x, weight, self.bias, pad, [1, 1])
+            return torch.cat([torch._nnpack_spatial_convolution(x[i:i + 1], weight, self.bias, pad, [1, 1])
+                              for i in range(x.shape[0])])
+        except RuntimeError as e:   # NNPACK refused (e.g. could not allocate its workspace): the job goes on
+            _warn_once(f"NNPACK convolution failed ({e}); using the ordinary convolution for {tuple(x.shape)}")
+            return super().forward(x)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
 
 
 def use_winograd(model: nn.Module) -> int:
