@@ -153,6 +153,45 @@ def test_check_precision_prints_psnr_and_agreement(models_dir, photo_gray, tmp_p
     assert "matched (IoU>0.5, same class)" in line and "1 image(s): mean PSNR" in out
 
 
+def test_check_precision_compares_winograd_with_direct_convolutions(models_dir, photo_gray, tmp_path, monkeypatch,
+                                                                    capsys):
+    from patchcolor import cli, winograd
+    from patchcolor.pipeline import Pipeline
+
+    if not winograd.nnpack_available():
+        pytest.skip("this torch build has no NNPACK")
+    built: list[tuple[str, bool]] = []
+    colorizer, detector = Pipeline.colorizer, Pipeline.detector
+
+    def spy_colorizer(self, name):
+        m = colorizer(self, name)
+        built.append(("colorizer", winograd.uses_winograd(m)))
+        return m
+
+    def spy_detector(self, name):
+        d = detector(self, name)
+        built.append(("detector", winograd.uses_winograd(d.model)))
+        return d
+
+    monkeypatch.setattr(Pipeline, "colorizer", spy_colorizer)
+    monkeypatch.setattr(Pipeline, "detector", spy_detector)
+    monkeypatch.setenv(winograd.ENV, "off")           # the comparison builds both kinds whatever the policy says
+    p = tmp_path / "a.png"
+    Image.fromarray(photo_gray[:160, :200]).save(p)
+    rc = cli.main(["check-precision", str(p), "--winograd", "--device", "cpu", "--max-side", "128",
+                   "--max-instances", "2", "--models", str(models_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "comparing Winograd 3x3 convolutions (NNPACK) with direct ones" in out
+    line = next(line for line in out.splitlines() if line.startswith("a.png: PSNR "))
+    assert "detections direct" in line and "/ winograd" in line
+    # the first pipeline's models are direct, the second's Winograd (then every job reuses them)
+    assert built[:4] == [("colorizer", False), ("detector", False), ("colorizer", True), ("detector", True)]
+    monkeypatch.setattr(winograd, "nnpack_available", lambda: False)
+    assert cli.main(["check-precision", str(p), "--winograd", "--device", "cpu", "--models", str(models_dir)]) == 2
+    assert "needs NNPACK" in capsys.readouterr().err
+
+
 def test_unreachable_backend_counts_the_inputs_never_attempted(tmp_path):
     import socket
 

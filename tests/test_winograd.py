@@ -128,6 +128,18 @@ def test_policy(monkeypatch, env, isa, device, expected):
     assert W.winograd_enabled(device) is expected
 
 
+def test_policy_override(monkeypatch):
+    monkeypatch.setattr(W, "nnpack_available", lambda: True)
+    monkeypatch.setattr(W, "_cpu_isa", lambda: "AVX512")
+    monkeypatch.setenv(W.ENV, "off")
+    with W.policy_override(True):
+        assert W.winograd_enabled("cpu") and not W.winograd_enabled("cuda")
+        with W.policy_override(False):
+            assert not W.winograd_enabled("cpu")
+        assert W.winograd_enabled("cpu")
+    assert not W.winograd_enabled("cpu")
+
+
 def test_policy_without_nnpack_and_a_bad_value(monkeypatch, caplog):
     monkeypatch.setattr(W, "_cpu_isa", lambda: "AVX2")
     monkeypatch.setenv(W.ENV, "fast please")

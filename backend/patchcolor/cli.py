@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_check_precision_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("check-precision", help="compare bf16 with fp32 on your photos (PSNR, detections)",
+    p = sub.add_parser("check-precision", help="compare bf16 (or Winograd) with fp32 on your photos (PSNR, "
+                                               "detections)",
                        description="Colorize each image in fp32 and in the 'fast' precision (bf16; fp16 on GPUs "
                                    "without bf16) and print the PSNR between the two outputs and how many "
                                    "detections agree (IoU > 0.5, same class). Where bf16 is not native (this CPU "
@@ -213,6 +214,9 @@ def add_check_precision_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-instances", type=int, help="at most this many objects (default 100)")
     p.add_argument("--max-pixels", type=float, default=250e6, help="refuse larger images (default 250e6)")
     p.add_argument("--simulate", action="store_true", help="simulate bf16 rounding even where it is native")
+    p.add_argument("--winograd", action="store_true",
+                   help="instead: compare the Winograd 3x3 convolutions (NNPACK; the default on AVX2 CPUs, see "
+                        "PATCHCOLOR_WINOGRAD) with direct ones (oneDNN), both fp32, on the CPU")
     p.add_argument("--models", type=Path, help="weights folder (default: models/ or $PATCHCOLOR_MODELS)")
     p.set_defaults(func=cmd_check_precision)
     return p
@@ -223,17 +227,34 @@ def cmd_check_precision(args: argparse.Namespace) -> int:
 
     from . import batch
     from .pipeline import Pipeline, resolve_device
+    from . import winograd
     from .precision import compare_precision, cpu_report, fast_precision, modules_of, simulate_bf16
 
     opts = make_options(args.preset, max_side=args.max_side, max_instances=args.max_instances, precision="fp32")
     device = resolve_device(args.device)
     fast = fast_precision(device)
     simulate = args.simulate or fast is None
-    label = f"{fast or 'bf16'}{'-sim' if simulate else ''}"
-    print(cpu_report().line() + f"; device {device}; comparing {label} with fp32"
-          + (" (bf16 simulated: fp32 kernels with bf16 rounding; timings are not bf16's)" if simulate else ""))
+    label, ref_label = f"{fast or 'bf16'}{'-sim' if simulate else ''}", "fp32"
+    if args.winograd:
+        if device.type != "cpu" or not winograd.nnpack_available():
+            print(f"error: --winograd compares CPU convolutions and needs NNPACK in torch; device {device}, NNPACK "
+                  f"{'available' if winograd.nnpack_available() else 'not available'}.", file=sys.stderr)
+            return 2
+        label, ref_label = "winograd", "direct"
+        print(cpu_report().line() + f"; device {device}; comparing Winograd 3x3 convolutions (NNPACK) with direct "
+              "ones (oneDNN), fp32")
+    else:
+        print(cpu_report().line() + f"; device {device}; comparing {label} with fp32"
+              + (" (bf16 simulated: fp32 kernels with bf16 rounding; timings are not bf16's)" if simulate else ""))
     ref = Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels))
-    if simulate:
+    if args.winograd:
+        other, fast_opts = Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels)), opts
+        for pipe, on in ((ref, False), (other, True)):
+            with winograd.policy_override(on):      # the models are built (and stay) with or without Winograd
+                pipe.colorizer(opts.colorizer)
+                if opts.detector != "none":
+                    pipe.detector(opts.detector)
+    elif simulate:
         other = Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels))
         models = [other.colorizer(opts.colorizer)] + ([other.detector(opts.detector)] if opts.detector != "none"
                                                        else [])
@@ -254,8 +275,9 @@ def cmd_check_precision(args: argparse.Namespace) -> int:
             failed += 1
             continue
         rows.append(c)
-        print(f"{path.name}: PSNR {c.psnr_db:.1f} dB, detections fp32 {c.n_ref} / {label} {c.n_fast}, "
-              f"{c.matched} matched (IoU>0.5, same class), fp32 {c.seconds_ref:.2f} s, {label} {c.seconds_fast:.2f} s")
+        print(f"{path.name}: PSNR {c.psnr_db:.1f} dB, detections {ref_label} {c.n_ref} / {label} {c.n_fast}, "
+              f"{c.matched} matched (IoU>0.5, same class), {ref_label} {c.seconds_ref:.2f} s, {label} "
+              f"{c.seconds_fast:.2f} s")
     if rows:
         finite = [r.psnr_db for r in rows if math.isfinite(r.psnr_db)]
         mean = sum(finite) / len(finite) if finite else float("inf")

@@ -41,8 +41,10 @@ AVX2 (on AVX-512 CPUs oneDNN's kernels are twice as wide; not measured, so off),
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -80,10 +82,27 @@ def winograd_policy() -> str:
     return value
 
 
+_override: bool | None = None     # set by :func:`policy_override` (check-precision builds both kinds of model)
+
+
+@contextlib.contextmanager
+def policy_override(enabled: bool) -> Iterator[None]:
+    """Models built inside this block use (True) or do not use (False) Winograd on CPU, whatever
+    ``PATCHCOLOR_WINOGRAD`` says. Not thread-safe: for one-off comparisons (``patchcolor check-precision``)."""
+    global _override
+    saved, _override = _override, enabled
+    try:
+        yield
+    finally:
+        _override = saved
+
+
 def winograd_enabled(device: torch.device | str) -> bool:
     """Should the networks on ``device`` use :class:`WinogradConv2d`? (CPU only; see the module docstring.)"""
     if torch.device(device).type != "cpu":
         return False
+    if _override is not None:
+        return _override and nnpack_available()
     policy = winograd_policy()
     if policy == "off" or not nnpack_available():
         return False
