@@ -4,7 +4,8 @@ Cases: a 1280×960 photo-like image with 8 objects (detector biased, max_instanc
 input, each in fp32 and bf16, each in its own process (so peak RSS is that case's own). Models are loaded and
 warmed once, then a second, timed run is measured. Reported: wall time per stage, time inside the network
 forwards vs outside, peak RSS, FLOP rate inside each network vs torch's own fp32/bf16 matmul rate on this
-machine, and bf16 vs fp32 (speed, same detections, PSNR).
+machine, and bf16 vs fp32 (speed, same detections, PSNR). FLOPs are counted as direct convolutions, so where the
+CPU line says "conv Winograd" (patchcolor.winograd) the rates are equivalent rates and may exceed the matmul rate.
 
 On a CPU without native bf16 kernels (no AVX512-BF16/AMX) a bf16 job would take hours and the pipeline runs
 fp32 instead (patchcolor/precision.py), so there the bf16 rows are "bf16-sim": fp32 kernels with every
@@ -100,6 +101,7 @@ def kernel_rates() -> dict[str, float]:
 def run_case(case: str, precision: str, models: Path) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
+    from patchcolor import winograd
     from patchcolor.options import make_options
     from patchcolor.pipeline import Pipeline
     from patchcolor.precision import simulate_bf16
@@ -126,8 +128,12 @@ def run_case(case: str, precision: str, models: Path) -> dict:
     # FLOPs of the same forwards, counted on a separate run (counting slows execution)
     flops, by_module = {"total": 0}, {}
     if not sim:
-        with FlopCounterMode(display=False) as fc:
-            pipe.run(src, opts)
+        saved, winograd.MIN_PIXELS = winograd.MIN_PIXELS, 1 << 62   # counted as direct convolutions (the counter
+        try:                                                         # does not see NNPACK): rates are equivalent
+            with FlopCounterMode(display=False) as fc:
+                pipe.run(src, opts)
+        finally:
+            winograd.MIN_PIXELS = saved
         by_module = fc.get_flop_counts()
         flops["total"] = fc.get_total_flops()
     return {
