@@ -457,9 +457,8 @@ class R101Detector:
         self.model: MaskRCNN = load_frozen(model, state, self.device, f"The detector weights file {Path(weights_path).name}")
         if fold_bn:
             fold_frozen_bn(self.model.backbone.body)
-        self.winograd = winograd_enabled(self.device) if winograd is None else winograd
-        if self.winograd:
-            use_winograd(self.model)
+        want = winograd_enabled(self.device) if winograd is None else winograd
+        self.winograd = bool(want and use_winograd(self.model))     # False where torch has no NNPACK
         if channels_last is None:
             channels_last = self.device.type == "cpu" and not self.winograd
         self.channels_last = channels_last
