@@ -128,7 +128,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     from .heap import keep_freed_memory
     from .hint_files import hint_options, hint_runner
 
-    keep_freed_memory()     # one image's freed feature maps are reused for the next (heap.py: 4 % faster)
+    keep_freed_memory()     # one image's freed feature maps are reused for the next (bench/bench_heap.py)
     if getattr(args, "ray", None):
         if getattr(args, "hints", None) is not None:
             raise BadOptions("--hints is not supported with --ray yet: run without --ray")
@@ -225,9 +225,8 @@ def add_check_precision_parser(sub) -> argparse.ArgumentParser:
 def cmd_check_precision(args: argparse.Namespace) -> int:
     import math
 
-    from . import batch
+    from . import batch, winograd
     from .pipeline import Pipeline, resolve_device
-    from . import winograd
     from .precision import compare_precision, cpu_report, fast_precision, modules_of, simulate_bf16
 
     opts = make_options(args.preset, max_side=args.max_side, max_instances=args.max_instances, precision="fp32")
@@ -246,16 +245,19 @@ def cmd_check_precision(args: argparse.Namespace) -> int:
     else:
         print(cpu_report().line() + f"; device {device}; comparing {label} with fp32"
               + (" (bf16 simulated: fp32 kernels with bf16 rounding; timings are not bf16's)" if simulate else ""))
-    ref = Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels))
+    def pipeline() -> Pipeline:
+        return Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels))
+
+    ref = pipeline()
     if args.winograd:
-        other, fast_opts = Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels)), opts
+        other, fast_opts = pipeline(), opts
         for pipe, on in ((ref, False), (other, True)):
             with winograd.policy_override(on):      # the models are built (and stay) with or without Winograd
                 pipe.colorizer(opts.colorizer)
                 if opts.detector != "none":
                     pipe.detector(opts.detector)
     elif simulate:
-        other = Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels))
+        other = pipeline()
         models = [other.colorizer(opts.colorizer)] + ([other.detector(opts.detector)] if opts.detector != "none"
                                                        else [])
         for m in models:

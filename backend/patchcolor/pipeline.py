@@ -22,7 +22,7 @@ from . import lab
 from .colorize import NET_SIZE, load_colorizer, predict_ab
 from .errors import Cancelled, DeviceUnavailable
 from .finish import finish
-from .hints import Hints, extract_hints
+from .hints import Hints, HintTensors, extract_hints
 from .fuse import fuse_state
 from .models import models_dir as default_models_dir
 from .models import weight_path
@@ -373,12 +373,14 @@ class _Job:
         return None if points is None else points.net_input(box, self.opts.net_size)
 
     def colorize(self, work: np.ndarray, boxes: list[tuple[int, int, int, int]], points: Hints | None = None,
-                 reuse: Reuse | None = None):
+                 reuse: Reuse | None = None, hints: list[HintTensors | None] | None = None):
         """Full image + every crop through the colorizer in batches, each with the hints inside it (inputs that
-        ``reuse`` already has are not run). Returns ((2,h,w), [(2,bh,bw)...], number of inputs run)."""
+        ``reuse`` already has are not run). ``hints``: the hint tensors of the full image and each crop when the
+        caller has them already (:meth:`hint_input` of each). Returns ((2,h,w), [(2,bh,bw)...], inputs run)."""
         self.stage("colorize", 0.0)
         targets: list[tuple[int, int, int, int] | None] = [None, *boxes]
-        hints = [self.hint_input(points, b) for b in targets]
+        if hints is None:
+            hints = [self.hint_input(points, b) for b in targets]
         abs_ = [reuse.network_ab(self.opts, b, h) if reuse is not None else None for b, h in zip(targets, hints)]
         todo = [i for i, ab in enumerate(abs_) if ab is None]
         if todo:

@@ -97,13 +97,14 @@ def _digest(tensors: HintTensors | None) -> bytes | None:
 @dataclass
 class _Plan:
     """What a render works on (exact or draft). work: (h, w, 3) uint8 working copy; found: its detections; points:
-    the hints on its grid (None: no hints); boxes: the crops; keys: the network-output cache keys of the full image
-    then each crop."""
+    the hints on its grid (None: no hints); boxes: the crops; tensors / keys: the network's hint tensors and the
+    network-output cache keys of the full image then each crop."""
 
     work: np.ndarray
     found: list[Instance]
     points: Hints | None
     boxes: list[tuple[int, int, int, int]]
+    tensors: list[HintTensors | None]
     keys: list[tuple]
 
 
@@ -116,17 +117,18 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
 
 @dataclass
 class _CacheReuse:
-    """A session's network-output cache as :class:`~patchcolor.pipeline.Reuse` for its own renders (the caller
-    holds the session lock). kind: "exact" | "draft"."""
+    """A session's network-output cache as :class:`~patchcolor.pipeline.Reuse` for one of its own renders (the
+    caller holds the session lock): ``keys`` maps each target (None: the full image, or a crop box) to the cache
+    key the render's plan computed for it (same options and hint tensors as the colorize step sees)."""
 
     ab: OrderedDict
-    kind: str
+    keys: dict
 
     def detections(self, opts: Options) -> list[Instance] | None:
         return None
 
     def network_ab(self, opts: Options, box, hint_tensors) -> np.ndarray | None:
-        return self.ab.get(PreviewSession._ab_key(self.kind, opts, box, hint_tensors))
+        return self.ab.get(self.keys[box])
 
 
 class PreviewSession:
@@ -222,7 +224,7 @@ class PreviewSession:
         tensors = [job.hint_input(points, b) for b in targets]
         kind = "draft" if draft else "exact"               # the draft's boxes are on another working copy
         keys = [self._ab_key(kind, o, b, t) for b, t in zip(targets, tensors)]
-        return _Plan(work, found, points, boxes, keys)
+        return _Plan(work, found, points, boxes, tensors, keys)
 
     @staticmethod
     def _ab_key(kind: str, o: Options, box: tuple[int, int, int, int] | None, tensors: HintTensors | None) -> tuple:
@@ -246,8 +248,8 @@ class PreviewSession:
     def _colorize(self, job: _Job, plan: _Plan) -> tuple[np.ndarray, list[np.ndarray], int]:
         """Network a/b for the full image and each box: the pipeline's colorize step with this session's cache as
         what it may reuse (only inputs whose key is not cached run); the new outputs are cached."""
-        kind = plan.keys[0][0]
-        full_ab, inst_ab, computed = job.colorize(plan.work, plan.boxes, plan.points, _CacheReuse(self._ab, kind))
+        reuse = _CacheReuse(self._ab, dict(zip([None, *plan.boxes], plan.keys)))
+        full_ab, inst_ab, computed = job.colorize(plan.work, plan.boxes, plan.points, reuse, plan.tensors)
         for k, ab in zip(plan.keys, [full_ab, *inst_ab]):
             self._ab[k] = ab
             self._ab.move_to_end(k)

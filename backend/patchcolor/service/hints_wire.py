@@ -8,8 +8,9 @@
   default 384) and an optional ``"draft"`` (bool, default false: a fast draft is acceptable; the result says
   ``"draft": true|false``, what was rendered). It runs on the worker like a job (progress, cancel), reusing the
   worker's loaded models, and answers one ``result`` with ``"preview": true``: the colorized proxy (8-bit, long
-  side <= ``long_side``), no masks, not kept for ``refuse``. Each worker keeps recent :class:`~patchcolor.preview.PreviewSession` s (LRU,
-  byte-bounded) keyed by a digest of the image, so a refresh with other options or hints runs only what changed.
+  side <= ``long_side``), no masks, not kept for ``refuse``. Each worker keeps recent
+  :class:`~patchcolor.preview.PreviewSession` s (LRU, byte-bounded) keyed by a digest of the image, so a refresh
+  with other options or hints runs only what changed.
 
 Everything here is called from small hooks in protocol.py (parsing) and server.py (running).
 """
