@@ -115,7 +115,7 @@ def start_server(max_pixels: int, log_path: Path, ipc: bool = False) -> tuple[su
 
     endpoint = f"ipc://{log_path.with_suffix('.sock')}" if ipc else f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "patchcolor.service.cli_serve", "serve", "--endpoint", endpoint,
+    cmd = [sys.executable, "-m", "patchcolor.service.commands", "serve", "--endpoint", endpoint,
            "--pipeline-factory", "bench_service:stub_pipeline", "--max-pixels", str(max_pixels),
            "--cache-mb", "0", "--queue-size", "16", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env)

@@ -1,7 +1,8 @@
 """Helpers for the service tests: server processes on free loopback ports, and pipeline factories for them.
 
-Server processes run ``python -m patchcolor.service.cli_serve serve`` (what ``patchcolor serve`` runs) with this
-folder on PYTHONPATH, so ``--pipeline-factory service_support:...`` can wrap or replace the real pipeline:
+Server processes run ``python -m patchcolor.service.commands serve`` (what ``patchcolor serve`` runs) with this
+folder on PYTHONPATH, so ``--pipeline-factory service_support:...`` can wrap or replace the real pipeline. Their
+log is followed line by line (``ServerProcess.wait_log``: a test waits for a log line as an event, with a deadline).
 
 * ``slow_pipeline``: the real ``Pipeline`` whose progress callback sleeps ``PATCHCOLOR_TEST_STAGE_DELAY``
   seconds per event (default 0.3), so that stage boundaries are far enough apart for cancel tests;
@@ -12,14 +13,16 @@ folder on PYTHONPATH, so ``--pipeline-factory service_support:...`` can wrap or 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -40,9 +43,44 @@ class ServerProcess:
     log_path: Path
     server_key: bytes | None = None
     client_key: Path | None = None
+    _lines: list[str] = field(default_factory=list, repr=False)
+    _new_line: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _follower: threading.Thread | None = field(default=None, repr=False)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        with self._new_line:
+            return "".join(self._lines)
+
+    def log_mark(self) -> int:
+        """The number of log lines so far: ``wait_log(..., since=mark)`` looks only at later lines."""
+        with self._new_line:
+            return len(self._lines)
+
+    def wait_log(self, pattern: str, timeout_s: float, since: int = 0) -> re.Match:
+        """The first log line (from line ``since`` on) matching ``pattern``, as soon as the server writes it;
+        AssertionError with the log after ``timeout_s``."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        with self._new_line:
+            while True:
+                for line in self._lines[since:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                since = len(self._lines)
+                left = deadline - time.monotonic()
+                assert left > 0, f"no log line matching {pattern!r} within {timeout_s} s:\n{''.join(self._lines)}"
+                self._new_line.wait(left)
+
+    def _follow(self, stream: IO[bytes]) -> None:
+        """Copy the server's output to ``log_path`` line by line and wake ``wait_log`` (a daemon thread)."""
+        with open(self.log_path, "wb") as logf:
+            for raw in stream:
+                logf.write(raw)
+                logf.flush()
+                with self._new_line:
+                    self._lines.append(raw.decode("utf-8", "replace"))
+                    self._new_line.notify_all()
 
     def rss_bytes(self) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -60,6 +98,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self._follower is not None:
+            self._follower.join(10)          # the whole log has been read once the process has exited
         return int(self.proc.returncode)
 
 
@@ -70,7 +110,7 @@ def start_server(tmp_dir: Path, *args: str, models_dir: Path | None = None, env:
     port = port or free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     log_path = Path(tmp_dir) / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "patchcolor.service.cli_serve", "serve", "--endpoint", endpoint,
+    cmd = [sys.executable, "-m", "patchcolor.service.commands", "serve", "--endpoint", endpoint,
            "--device", "cpu", "--shutdown-grace", "20"]
     if models_dir is not None:
         cmd += ["--models", str(models_dir)]
@@ -78,9 +118,11 @@ def start_server(tmp_dir: Path, *args: str, models_dir: Path | None = None, env:
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     full_env.update(env or {})
-    with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=full_env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env)
     srv = ServerProcess(proc, endpoint, log_path, server_key, client_key)
+    assert proc.stdout is not None
+    srv._follower = threading.Thread(target=srv._follow, args=(proc.stdout,), name=f"log-{port}", daemon=True)
+    srv._follower.start()
     if wait:
         try:
             wait_ready(srv, startup_s)

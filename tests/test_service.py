@@ -32,8 +32,8 @@ from patchcolor.result import Result
 from patchcolor.service import protocol as P
 from patchcolor.service.auth import EndpointRefused, is_loopback
 from patchcolor.service.cache import ByteLRU
-from patchcolor.service.cli_serve import main as serve_main
-from patchcolor.service.cli_serve import run_remote_colorize
+from patchcolor.service.commands import main as serve_main
+from patchcolor.service.remote import run_remote_colorize
 
 FORMATS = list(PIXEL_FORMATS)
 R101_FILE = "model_final_a3ec72.pkl"
@@ -263,7 +263,7 @@ def test_cancel_stops_at_next_stage_boundary(slow_server):
     after = [s for t, s in events if t > asked[0]]
     assert set(after) <= {"colorize"}, after
     assert took < 60
-    assert re.search(r"job #\d+ cancelled after", slow_server.log())
+    slow_server.wait_log(r"job #\d+ cancelled after", 10)
     assert "cancel-me" not in slow_server.log()       # job ids are logged at DEBUG only
 
 
@@ -274,6 +274,7 @@ def test_killed_client_mid_job(slow_server):
         "c = Client(sys.argv[1], timeout_s=30)\n"
         "c.colorize(64, 64, 'gray8', bytes(64 * 64), {'detector': 'none', 'max_side': 64},\n"
         "           progress=lambda s, f, o: print(s, flush=True), job_id='doomed')\n")
+    mark = slow_server.log_mark()
     proc = subprocess.Popen([sys.executable, "-c", script, slow_server.endpoint], stdout=subprocess.PIPE,
                             text=True)
     try:
@@ -288,13 +289,10 @@ def test_killed_client_mid_job(slow_server):
     with Client(slow_server.endpoint, timeout_s=60) as c:
         res = c.colorize(16, 16, "rgb8", bytes(16 * 16 * 3), {"detector": "none", "max_side": 64})
         assert (res.width, res.height, res.fmt) == (16, 16, "rgb8")
-    deadline = time.monotonic() + 30
-    while not re.search(r"job #\d+ cancelled after", slow_server.log()):
-        assert time.monotonic() < deadline, slow_server.log()
-        time.sleep(0.2)
+    slow_server.wait_log(r"job #\d+ cancelled after", 30, since=mark)
     # noticed through the socket monitor (disconnect) or, failing that, at the next send (EHOSTUNREACH)
-    assert re.search(r"disconnected: 0 queued job\(s\) dropped, 1 running job\(s\) cancelled|is gone: cancelling "
-                     r"job #\d+", slow_server.log()), slow_server.log()
+    slow_server.wait_log(r"disconnected: 0 queued job\(s\) dropped, 1 running job\(s\) cancelled|is gone: "
+                         r"cancelling job #\d+", 10, since=mark)
     assert "doomed" not in slow_server.log()
 
 
@@ -476,12 +474,20 @@ def test_lazy_pirate_retry_after_a_stalled_server(echo_server):
     got: list[object] = []
     with Client(echo_server.endpoint, timeout_s=1.0, retries=3) as c:
         c.ping(5.0)
+        replaced = threading.Event()
+        reset = c._reset
+
+        def reset_and_tell() -> None:
+            reset()
+            replaced.set()
+
+        c._reset = reset_and_tell               # type: ignore[method-assign]
         echo_server.proc.send_signal(signal.SIGSTOP)
         try:
             t = threading.Thread(target=lambda: got.append(c.info()), daemon=True)
             t0 = time.monotonic()
             t.start()
-            time.sleep(1.5)                    # the first attempt has timed out and its socket is gone
+            assert replaced.wait(10), "the first attempt should time out and its socket be replaced"
         finally:
             echo_server.proc.send_signal(signal.SIGCONT)
         t.join(10)
@@ -512,7 +518,7 @@ def test_non_loopback_bind_without_keys_is_refused(tmp_path):
     with pytest.raises(EndpointRefused, match="--curve-keys"):
         Server(ServerConfig(endpoint="tcp://0.0.0.0:5555"))
     # the command refuses before binding anything, and says why
-    proc = subprocess.run([sys.executable, "-m", "patchcolor.service.cli_serve", "serve", "--endpoint",
+    proc = subprocess.run([sys.executable, "-m", "patchcolor.service.commands", "serve", "--endpoint",
                            f"tcp://0.0.0.0:{free_port()}"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "refusing to listen" in proc.stderr and "--curve-keys" in proc.stderr

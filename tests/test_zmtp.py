@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,6 +182,17 @@ def test_raw_router_peer_heartbeats_and_multipart():
     r.setsockopt(zmq.ROUTER_MANDATORY, 1)
     port = r.bind_to_random_port("tcp://127.0.0.1")
     d = zmtp.ZmtpDealer(f"tcp://127.0.0.1:{port}")
+    pongs, quiet = [0], threading.Event()
+    queue_put = d._outbox.put
+
+    def put(item: Any, *args: Any, **kwargs: Any) -> None:   # count the dealer's answers to heartbeat PINGs
+        queue_put(item, *args, **kwargs)
+        if item[2] and b"\x04PONG" in bytes(item[0][0]):
+            pongs[0] += 1
+            if pongs[0] >= 15:
+                quiet.set()
+
+    d._outbox.put = put                                  # type: ignore[method-assign]
     try:
         frames = [b"", b"x" * 255, b"y" * 256, os.urandom(300_000)]
         tr = d.send(frames, track=True)
@@ -188,11 +200,8 @@ def test_raw_router_peer_heartbeats_and_multipart():
         got = r.recv_multipart()
         ident = got[0]
         assert got[1:] == frames
-        end = time.monotonic() + 2        # the writer marks the tracker right after its last sendall
-        while not tr.done and time.monotonic() < end:
-            time.sleep(0.01)
-        assert tr.done
-        time.sleep(1.5)                                  # 15 heartbeat intervals
+        assert tr._event.wait(2)          # the writer marks the tracker right after its last sendall
+        assert quiet.wait(10), f"{pongs[0]} heartbeats answered"   # 15 intervals of silence: 5 timeouts
         r.send_multipart([ident, b"back", b"", b"z" * 70_000])      # ROUTER_MANDATORY: fails if the peer dropped
         msg = d.recv(5.0)
         assert msg is not None and [bytes(m) for m in msg] == [b"back", b"", b"z" * 70_000]

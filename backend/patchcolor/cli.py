@@ -57,7 +57,7 @@ def add_colorize_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--ray-cpus-per-worker", type=float, default=1.0, metavar="N",
                    help="with --ray and no GPUs: CPUs (torch threads) per colorizing actor (default 1)")
     try:
-        from .service.cli_serve import add_remote_arguments
+        from .service.remote import add_remote_arguments
         add_remote_arguments(p)
     except ImportError:  # pragma: no cover - service package always ships
         pass
@@ -172,7 +172,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 def _runner(args: argparse.Namespace):
     """The local pipeline (models loaded once) or the remote service, as one callable (src, opts) -> Result."""
     if getattr(args, "remote", None):
-        from .service.cli_serve import run_remote_colorize
+        from .service.remote import run_remote_colorize
 
         return lambda src, opts, **kw: run_remote_colorize(args.remote, src, opts, server_key=args.server_key,
                                                            client_key=args.client_key,
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     add_colorize_parser(sub)
-    from .service.cli_serve import add_keys_parser, add_serve_parser
+    from .service.commands import add_keys_parser, add_serve_parser
 
     add_serve_parser(sub)
     add_keys_parser(sub)

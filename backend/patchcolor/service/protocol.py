@@ -2,7 +2,8 @@
 
 The constants and framing shared with the client live in ``patchcolor_client.protocol`` (stdlib only, runs in
 GIMP); this module re-exports them and adds what needs numpy or patchcolor: strict request validation *before*
-anything is allocated, Options from JSON, and Result -> frames without copying the pixels.
+anything is allocated (hint maps and preview fields included), Options from JSON, and Result / Preview -> frames
+without copying the pixels. What the server keeps of a request once it is a job is in jobs.py.
 
 Frames on the ROUTER socket: ``[identity, (b"" if the peer is a REQ socket), header, data...]``. The envelope
 (identity and optional delimiter) is split off by :func:`split_envelope` and put back in front of every reply.
@@ -18,7 +19,8 @@ import numpy as np
 
 from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one definition of the protocol)
     ACCEPTED, ACK, CANCEL, CANCELLED, COLORIZE, DEFAULT_ENDPOINT, ERROR, ERROR_CODES, FINAL_TYPES, INFO,
-    HINTS_VERSION, MAX_DATA_FRAMES, MAX_HEADER_BYTES, MAX_INSTANCES, PING, PREVIEW, PIXEL_FORMATS, PONG, PROGRESS, PROTOCOL_VERSION, REFUSE,
+    HINTS_VERSION, MAX_DATA_FRAMES, MAX_HEADER_BYTES, MAX_INSTANCES, PING, PREVIEW, PREVIEW_SIDE,
+    PIXEL_FORMATS, PONG, PROGRESS, PROTOCOL_VERSION, REFUSE,
     REPLY_TYPES, REQUEST_TYPES, RESULT, RESULT_FORMATS, STAGE_WEIGHTS, STAGES, SUPPORTED_VERSIONS, ProtocolError,
     decode_header, encode_header, frame_size, new_token, overall_fraction, valid_id, valid_token,
 )
@@ -26,7 +28,6 @@ from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one de
 from ..options import DEFAULT, Options, make_options
 from ..prepare import PIXEL_FORMATS as NUMPY_PIXEL_FORMATS
 from ..prepare import SourceImage, working_size
-from .hints_wire import HintsMeta, parse_draft, parse_hints, parse_long_side
 
 if TYPE_CHECKING:   # patchcolor.result imports torch (through segment): not needed to parse requests
     from ..result import Result
@@ -46,6 +47,79 @@ check_pixel_tables()
 Buffer = Union[bytes, bytearray, memoryview]
 #: How far (result pixels) a given instance's box may reach past the image: float rounding of scaled boxes.
 BOX_SLACK = 0.01
+
+
+# ------------------------------------------------------------------------------------- hints and previews
+# ``colorize`` / ``preview`` may carry ``"hints": {"width", "height", "format"}`` and one more data frame, the
+# **last** one: the hint map (RGB(A) at the image's size, or a uniform scaling of it; see patchcolor/hints.py for
+# what counts as painted), checked like the image frame before anything is kept. ``preview`` parses like
+# ``colorize`` (no ``instances``) plus ``long_side`` (64..1024, default 384) and ``draft`` (bool, default false).
+MIN_PREVIEW_SIDE, MAX_PREVIEW_SIDE = 64, 1024
+HINT_FORMATS = tuple(f for f in PIXEL_FORMATS if not f.startswith("gray") or f.startswith("graya"))
+
+
+@dataclass(frozen=True)
+class HintsMeta:
+    """The header's ``hints`` object, validated: the hint frame is ``nbytes`` of ``format`` at width x height."""
+
+    width: int
+    height: int
+    format: str
+
+    @property
+    def nbytes(self) -> int:
+        return frame_size(self.format, self.width, self.height)
+
+    def source(self, frame: Any) -> SourceImage:
+        """The hint map as a zero-copy SourceImage over the received frame (size already checked)."""
+        return SourceImage.from_buffer(frame, self.width, self.height, self.format)
+
+
+def parse_hints(obj: Any, width: int, height: int, max_pixels: int, req_id: str | None,
+                job: str | None) -> HintsMeta | None:
+    """Check a request header's ``hints`` object against the image (width x height). None when absent.
+
+    Raises ProtocolError(bad_request) unless it is {"width": int, "height": int, "format": one of HINT_FORMATS},
+    the image's size or a uniform scaling of it (within one hint pixel), at most ``max_pixels``."""
+    if obj is None:
+        return None
+
+    def bad(what: str) -> ProtocolError:
+        return ProtocolError("bad_request", f"hints: {what}", req_id, job)
+
+    if not isinstance(obj, dict) or set(obj) - {"width", "height", "format"}:
+        raise bad("must be an object with 'width', 'height' and 'format'")
+    w, h, fmt = obj.get("width"), obj.get("height"), obj.get("format")
+    if type(w) is not int or type(h) is not int or w <= 0 or h <= 0:
+        raise bad("'width' and 'height' must be positive integers")
+    if not isinstance(fmt, str) or fmt not in HINT_FORMATS:
+        raise bad(f"'format' must be one of {', '.join(HINT_FORMATS)} (gray without alpha cannot hold a hint)")
+    if w * h > max_pixels:
+        raise ProtocolError("image_too_large", f"hints: {w}x{h} is over this server's limit of "
+                            f"{max_pixels / 1e6:g} MP", req_id, job)
+    if (w, h) != (width, height) and abs(w / width - h / height) * min(width, height) > 1:
+        raise bad(f"the hint map is {w}x{h} but the image is {width}x{height}: paint the hints at the image's "
+                  "size (or a uniformly scaled copy)")
+    return HintsMeta(w, h, fmt)
+
+
+def parse_draft(v: Any, req_id: str | None, job: str | None) -> bool:
+    """A ``preview`` header's ``draft`` (None -> False). Raises ProtocolError(bad_request) unless a JSON bool."""
+    if v is None:
+        return False
+    if type(v) is not bool:
+        raise ProtocolError("bad_request", "'draft' must be true or false", req_id, job)
+    return v
+
+
+def parse_long_side(v: Any, req_id: str | None, job: str | None) -> int:
+    """A ``preview`` header's ``long_side`` (None -> PREVIEW_SIDE). Raises ProtocolError(bad_request)."""
+    if v is None:
+        return PREVIEW_SIDE
+    if type(v) is not int or not MIN_PREVIEW_SIDE <= v <= MAX_PREVIEW_SIDE:
+        raise ProtocolError("bad_request", f"'long_side' must be an integer in [{MIN_PREVIEW_SIDE}, "
+                            f"{MAX_PREVIEW_SIDE}]", req_id, job)
+    return v
 
 
 # ----------------------------------------------------------------------------------------------------- requests
@@ -110,8 +184,8 @@ class ColorizeRequest:
     instance_metas: list[dict[str, Any]] | None = field(default=None, repr=False)
     hints_meta: HintsMeta | None = field(default=None, repr=False)   # the optional hints frame (last)
     hints: SourceImage | None = field(default=None, repr=False)      # its zero-copy view
-    preview: int | None = None       # a ``preview`` request: the proxy's long side (hints_wire.py)
-    draft: bool = False              # a ``preview`` request: a draft is acceptable (hints_wire.py)
+    preview: int | None = None       # a ``preview`` request: the proxy's long side
+    draft: bool = False              # a ``preview`` request: a draft is acceptable
 
 
 @dataclass
@@ -417,48 +491,6 @@ def _options(h: dict[str, Any], req_id: str, job: str) -> Options:
         raise
 
 
-# ------------------------------------------------------------------------------------------- kept job state
-@dataclass
-class JobRecord:
-    """What the server keeps of a finished job so that ``refuse`` can re-fuse it (LRU-cached by job id).
-
-    ``pixels`` is the request's source frame (a view; nothing is copied to keep it). ``token`` (and ``owner``,
-    the creator's CURVE public key, when the server uses CURVE) must be shown to ``refuse`` it."""
-
-    width: int
-    height: int
-    format: str
-    pixels: memoryview = field(repr=False)
-    options: Options
-    state: Any            # patchcolor.result.FusionState
-    out_width: int
-    out_height: int
-    n_instances: int
-    token: str = field(default="", repr=False)
-    owner: str | None = None
-    creator: Any = field(default=None, repr=False)   # service.peers.Peer of the creating request
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.pixels.nbytes + getattr(self.state, "nbytes", 0) + 1024)
-
-    def source(self) -> SourceImage:
-        return SourceImage.from_buffer(self.pixels, self.width, self.height, self.format)
-
-
-def check_refuse(req: RefuseRequest, rec: JobRecord) -> list[np.ndarray]:
-    """Mask frames of ``req`` against the kept job -> (H, W) uint8 views (no copy). Raises ProtocolError."""
-    if len(req.masks) != rec.n_instances:
-        raise ProtocolError("bad_request", f"job {req.base_job} has {rec.n_instances} instance(s); got "
-                            f"{len(req.masks)} mask frame(s)", req.id, req.job)
-    need = rec.out_width * rec.out_height
-    for i, m in enumerate(req.masks):
-        if m.nbytes != need:
-            raise ProtocolError("bad_request", f"mask {i} is {m.nbytes} bytes; a {rec.out_width}x{rec.out_height} "
-                                f"gray8 mask needs {need}", req.id, req.job)
-    return [np.frombuffer(m, np.uint8).reshape(rec.out_height, rec.out_width) for m in req.masks]
-
-
 # ------------------------------------------------------------------------------------------------------ replies
 def error_header(code: str, message: str, req_id: str | None = None, job: str | None = None,
                  v: int = PROTOCOL_VERSION, **extra: Any) -> dict[str, Any]:
@@ -532,3 +564,14 @@ def result_message(req_id: str, job: str, result: Result, v: int = PROTOCOL_VERS
               "format": fmt, "instances": instances,
               "timings": {str(k): float(v) for k, v in (result.timings or {}).items()}}
     return header, frames
+
+
+def preview_message(req_id: str, job: str, preview: Any, v: int) -> tuple[dict[str, Any], list[Any]]:
+    """Preview -> (``result`` header with ``"preview": true``, [pixels])."""
+    fmt, pixels = image_to_wire(preview.image)
+    header = {"v": v, "type": RESULT, "id": req_id, "job": job, "preview": True,
+              "draft": bool(getattr(preview, "draft", False)), "refusable": False,
+              "width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "format": fmt, "instances": [],
+              "n_instances": int(preview.instances), "hints": int(preview.hints), "computed": int(preview.computed),
+              "timings": {str(k): round(float(t), 4) for k, t in preview.timings.items()}}
+    return header, [pixels]

@@ -2,13 +2,11 @@
 
 Threads:
 
-* the **main thread** owns the ROUTER socket. It validates every request (``protocol.parse_request``) before
-  anything is allocated, answers ``ping``/``info``/``cancel`` at once (also while jobs run), puts jobs into a
-  bounded FIFO queue (full -> ``busy``) and forwards the workers' events to the clients;
-* one **worker thread per device** takes jobs from the queue and runs its own ``Pipeline``. Workers never touch
-  the ROUTER socket (ZeroMQ sockets are not thread-safe): they push ``[job id, final flag, envelope..., header,
-  data...]`` to the main thread over an inproc PUSH/PULL pair. Pixels travel as zero-copy messages the whole way:
-  received frame -> ``SourceImage.from_buffer`` view -> pipeline; result array -> inproc -> ROUTER -> TCP.
+* the **main thread** (this module) owns the ROUTER socket. It validates every request before anything is kept,
+  answers ``ping``/``info``/``cancel`` at once (also while jobs run), puts jobs into a bounded queue (full ->
+  ``busy``; jobs.py) and forwards the workers' events to the clients;
+* one **worker thread per device** (worker.py) takes jobs from the queue and runs its own ``Pipeline``; it sends
+  every event of a job to the main thread over an inproc PUSH/PULL pair.
 
 Requests are read frame by frame (receive.py): the header is checked first, then every data frame against what
 the header announced; a message that breaks the rules is drained without keeping its frames and answered with
@@ -27,17 +25,13 @@ SIGTERM/SIGINT: queued jobs are cancelled, the running ones are asked to stop, s
 from __future__ import annotations
 
 import errno
-import functools
 import hmac
 import itertools
 import logging
 import os
-import platform
 import signal
-import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -46,17 +40,19 @@ import numpy as np
 import zmq
 
 from .. import __version__
-from ..errors import Cancelled, PatchColorError
 from ..heap import keep_freed_memory, release_memory
-from ..options import PRESETS, make_options
+from ..options import make_options
 from ..prepare import SourceImage
 from . import protocol as P
 from .auth import ServerKeys, apply_server_curve, check_endpoint, start_authenticator
 from .cache import ByteLRU
-from .hints_wire import PreviewSessions, preview_message, run_preview
+from .info import ServerFacts, info_reply
+from .jobs import Job, JobQueue, JobRecord, check_refuse
 from .limits import RemoteLimits, available_memory, check_job
 from .peers import Connections, Peer
+from .preview_cache import PreviewSessions
 from .receive import Incoming, receive_message
+from .worker import Worker, make_record
 
 log = logging.getLogger("patchcolor.service")
 
@@ -66,7 +62,7 @@ PipelineFactory = Callable[[Path | None, str, int], Any]
 
 @dataclass
 class ServerConfig:
-    """Everything ``patchcolor serve`` can be told (see cli_serve.py for the flags)."""
+    """Everything ``patchcolor serve`` can be told (see commands.py for the flags)."""
 
     endpoint: str = P.DEFAULT_ENDPOINT
     devices: tuple[str, ...] = ("auto",)
@@ -81,106 +77,6 @@ class ServerConfig:
     pipeline_factory: PipelineFactory | None = None
     untrusted_loopback: bool = False        # treat loopback clients as remote (SSH tunnel, proxy)
     remote_limits: RemoteLimits = field(default_factory=RemoteLimits)
-
-
-@dataclass(eq=False)
-class Job:
-    """A queued or running colorize/refuse job. ``pixels`` views the request frame (no copy)."""
-
-    job_id: str
-    req_id: str
-    envelope: list[bytes]
-    kind: str                       # protocol.COLORIZE or protocol.REFUSE
-    width: int
-    height: int
-    format: str
-    pixels: memoryview | None
-    options: Any                    # patchcolor.options.Options
-    masks: list[np.ndarray] | None = None      # refuse only
-    instances: list[P.GivenInstance] | None = None   # colorize with given instances instead of the detector
-    fusion_state: Any = None                   # refuse only: the kept FusionState
-    hints: SourceImage | None = None           # colorize/preview: the colour-hint map (a frame view)
-    preview: int | None = None                 # preview only: the proxy's long side
-    draft: bool = False                        # preview only: a draft is acceptable
-    cancel: threading.Event = field(default_factory=threading.Event)
-    state: str = "queued"           # queued -> running -> done | cancelled
-    submitted: float = field(default_factory=time.monotonic)
-    peer: Peer | None = None
-    token: str = field(default="", repr=False)
-    v: int = P.PROTOCOL_VERSION     # protocol version of the request: every reply about the job uses it
-    seq: int = 0                    # per-server job number: what the log shows at INFO (ids only at DEBUG)
-
-
-class JobQueue:
-    """Bounded FIFO of jobs shared by the workers. ``offer`` never blocks (full -> False)."""
-
-    def __init__(self, capacity: int):
-        self.capacity = max(1, int(capacity))
-        self._q: deque[Job] = deque()
-        self._cv = threading.Condition()
-        self._closed = False
-        self.running = 0
-        self._busy = 0                  # jobs taken by workers and not yet given back (worker_done)
-
-    def offer(self, job: Job) -> int | None:
-        """Append ``job``; its 0-based position, or None when the queue is full or closed."""
-        with self._cv:
-            if self._closed or len(self._q) >= self.capacity:
-                return None
-            self._q.append(job)
-            self._cv.notify()
-            return len(self._q) - 1
-
-    def take(self) -> Job | None:
-        """Next job (marked running), blocking; None once the queue is closed."""
-        with self._cv:
-            while not self._q and not self._closed:
-                self._cv.wait()
-            if not self._q:
-                return None
-            job = self._q.popleft()
-            job.state = "running"
-            self.running += 1
-            self._busy += 1
-            return job
-
-    def worker_done(self) -> bool:
-        """A worker has finished the job it took. True when the server is now idle: nothing queued and no other
-        worker busy (``running`` lags behind: the main thread counts a job down when it forwards its result)."""
-        with self._cv:
-            self._busy -= 1
-            return self._busy == 0 and not self._q
-
-    def finished(self) -> None:
-        with self._cv:
-            self.running -= 1
-
-    def remove(self, job: Job) -> bool:
-        """Take a still-queued job out (cancel). False when a worker already has it."""
-        with self._cv:
-            try:
-                self._q.remove(job)
-            except ValueError:
-                return False
-            job.state = "cancelled"
-            return True
-
-    def drain(self) -> list[Job]:
-        with self._cv:
-            jobs = list(self._q)
-            self._q.clear()
-            for j in jobs:
-                j.state = "cancelled"
-            return jobs
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-
-    def __len__(self) -> int:
-        with self._cv:
-            return len(self._q)
 
 
 def default_pipeline_factory(models_dir: Path | None, device: str, max_pixels: int) -> Any:
@@ -235,10 +131,10 @@ class Server:
         self.monitor: zmq.Socket | None = None
         self._seq = itertools.count(1)
         self._given_pipelines = list(pipelines) if pipelines is not None else None
-        self.cache: ByteLRU[str, P.JobRecord] = ByteLRU(config.cache_bytes)
+        self.cache: ByteLRU[str, JobRecord] = ByteLRU(config.cache_bytes)
         self.previews = PreviewSessions()      # recent preview sessions (all workers; keyed per pipeline)
         self.queue = JobQueue(config.queue_size)
-        self.jobs: dict[str, Job] = {}          # queued or running, by job id (main thread only)
+        self.jobs: dict[int, Job] = {}          # queued or running, by job number (main thread only)
         self.devices: list[str] = []
         self._models_dir: Path | None = config.models_dir
         self._stop = threading.Event()
@@ -303,7 +199,9 @@ class Server:
         self.events.setsockopt(zmq.LINGER, 0)
         self.events.bind(self._events_ep)
         for i, (p, d) in enumerate(zip(pipelines, self.devices)):
-            t = threading.Thread(target=self._worker_main, args=(p, d), name=f"worker-{i}-{d}", daemon=True)
+            worker = Worker(p, d, self.queue, self.ctx, self._events_ep, self.previews, self._keep,
+                            self._on_idle)
+            t = threading.Thread(target=worker.run, name=f"worker-{i}-{d}", daemon=True)
             t.start()
             self.workers.append(t)
         log.info("patchcolor %s serving protocol %d on %s (%s; %d worker(s): %s; queue %d; cache %.0f MB; "
@@ -427,8 +325,8 @@ class Server:
             dropped = running = 0
             for job in orphans:
                 if self.queue.remove(job):
-                    self.jobs.pop(job.job_id, None)
-                    job.pixels = job.masks = job.fusion_state = job.instances = None
+                    self.jobs.pop(job.seq, None)
+                    job.release()
                     dropped += 1
                 elif not job.cancel.is_set():
                     job.cancel.set()
@@ -444,14 +342,14 @@ class Server:
                 frames = self.events.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            job_id, final = frames[0].bytes.decode(), frames[1].bytes == b"1"
-            job = self.jobs.get(job_id)
+            seq, final = int(frames[0].bytes), frames[1].bytes == b"1"
+            job = self.jobs.get(seq)
             self._send(frames[2:], job)
             if final:
                 self.queue.finished()
                 if job is not None:
                     job.state = "done"
-                    self.jobs.pop(job_id, None)
+                    self.jobs.pop(seq, None)
 
     def _send(self, frames: Sequence[Any], job: Job | None = None) -> bool:
         """Send to a client without ever blocking; a vanished client cancels its job."""
@@ -477,8 +375,8 @@ class Server:
 
     def _send_final_now(self, job: Job, header: dict[str, Any]) -> None:
         """Final message for a job that never reached a worker (main thread)."""
-        self.jobs.pop(job.job_id, None)
-        job.pixels = job.masks = job.fusion_state = job.instances = None
+        self.jobs.pop(job.seq, None)
+        job.release()
         self._reply(job.envelope, header)
 
     def _peer_of(self, msg: Incoming) -> Peer:
@@ -539,10 +437,8 @@ class Server:
             pong = {"v": req.v, "type": P.PONG, "id": req.id, "time": time.time(),
                     "queued": len(self.queue), "running": self.queue.running}
             if req.job is not None:
-                job = self.jobs.get(req.job)
-                known = job is not None and self._may_use(job.token, self._owner(job.peer), job.peer, req.token,
-                                                          peer)
-                pong["job"], pong["job_state"] = req.job, job.state if known and job is not None else "unknown"
+                job = self._find_job(req.job, req.token, peer)
+                pong["job"], pong["job_state"] = req.job, job.state if job is not None else "unknown"
             self._reply(envelope, pong)
         elif isinstance(req, P.InfoRequest):
             self._reply(envelope, self._info(req.id, req.v, peer))
@@ -552,8 +448,8 @@ class Server:
             self._on_job(envelope, req, peer)
 
     def _on_cancel(self, envelope: list[bytes], req: P.CancelRequest, peer: Peer) -> None:
-        job = self.jobs.get(req.job)
-        if job is None or not self._may_use(job.token, self._owner(job.peer), job.peer, req.token, peer):
+        job = self._find_job(req.job, req.token, peer)
+        if job is None:
             raise P.ProtocolError("unknown_job", f"job {req.job} is not queued or running (or the token is "
                                   "missing or wrong)", req.id, req.job)
         state = self._cancel(job)
@@ -571,7 +467,7 @@ class Server:
     def _on_job(self, envelope: list[bytes], req: P.ColorizeRequest | P.RefuseRequest, peer: Peer) -> None:
         if self._stopping:
             raise P.ProtocolError("shutting_down", "the server is shutting down", req.id, req.job)
-        if req.job in self.jobs:
+        if any(j.job_id == req.job for j in self.jobs.values()):
             raise P.ProtocolError("duplicate_job", f"job {req.job} is already queued or running", req.id, req.job)
         avail = available_memory()
         token = req.token or P.new_token()
@@ -586,7 +482,7 @@ class Server:
             if rec is None or not self._may_use(rec.token, rec.owner, rec.creator, req.base_token, peer):
                 raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished "
                                       "long ago, evicted or never run): run colorize again", req.id, req.job)
-            masks = P.check_refuse(req, rec)
+            masks = check_refuse(req, rec)
             opts = req.options or rec.options
             check_job(rec.width, rec.height, rec.format, opts, peer.remote, self.config.remote_limits, avail,
                       req.id, req.job)
@@ -597,7 +493,7 @@ class Server:
         if position is None:
             raise P.ProtocolError("busy", f"the job queue is full ({self.queue.capacity} waiting): try again later",
                                   req.id, req.job)
-        self.jobs[job.job_id] = job
+        self.jobs[job.seq] = job
         # Sent before any event of this job: workers' events are forwarded by this thread, later.
         self._reply(envelope, {"v": req.v, "type": P.ACCEPTED, "id": req.id, "job": req.job, "token": token,
                                "position": position}, job=job)
@@ -605,153 +501,25 @@ class Server:
                  job.format, peer.label, " (remote)" if peer.remote else "", position)
         log.debug("job #%d has id %s", job.seq, job.job_id)
 
+    def _find_job(self, job_id: str, token: str | None, peer: Peer) -> Job | None:
+        """The queued or running job ``job_id`` that ``peer`` may act on (with ``token``), or None."""
+        for job in self.jobs.values():
+            if job.job_id == job_id and self._may_use(job.token, self._owner(job.peer), job.peer, token, peer):
+                return job
+        return None
+
     def _info(self, req_id: str, v: int, peer: Peer) -> dict[str, Any]:
-        stats = self.cache.stats()
-        lim = self.config.remote_limits
-        info: dict[str, Any] = {
-            "v": v, "type": P.INFO, "id": req_id, "protocol": P.PROTOCOL_VERSION,
-            "supported_versions": list(P.SUPPORTED_VERSIONS), "devices": self.devices,
-            **weights_info(self._models_dir),
-            "formats": list(P.PIXEL_FORMATS), "stages": list(P.STAGES), "presets": {
-                k: o.to_dict() for k, o in PRESETS.items()},
-            "max_pixels": self.limits.max_pixels, "queue_size": self.queue.capacity, "queued": len(self.queue),
-            "running": self.queue.running, "curve": self.keys is not None,
-            "cache": {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes},
-            "uptime_s": round(time.time() - self.started, 1), "remote": peer.remote,
-        }
-        if peer.remote:   # what this client may ask for; the server's paths and library versions stay private
-            info.pop("models_dir", None)
-            info["limits"] = {"net_size": lim.net_size, "batch_size": lim.batch_size,
-                              "max_instances": lim.max_instances, "max_side": lim.max_side,
-                              "min_score_thresh": lim.min_score_thresh, "job_bytes": lim.job_bytes}
-        else:
-            versions = {"patchcolor": __version__, "python": platform.python_version(), "pyzmq": zmq.__version__,
-                        "libzmq": zmq.zmq_version(), "numpy": np.__version__}
-            if "torch" in sys.modules:
-                versions["torch"] = str(sys.modules["torch"].__version__)
-                info["cpu"] = _cpu_info()
-            info["versions"] = versions
-        return info
+        facts = ServerFacts(self.devices, self._models_dir, self.limits.max_pixels, self.queue.capacity,
+                            len(self.queue), self.queue.running, self.keys is not None, self.cache.stats(),
+                            self.started, self.config.remote_limits)
+        return info_reply(req_id, v, peer.remote, facts)
 
     # ---------------------------------------------------------------------------------------------- worker side
-    def _worker_main(self, pipeline: Any, device: str) -> None:
-        assert self.ctx is not None
-        push = self.ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 2000)
-        push.connect(self._events_ep)
-        try:
-            while True:
-                job = self.queue.take()
-                if job is None:
-                    break
-                try:
-                    self._run_job(pipeline, device, job, push)
-                except Exception:   # could not even report the failure: keep the worker alive
-                    log.exception("job #%d: failure while reporting its outcome", job.seq)
-                del job
-                if self.queue.worker_done():
-                    release_memory()    # idle: the job's peak goes back to the system (never raises)
-        finally:
-            push.close()
+    def _keep(self, job: Job, result: Any, header: dict[str, Any]) -> bool:
+        """Keep a finished colorize/refuse for ``refuse`` (a worker thread; the cache has its own lock)."""
+        rec = make_record(job, result, header, self._owner(job.peer))
+        return self.cache.put(job.job_id, rec, rec.nbytes)
 
-    def _run_job(self, pipeline: Any, device: str, job: Job, push: zmq.Socket) -> None:
-        job_b = job.job_id.encode()
-        seq = itertools.count()
-
-        def emit(header: dict[str, Any], data: Sequence[Any] = (), final: bool = False) -> None:
-            push.send_multipart([job_b, b"1" if final else b"0", *job.envelope, P.encode_header(header), *data],
-                                copy=False)
-
-        overall = [0.0]
-
-        def progress(stage: str, fraction: float) -> None:
-            overall[0] = max(overall[0], P.overall_fraction(str(stage), float(fraction)))
-            next(seq)
-            try:
-                emit(P.progress_header(job.req_id, job.job_id, str(stage), float(fraction), overall[0], job.v))
-            except zmq.ZMQError as e:   # a lost progress event must not fail the job
-                log.warning("job #%d: progress event not sent: %s", job.seq, e)
-
-        t0 = time.perf_counter()
-        try:
-            if job.cancel.is_set():
-                raise Cancelled("cancelled before it started")
-            assert job.pixels is not None
-            src = SourceImage.from_buffer(job.pixels, job.width, job.height, job.format)
-            if job.kind == P.PREVIEW:
-                pv = run_preview(self.previews, pipeline, job.pixels, job.width, job.height, job.format,
-                                 job.options, job.hints, job.preview or 0, progress, job.cancel.is_set,
-                                 draft=job.draft)
-                header, data = preview_message(job.req_id, job.job_id, pv, job.v)
-                emit(header, data, final=True)
-                log.info("job #%d (preview) done on %s in %.2f s: %d network input(s) run", job.seq, device,
-                         time.perf_counter() - t0, pv.computed)
-                return
-            if job.kind == P.COLORIZE:
-                extra = {"hints": job.hints} if job.hints is not None else {}   # fake pipelines lack it
-                reuse = (None if job.instances is not None else
-                         self.previews.find(pipeline, job.pixels, job.width, job.height, job.format))
-                if reuse is not None:     # the dialog previewed this image: its detections / network outputs
-                    extra["reuse"] = reuse
-                result = pipeline.run(src, job.options, progress=progress, cancelled=job.cancel.is_set,
-                                      instances=job.instances, **extra)
-            else:
-                result = pipeline.refuse(src, job.fusion_state, job.masks, job.options, progress=progress,
-                                         cancelled=job.cancel.is_set)
-            header, data = P.result_message(job.req_id, job.job_id, result, job.v)
-            rec = P.JobRecord(job.width, job.height, job.format, job.pixels, job.options, result.state,
-                              header["width"], header["height"], len(result.instances), job.token,
-                              self._owner(job.peer), job.peer)
-            header["token"] = job.token
-            header["hints"] = int(getattr(result, "hint_count", 0))
-            header["refusable"] = self.cache.put(job.job_id, rec, rec.nbytes)
-            header["timings"]["server_total"] = round(time.perf_counter() - t0, 4)
-            emit(header, data, final=True)
-            log.info("job #%d done on %s in %.2f s: %dx%d %s, %d instance(s), %d progress event(s)", job.seq,
-                     device, time.perf_counter() - t0, header["width"], header["height"], header["format"],
-                     len(result.instances), next(seq))
-        except Cancelled as e:
-            log.info("job #%d cancelled after %.2f s", job.seq, time.perf_counter() - t0)
-            emit({"v": job.v, "type": P.CANCELLED, "id": job.req_id, "job": job.job_id,
-                  "reason": str(e)}, final=True)
-        except PatchColorError as e:
-            log.warning("job #%d failed: %s: %s", job.seq, e.code, e.message)
-            emit(P.error_header(e.code, e.message, job.req_id, job.job_id, job.v), final=True)
-        except ValueError as e:
-            if job.kind == P.REFUSE:   # Pipeline.refuse: masks/options that do not fit the kept job
-                log.warning("job #%d: cannot re-fuse: %s", job.seq, e)
-                emit(P.error_header("bad_request", f"cannot re-fuse: {e}", job.req_id, job.job_id, job.v),
-                     final=True)
-            else:
-                self._internal_error(job, e, emit)
-        except MemoryError:
-            log.error("job #%d ran out of memory", job.seq)
-            emit(P.error_header("out_of_memory", "the server ran out of memory for this image", job.req_id,
-                                job.job_id, job.v), final=True)
-        except Exception as e:
-            self._internal_error(job, e, emit)
-        finally:
-            job.pixels = job.masks = job.fusion_state = job.instances = job.hints = None   # the cache keeps what refuse needs
-
-    def _internal_error(self, job: Job, e: BaseException, emit: Callable[..., None]) -> None:
-        log.error("job #%d failed unexpectedly", job.seq, exc_info=(type(e), e, e.__traceback__))
-        emit(P.error_header("internal", f"unexpected server error: {type(e).__name__}: {e}"[:500],
-                            job.req_id, job.job_id, job.v), final=True)
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_info() -> dict[str, Any]:
-    """The CPU line and whether bf16/fp16 run natively (what the dialog's "Fast" choice gets), probed once."""
-    from ..precision import cpu_report
-
-    report = cpu_report()
-    return {"line": report.line(), "model": report.model, "cores": report.cores, "isa": report.isa,
-            "native_bf16": report.native_bf16, "native_fp16": report.native_fp16, "winograd": report.winograd}
-
-
-def weights_info(models_dir: Path | None) -> dict[str, Any]:
-    """The weights part of ``info``, from the model registry (names, kinds, labels for the GIMP dialog, status
-    "ok" / "missing" / "corrupt" by cheap checks): see :func:`patchcolor.models.weights_status`."""
-    from .. import models
-
-    return models.weights_status(models_dir)
+    def _on_idle(self) -> None:
+        """Nothing queued and no worker busy: the jobs' peak memory goes back to the system (never raises)."""
+        release_memory()
