@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
-"""Install Patch Colorization: virtual environment, package, model weights and the GIMP 3 plug-in.
+"""Install Patch Colorization: virtual environment, the right torch build, the package, the weights, GIMP 3.
 
-Standard library only; runs with any ``python3`` >= 3.10 (``python3 install.py --help``).
+Standard library only; runs with any ``python3`` >= 3.10 (``python3 install.py --help``). It bootstraps; the
+weights are the package's job (``patchcolor weights fetch``, which works the same from a wheel install).
 
 Steps of a plain ``python3 install.py``:
 
 1. create ``.venv`` (``python -m venv``) unless it exists (``--skip-venv``: use this interpreter instead);
-2. ``pip install -e .[test] -c constraints.txt`` into it (pyproject.toml declares version ranges; constraints.txt
-   holds the exact tested versions; nothing is upgraded, and the step is skipped when neither file changed since
-   the last successful run - ``--reinstall`` forces it);
-3. write ``.venv/patchcolor-install.json`` (python, backend command, models folder);
-4. fetch the required weights (``--optional``: all of them) into ``models/``: resumable HTTP Range downloads into
-   ``<file>.part`` with retries, checked against the catalogue before the atomic rename; or, with
-   ``--models-from DIR``, hard-link/copy them from an offline folder, checked the same way;
-5. install the GIMP plug-in into every GIMP 3 profile found (or each ``--gimp-profile DIR``);
-6. with ``--autostart``: register the backend as a login service (``patchcolor service install``: a systemd user
+2. install the torch build that fits this machine (``--torch cpu|cuda|rocm`` overrides; a torch already there is
+   kept unless ``--torch`` names another build): an NVIDIA driver -> the CUDA build; ROCm -> the ROCm build;
+   macOS -> the default wheels (Apple GPUs through MPS); otherwise the CPU-only build from PyTorch's CPU index.
+   When that index cannot be reached, torch comes from the default package index, said in one sentence;
+3. ``pip install -e .[test] -c constraints.txt`` into the venv (pyproject.toml declares version ranges;
+   constraints.txt holds the exact tested versions; nothing is upgraded, and the step is skipped when neither file
+   changed since the last successful run - ``--reinstall`` forces it; ``--ray`` / ``--ddcolor`` add those extras);
+4. write ``.venv/patchcolor-install.json`` (python, backend command, models folder);
+5. ``patchcolor weights fetch`` (``--optional``, ``--models-from DIR``, ``--models-dir DIR`` are passed on): the
+   required weights (≈ 390 MB), resumable and verified, into ``models/``;
+6. install the GIMP plug-in into every GIMP 3 profile found (or each ``--gimp-profile DIR``);
+7. with ``--autostart``: register the backend as a login service (``patchcolor service install``: a systemd user
    unit, a macOS LaunchAgent or a Windows Startup entry; loopback only, models loaded on the first job), so the
    plug-in finds it whatever sandbox GIMP runs in. ``--uninstall`` removes the plug-in and that service.
 
@@ -24,7 +28,7 @@ Exit codes:
   2  bad command line
   3  the package and its venv are installed and work, but required weights are missing (no internet?):
      the message lists each file, where to put it and its URL
-  4  creating the virtual environment or installing the package failed (or a folder could not be written)
+  4  creating the virtual environment or installing torch or the package failed (or a folder could not be written)
   5  the GIMP plug-in (or the --autostart login service) could not be installed/uninstalled (everything else
      succeeded)
 130 interrupted (a partial download is kept and resumed next time)
@@ -34,13 +38,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
-import importlib
 import importlib.util
 import json
 import os
+import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -48,7 +50,7 @@ import types
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,25 +62,8 @@ VENV = ROOT / ".venv"
 RECORD_NAME = "patchcolor-install.json"
 GIMP_INSTALLER = ROOT / "gimp_plugin" / "gimp_install.py"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-USER_AGENT = "patchcolor-install/0.1 (+urllib)"
 
 EXIT_OK, EXIT_CORRUPT, EXIT_USAGE, EXIT_MISSING, EXIT_ENV, EXIT_GIMP, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
-
-
-# ----------------------------------------------------------------------------------------------- shared rules
-def _load_models_module() -> types.ModuleType:
-    """Import backend/patchcolor/models.py (stdlib only) without importing the ``patchcolor`` package, whose
-    ``__init__`` may need torch; a private package name keeps its relative import of ``errors`` working."""
-    name = "_patchcolor_boot"
-    if f"{name}.models" in sys.modules:
-        return sys.modules[f"{name}.models"]
-    pkg = types.ModuleType(name)
-    pkg.__path__ = [str(ROOT / "backend" / "patchcolor")]  # type: ignore[attr-defined]
-    sys.modules[name] = pkg
-    return importlib.import_module(f"{name}.models")
-
-
-M = _load_models_module()
 
 
 def say(msg: str = "") -> None:
@@ -89,382 +74,235 @@ def warn(msg: str) -> None:
     print(f"WARNING: {msg}", file=sys.stderr, flush=True)
 
 
-def human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
+# ----------------------------------------------------------------------------------------------- torch build
+# PyTorch's own package indexes. The CUDA and ROCm variants follow the torch version in constraints.txt (torch
+# 2.14: CUDA 13.0 - the default Linux wheels on PyPI are that CUDA build); pip matches torch==X to X+cpu etc.
+PYTORCH_INDEX = "https://download.pytorch.org/whl"
+CPU_INDEX = f"{PYTORCH_INDEX}/cpu"
+CUDA_INDEX = f"{PYTORCH_INDEX}/cu130"
+ROCM_INDEX = f"{PYTORCH_INDEX}/rocm7.0"
+TORCH_BUILDS = ("cpu", "cuda", "rocm")
 
 
-# ----------------------------------------------------------------------------------------------- downloads
-class DownloadError(Exception):
-    """A download could not be completed; ``offline`` when the host could not even be resolved/reached."""
+@dataclass(frozen=True)
+class Machine:
+    """What install.py finds out about this computer to choose a torch build.
 
-    def __init__(self, message: str, offline: bool = False, permanent: bool = False):
-        super().__init__(message)
-        self.offline = offline
-        self.permanent = permanent
-
-
-class _Truncated(Exception):
-    pass
-
-
-@dataclass
-class Progress:
-    """Progress line on stderr: redrawn in place on a terminal, one line per 10 % otherwise."""
-
-    label: str
-    total: int | None
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.t0 = time.monotonic()
-        self.last = 0.0
-        self.last_decile = -1
-        self.start_bytes: int | None = None
-
-    def begin(self, have: int) -> None:
-        """A new request starts at byte ``have`` (the rate is measured per request)."""
-        self.t0, self.start_bytes = time.monotonic(), have
-        if have == 0:
-            self.last_decile = -1
-
-    def update(self, done: int, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        if self.start_bytes is None:
-            self.start_bytes = done
-        now = time.monotonic()
-        rate = (done - self.start_bytes) / max(now - self.t0, 1e-6)
-        pct = f"{100 * done / self.total:5.1f}%" if self.total else "     "
-        line = f"  {self.label}: {human(done)} / {human(self.total)} {pct}  {human(int(rate))}/s"
-        if self.tty:
-            if final or now - self.last >= 0.2:
-                sys.stderr.write("\r" + line.ljust(78) + ("\n" if final else ""))
-                sys.stderr.flush()
-                self.last = now
-        else:
-            decile = int(10 * done / self.total) if self.total else -1
-            if decile > self.last_decile or (final and decile < 10):
-                self.last_decile = decile
-                sys.stderr.write(line + "\n")
-                sys.stderr.flush()
-
-
-def _content_range(value: str | None) -> tuple[int | None, int | None]:
-    """Parse ``bytes START-END/TOTAL`` or ``bytes */TOTAL`` -> (start, total); None where unknown."""
-    if not value or not value.startswith("bytes"):
-        return None, None
-    spec = value[5:].strip()
-    rng, _, total = spec.partition("/")
-    tot = int(total) if total.strip().isdigit() else None
-    start = int(rng.split("-")[0]) if rng and rng[0].isdigit() else None
-    return start, tot
-
-
-def _is_offline_error(exc: BaseException) -> bool:
-    reason = getattr(exc, "reason", exc)
-    return isinstance(reason, socket.gaierror)
-
-
-def download(url: str, part: Path, *, retries: int = 5, retry_wait: float = 1.0, timeout: float = 30.0,
-             label: str | None = None, progress: bool = True, expected_size: int | None = None) -> int:
-    """Download ``url`` into ``part``, resuming from its current length with an HTTP Range request.
-
-    A 206 answer is appended; a 200 answer (server ignores Range) restarts the file cleanly; a 416 answer means the
-    part is already complete (or stale: then it restarts).  Connection drops, timeouts and 5xx/429 answers are
-    retried with exponential backoff (``retry_wait`` * 2**n, max 60 s), each retry continuing where the file stopped;
-    attempts that made progress do not count against ``retries``.  Returns the final size.
-    Raises :class:`DownloadError` (``offline=True`` when the host name does not resolve).
+    system: ``platform.system()`` lowercased ("linux", "darwin", "windows"); machine: "x86_64", "arm64", ...;
+    nvidia: the GPU and driver ``nvidia-smi`` reports ("NVIDIA H100 80GB HBM3, driver 580.65"), None when no NVIDIA
+    driver answers; rocm: the ROCm version found (``/opt/rocm/.info/version``, "present" when only the tools are
+    there), None without ROCm.
     """
-    part.parent.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    total_tries = 0
-    ever_got = http_seen = False                   # neither: the network itself is unusable (offline)
-    prog = Progress(label or part.name, expected_size, enabled=progress)
-    while True:
-        total_tries += 1
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        got = 0
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
-                http_seen = True
-                status = resp.status
-                length = resp.headers.get("Content-Length")
-                if status == 206:
-                    start, total = _content_range(resp.headers.get("Content-Range"))
-                    if start != have:          # resumed somewhere else: start over
-                        part.unlink(missing_ok=True)
-                        continue
-                    mode = "ab"
-                elif status == 200:
-                    if have:
-                        say(f"  {prog.label}: the server does not resume downloads; starting over")
-                    have, mode = 0, "wb"
-                    total = int(length) if length and length.isdigit() else None
-                else:
-                    raise DownloadError(f"unexpected HTTP status {status} for {url}")
-                prog.total = total or prog.total
-                prog.begin(have)
-                with open(part, mode) as f:
-                    while True:
-                        try:
-                            chunk = resp.read(M.CHUNK)
-                        except http.client.IncompleteRead as e:
-                            f.write(e.partial)
-                            got += len(e.partial)
-                            raise _Truncated("connection closed early") from None
-                        if not chunk:
-                            break
-                        f.write(chunk)
-                        got += len(chunk)
-                        prog.update(have + got)
-                    f.flush()
-                    os.fsync(f.fileno())
-                size = have + got
-                if total is not None and size < total:
-                    raise _Truncated(f"got {size} of {total} bytes")
-                prog.update(size, final=True)
-                return size
-        except urllib.error.HTTPError as e:
-            http_seen = True
-            if e.code == 416 and have:
-                _, total = _content_range(e.headers.get("Content-Range"))
-                if total == have:
-                    prog.update(have, final=True)
-                    return have
-                part.unlink(missing_ok=True)       # stale or oversized part: restart
-                continue
-            if e.code in (401, 403, 404, 410):
-                raise DownloadError(f"HTTP {e.code} {e.reason} for {url}", permanent=True) from None
-            reason = f"HTTP {e.code} {e.reason}"
-        except urllib.error.URLError as e:
-            if _is_offline_error(e):
-                raise DownloadError(f"cannot resolve the host of {url} ({e.reason})", offline=True) from None
-            reason = str(e.reason)
-        except (_Truncated, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
-            reason = str(e) or type(e).__name__
-        if got > 0:
-            failures = 0                           # progress was made: a fresh budget of retries
-            ever_got = True
-        failures += 1
-        if failures > retries or total_tries > max(50, 10 * retries):
-            raise DownloadError(f"{reason} (gave up after {failures - 1} retries)",
-                                offline=not (ever_got or http_seen))
-        wait = min(retry_wait * 2 ** (failures - 1), 60.0)
-        if prog.tty and progress:
-            sys.stderr.write("\n")
-        say(f"  {prog.label}: {reason}; retry {failures}/{retries} in {wait:.0f} s "
-            f"(resuming at {human(part.stat().st_size if part.exists() else 0)})")
-        time.sleep(wait)
+
+    system: str
+    machine: str
+    nvidia: str | None = None
+    rocm: str | None = None
 
 
-# ----------------------------------------------------------------------------------------------- models
-@dataclass
-class ModelOutcome:
-    entry: Any                                # registry.WeightFile
-    result: Any | None                        # models.VerifyResult, None when not obtained
-    action: str                               # "present" | "downloaded" | "copied" | "linked" | "failed" | ...
-    detail: str = ""
-    offline: bool = False
-
-
-def _report(entry: Any, res: Any) -> None:
-    if res.status == "unconfirmed":
-        warn(f"{entry.file}: {res.message}")
-    elif res.prefix_algorithm and not entry.hash_prefix.confirmed:
-        say(f"  {entry.file}: the name's prefix matched its {res.prefix_algorithm} digest "
-            f"(catalogue declares {entry.hash_prefix.describe()}; recorded in verified.json)")
-
-
-def _accept(part: Path, final: Path, entry: Any, folder: Path) -> Any:
-    """Verify ``part`` (against the catalogue and any pin) and atomically move it to ``final`` when usable;
-    a refused part is deleted."""
-    res = M.verify_file(part, entry, full=True, recorded=M.load_verified(folder).get(entry.file))
-    if not res.usable:
-        part.unlink(missing_ok=True)
-        return res
-    os.replace(part, final)
-    res.path = final
-    M.record_verified(folder, entry, res)
-    _report(entry, res)
-    return res
-
-
-def _check_present(entry: Any, folder: Path) -> Any | None:
-    """Verify an installed file. Usable -> its result; corrupt -> moved aside to ``<file>.corrupt``, None."""
-    final = folder / entry.file
-    if not final.exists():
+def _nvidia_smi(run: Callable[..., Any] = subprocess.run) -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
         return None
-    res = M.verify_file(final, entry, full=True, recorded=M.load_verified(folder).get(entry.file))
-    if res.usable:
-        M.record_verified(folder, entry, res)
-        _report(entry, res)
-        return res
-    aside = final.with_name(final.name + ".corrupt")
-    os.replace(final, aside)
-    warn(f"{final} is corrupt ({res.message}); moved to {aside.name}, fetching it again")
-    return None
-
-
-def fetch_model(entry: Any, folder: Path, *, retries: int = 5, retry_wait: float = 1.0, timeout: float = 30.0,
-                progress: bool = True) -> ModelOutcome:
-    """Make sure ``entry``'s file is in ``folder``: keep a good copy, else download (resuming a ``.part``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    res = _check_present(entry, folder)
-    if res is not None:
-        return ModelOutcome(entry, res, "present", res.message)
-    final = folder / entry.file
-    part = final.with_name(final.name + ".part")
-    free = shutil.disk_usage(folder).free
-    need = (entry.size_hint or 0) - (part.stat().st_size if part.exists() else 0)
-    if need > free:
-        return ModelOutcome(entry, None, "failed", f"not enough disk space in {folder} "
-                            f"({human(free)} free, about {human(need)} needed)")
-    res = None
-    for attempt in (1, 2):
-        resumed = part.exists() and part.stat().st_size > 0
-        say(f"Downloading {entry.file} ({'~' if entry.size is None else ''}{human(entry.size_hint)})"
-            + (f", resuming at {human(part.stat().st_size)}" if resumed else ""))
-        try:
-            download(entry.url, part, retries=retries, retry_wait=retry_wait, timeout=timeout,
-                     label=entry.file, progress=progress, expected_size=entry.size_hint)
-        except DownloadError as e:
-            return ModelOutcome(entry, None, "failed", str(e), offline=e.offline)
-        res = _accept(part, final, entry, folder)
-        if res.usable:
-            return ModelOutcome(entry, res, "downloaded", res.message)
-        if not (resumed and attempt == 1):       # a stale resumed part may be the culprit: one clean retry
-            break
-        say(f"  {entry.file}: the resumed download failed the check ({res.message}); downloading it afresh")
-    detail = res.message if res is not None else "?"
-    return ModelOutcome(entry, res, "refused", f"downloaded file failed verification: {detail}")
-
-
-def _find_in(src: Path, file_name: str, max_depth: int = 6) -> Path | None:
-    """``src/file_name``, else the first match in sub-folders up to ``max_depth`` levels (e.g. a mirrored
-    Detectron2 URL layout ``COCO-InstanceSegmentation/.../138205316/model_final_a3ec72.pkl``)."""
-    direct = src / file_name
-    if direct.is_file():
-        return direct
-    base = len(src.parts)
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames.sort()
-        if len(Path(dirpath).parts) - base >= max_depth:
-            dirnames.clear()
-        if file_name in filenames and (Path(dirpath) / file_name).is_file():
-            return Path(dirpath) / file_name
-    return None
-
-
-def copy_model(entry: Any, src_dir: Path, folder: Path) -> ModelOutcome:
-    """Take ``entry``'s file from an offline folder: verified first, then hard-linked (same file system) or
-    copied through ``<file>.part`` and verified again before the atomic rename. A bad file is refused."""
-    folder.mkdir(parents=True, exist_ok=True)
-    src = _find_in(src_dir, entry.file)
-    present = _check_present(entry, folder)
-    if present is not None:
-        return ModelOutcome(entry, present, "present", present.message)
-    if src is None:
-        return ModelOutcome(entry, None, "failed", f"not found in {src_dir}")
-    res = M.verify_file(src, entry, full=True, recorded=M.load_verified(folder).get(entry.file))
-    if not res.usable:
-        return ModelOutcome(entry, res, "refused", f"{src} refused: {res.message}")
-    final = folder / entry.file
-    part = final.with_name(final.name + ".part")
-    part.unlink(missing_ok=True)
     try:
-        os.link(src, part)
-        action = "linked"
-        res.path = final
-        os.replace(part, final)
-        M.record_verified(folder, entry, res)
-        _report(entry, res)
-    except OSError:
-        shutil.copyfile(src, part)
-        action = "copied"
-        res = _accept(part, final, entry, folder)
-        if not res.usable:
-            return ModelOutcome(entry, res, "refused", f"copy of {src} failed verification: {res.message}")
-    return ModelOutcome(entry, res, action, res.message)
+        r = run([exe, "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True, text=True,
+                timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [ln.strip() for ln in (r.stdout or "").splitlines() if ln.strip()]
+    if r.returncode != 0 or not lines:
+        return None                      # the tool is there but no driver/GPU answers
+    name, _, driver = lines[0].rpartition(",")
+    return f"{name.strip() or lines[0]}, driver {driver.strip()}" + (f" (+{len(lines) - 1} more)" if len(lines) > 1
+                                                                     else "")
 
 
-def verify_table(catalog: Sequence[Any], folder: Path) -> int:
-    """``--verify``: hash every present file, pin newly verified ones, print a table; 0 or EXIT_CORRUPT."""
-    rows = []
-    bad = False
-    pins = M.load_verified(folder)
-    for e in catalog:
-        res = M.verify_file(folder / e.file, e, full=True, recorded=pins.get(e.file))
-        if res.usable:
-            M.record_verified(folder, e, res)
-        if res.status == "corrupt" or (res.status == "missing" and e.required):
-            bad = True
-        detail = res.message if res.status != "missing" else e.url
-        rows.append((e.id, e.file, "required" if e.required else "optional", res.status, detail))
-    widths = [max(len(r[i]) for r in rows + [("model", "file", "need", "status", "")]) for i in range(4)]
-    say(f"Models folder: {folder}")
-    say("  ".join(h.ljust(w) for h, w in zip(("model", "file", "need", "status"), widths)) + "  detail")
-    for r in rows:
-        say("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
-    if bad:
-        missing = [e for e, r in zip(catalog, rows) if r[3] == "missing" and e.required]
-        if missing:
-            say("")
-            _explain_missing(missing, folder)
-        if any(r[3] == "corrupt" for r in rows):
-            say("Corrupt files: delete them (or run `python3 install.py`, which moves them aside and downloads "
-                "them again).")
-    return EXIT_CORRUPT if bad else EXIT_OK
+def _rocm(root: Path = Path("/opt/rocm")) -> str | None:
+    version = root / ".info" / "version"
+    if version.is_file():
+        return version.read_text(encoding="utf-8", errors="replace").strip().split("-")[0] or "present"
+    if root.is_dir() or shutil.which("rocminfo") or shutil.which("rocm-smi"):
+        return "present"
+    return None
 
 
-def _explain_missing(entries: Sequence[Any], folder: Path, offline: bool = False) -> None:
-    why = " (no connection to the download servers?)" if offline else ""
-    say(f"Missing model file(s){why}. Put these files into {folder}:")
-    for e in entries:
-        say(f"  {e.file}  ({'~' if e.size is None else ''}{human(e.size_hint)})  {e.url}")
-    say("then check them with:          python3 install.py --verify")
-    say("or copy them from a folder:    python3 install.py --models-from /path/to/folder")
-    say("(a download that was interrupted resumes when you run `python3 install.py` again)")
+def probe_machine() -> Machine:
+    """This computer's OS, CPU architecture, NVIDIA driver and ROCm (see :class:`Machine`)."""
+    system = platform.system().lower()
+    return Machine(system, platform.machine().lower(), _nvidia_smi(),
+                   _rocm() if system == "linux" else None)
 
 
-def install_models(args: argparse.Namespace, folder: Path, catalog: Sequence[Any]) -> int:
-    """Fetch/copy the wanted weights; returns an exit code contribution (0, EXIT_CORRUPT or EXIT_MISSING)."""
-    wanted = [e for e in catalog if e.required or args.optional]
-    outcomes: list[ModelOutcome] = []
-    offline = False
-    for e in wanted:
-        if args.models_from:
-            out = copy_model(e, Path(args.models_from).expanduser(), folder)
-        elif offline:                            # do not knock on every server once the network is known down
-            present = _check_present(e, folder)
-            out = (ModelOutcome(e, present, "present", present.message) if present is not None
-                   else ModelOutcome(e, None, "failed", "skipped: offline", offline=True))
-        else:
-            out = fetch_model(e, folder, retries=args.retries, retry_wait=args.retry_wait, timeout=args.timeout,
-                              progress=not args.quiet)
-            offline = offline or out.offline
-        outcomes.append(out)
-        status = out.result.status if out.result is not None else "missing"
-        say(f"  {e.id:<15} {status:<12} {out.action:<10} {out.detail}")
-    refused = [o for o in outcomes if o.action == "refused"]
-    missing = [o.entry for o in outcomes if (o.result is None or not o.result.usable) and o.entry.required]
-    for o in refused:
-        warn(f"{o.entry.file} was refused: {o.detail}")
-    if missing:
-        say("")
-        _explain_missing(missing, folder, offline=offline or any(o.offline for o in outcomes))
-    if refused:
-        return EXIT_CORRUPT
-    return EXIT_MISSING if missing else EXIT_OK
+@dataclass(frozen=True)
+class TorchChoice:
+    """The torch build to install: build ("cpu" | "cuda" | "rocm" | "default"), the package index it comes from
+    (None: the default index) and why, in words."""
+
+    build: str
+    index_url: str | None
+    why: str
+
+
+def choose_torch(m: Machine, override: str | None = None) -> TorchChoice:
+    """The build for ``m`` (``override``: the user's ``--torch``). ValueError for a build this OS has none of."""
+    if m.system == "darwin":
+        if override in ("cuda", "rocm"):
+            raise ValueError(f"PyTorch publishes no {override.upper()} build for macOS; use --torch cpu or leave "
+                             "--torch out (the default wheels use Apple GPUs through MPS)")
+        return TorchChoice("default", None, "this is macOS, whose default wheels run on Apple GPUs through MPS "
+                           "(Apple silicon) or on the CPU")
+    if override == "rocm" and m.system != "linux":
+        raise ValueError("PyTorch's ROCm builds are for Linux only; use --torch cpu or --torch cuda")
+    build = override or ("cuda" if m.nvidia else "rocm" if m.rocm else "cpu")
+    if override:
+        why = f"--torch {override}"
+    elif m.nvidia:
+        why = f"an NVIDIA driver answers ({m.nvidia})"
+    elif m.rocm:
+        why = f"ROCm {m.rocm} is installed" if m.rocm != "present" else "ROCm is installed"
+    else:
+        why = "neither an NVIDIA driver nor ROCm was found (the CPU-only build leaves out 3 GB of CUDA libraries)"
+    if build == "cuda":
+        # PyPI's Linux wheels are the CUDA build; its Windows wheels are CPU-only, so Windows needs PyTorch's index
+        return TorchChoice("cuda", None if m.system == "linux" else CUDA_INDEX, why)
+    if build == "rocm":
+        return TorchChoice("rocm", ROCM_INDEX, why)
+    return TorchChoice("cpu", CPU_INDEX, why)
+
+
+def index_unreachable(url: str, timeout: float = 10.0) -> str | None:
+    """None when ``url``'s server answers (any HTTP status), else why not (one short phrase)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "/torch/", method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        return str(reason) or type(reason).__name__
+
+
+def build_of(version: str, system: str) -> str:
+    """The build of an installed torch version string: its local label (``+cpu``, ``+cu130``, ``+rocm7.0``), else
+    the default wheels of ``system`` (Linux: CUDA, Windows: CPU, macOS: default)."""
+    local = version.partition("+")[2]
+    if local.startswith("cpu"):
+        return "cpu"
+    if local.startswith("cu"):
+        return "cuda"
+    if local.startswith("rocm"):
+        return "rocm"
+    return {"linux": "cuda", "windows": "cpu"}.get(system, "default")
+
+
+@dataclass
+class TorchPlan:
+    """What the torch step runs (``commands``, in order) and the sentences it says first (``notes``)."""
+
+    commands: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_torch(python: Path, m: Machine, override: str | None, installed: str | None,
+               unreachable: Callable[[str], str | None] | None = None) -> TorchPlan:
+    """The pip commands that put the chosen torch build into ``python``'s environment (``installed``: the torch
+    version already there, or None; ``unreachable``: the index probe, default :func:`index_unreachable`)."""
+    unreachable = unreachable or index_unreachable
+    choice = choose_torch(m, override)
+    plan = TorchPlan()
+    if installed is not None:
+        have = build_of(installed, m.system)
+        if have == choice.build or (choice.build == "default" and m.system == "darwin"):
+            plan.notes.append(f"torch {installed} is installed (the {have} build); kept.")
+            return plan
+        if not override:
+            plan.notes.append(f"torch {installed} is installed (the {have} build); kept (this machine would get the "
+                              f"{choice.build} build: {choice.why}; `--torch {choice.build}` replaces it).")
+            return plan
+        plan.notes.append(f"Replacing torch {installed} (the {have} build) with the {choice.build} build.")
+        plan.commands.append([str(python), "-m", "pip", "uninstall", "-y", "torch", "torchvision"])
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "torch", "torchvision"]
+    if CONSTRAINTS.is_file():
+        pip += ["-c", str(CONSTRAINTS)]
+    index = choice.index_url
+    why_not = unreachable(index) if index is not None else None
+    if why_not is not None:
+        fallback = {"rocm": "its build does not use AMD GPUs: the networks will run on the CPU",
+                    "cuda": "on Windows its build runs on the CPU only",
+                    "cpu": "the CUDA build, about 3 GB larger, which runs on the CPU too" if m.system == "linux"
+                    else "a CPU-only build too"}[choice.build]
+        plan.notes.append(f"torch: the {choice.build} build was chosen because {choice.why}, but {index} cannot be "
+                          f"reached ({why_not}), so torch comes from the default package index instead ({fallback}).")
+        index = None
+    else:
+        plan.notes.append(f"torch: the {choice.build} build, because {choice.why}; from "
+                          + (index or "the default package index") + ".")
+    plan.commands.append(pip + (["--index-url", index] if index else []))
+    return plan
+
+
+def installed_torch(python: Path) -> str | None:
+    """The torch version installed in ``python``'s environment (its metadata; torch is not imported), or None."""
+    code = "import importlib.metadata as m\ntry: print(m.version('torch'))\nexcept m.PackageNotFoundError: pass"
+    try:
+        r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None
+
+
+def torch_step(python: Path, override: str | None, probe: Callable[[], Machine] = probe_machine) -> None:
+    """Install the chosen torch build (see :func:`plan_torch`). RuntimeError with a sentence when pip fails."""
+    try:
+        plan = plan_torch(python, probe(), override, installed_torch(python))
+    except ValueError as e:
+        raise RuntimeError(str(e)) from None
+    for note in plan.notes:
+        say(note)
+    for cmd in plan.commands:
+        say("Running: " + " ".join(cmd))
+        proc = subprocess.run(cmd, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"installing torch failed (pip exit {proc.returncode}); see its output above")
+
+
+# ----------------------------------------------------------------------------------------------- weights
+def patchcolor_command(python: Path) -> list[str]:
+    """The ``patchcolor`` command of ``python``'s environment: its script, else ``python -m patchcolor.cli``."""
+    script = Path(python).parent / ("patchcolor.exe" if os.name == "nt" else "patchcolor")
+    return [str(script)] if script.exists() else [str(python), "-m", "patchcolor.cli"]
+
+
+def weights_command(python: Path, args: argparse.Namespace) -> list[str]:
+    """``patchcolor weights verify|fetch ...`` with install.py's weight options passed on."""
+    cmd = patchcolor_command(python) + ["weights", "verify" if args.verify else "fetch"]
+    if args.optional:
+        cmd.append("--optional")
+    if args.models_dir:
+        cmd += ["--models-dir", str(Path(args.models_dir).expanduser().resolve())]
+    if args.models_from and not args.verify:
+        cmd += ["--from", str(Path(args.models_from).expanduser().resolve())]
+    if args.quiet and not args.verify:
+        cmd.append("--quiet")
+    return cmd
+
+
+def weights_step(python: Path, args: argparse.Namespace) -> int:
+    """Run ``patchcolor weights fetch`` (``--verify``: ``verify``) in the package's environment; its exit code
+    (0, EXIT_CORRUPT, EXIT_MISSING, EXIT_ENV for an unwritable folder, EXIT_INTERRUPTED) is install.py's."""
+    cmd = weights_command(python, args)
+    say("Model weights: " + " ".join(cmd))
+    try:
+        return subprocess.run(cmd, check=False).returncode
+    except OSError as e:
+        warn(f"cannot run {cmd[0]}: {e}")
+        return EXIT_ENV
+
+
+def default_models_dir(args: argparse.Namespace) -> Path:
+    """The weights folder the package will use: ``--models-dir``, else $PATCHCOLOR_MODELS, else ``models/``."""
+    chosen = args.models_dir or os.environ.get("PATCHCOLOR_MODELS")
+    return Path(chosen).expanduser().resolve() if chosen else ROOT / "models"
 
 
 # ----------------------------------------------------------------------------------------------- venv + package
@@ -526,20 +364,20 @@ def read_record(python: Path) -> dict[str, Any]:
         return {}
 
 
-def pip_install(python: Path, reinstall: bool = False, ray: bool = False) -> None:
+def pip_install(python: Path, reinstall: bool = False, ray: bool = False, ddcolor: bool = False) -> None:
     """``pip install -e .[test] -c constraints.txt`` into ``python``'s environment (no ``--upgrade``: only what
-    is missing or pinned differently changes; the constraints file pins the tested versions within
-    pyproject.toml's ranges). Skipped when neither file changed and ``patchcolor`` imports.
-    ray: also the ``ray`` extra (Ray Data, for ``colorize --ray``)."""
+    is missing or pinned differently changes - an installed torch build stays; the constraints file pins the
+    tested versions within pyproject.toml's ranges). Skipped when neither file changed and ``patchcolor`` imports.
+    ray: also the ``ray`` extra (Ray Data, for ``colorize --ray``); ddcolor: the ``ddcolor`` extra (spandrel)."""
+    extras = ["test"] + (["ray"] if ray else []) + (["ddcolor"] if ddcolor else [])
+    probes = "import patchcolor" + ("; import ray.data" if ray else "") + ("; import spandrel" if ddcolor else "")
     rec = read_record(python)
     if not reinstall and rec.get("pyproject_sha256") == _pyproject_hash():
-        ok = subprocess.run([str(python), "-c", "import patchcolor" + ("; import ray.data" if ray else "")],
-                            check=False, capture_output=True, cwd=str(Path.home()))
+        ok = subprocess.run([str(python), "-c", probes], check=False, capture_output=True, cwd=str(Path.home()))
         if ok.returncode == 0:
             say("The package is already installed and pyproject.toml is unchanged (--reinstall forces pip).")
             return
-    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-e",
-           f"{ROOT}[test,ray]" if ray else f"{ROOT}[test]"]
+    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-e", f"{ROOT}[{','.join(extras)}]"]
     if CONSTRAINTS.is_file():
         cmd += ["-c", str(CONSTRAINTS)]
     say("Installing the package: " + " ".join(cmd))
@@ -651,36 +489,31 @@ def _default_log() -> str:
     return str(state / "patchcolor" / "patchcolor.log")
 
 
-def _optional_names() -> str:
-    """`` (siggraph17, torchvision-v2, ...)``: the registry's models whose file a plain install does not fetch."""
-    try:
-        reg = M.registry()
-    except (OSError, ValueError):                 # a broken catalogue is reported by main(), not by --help
-        return ""
-    names = [m.name for m in reg.models if not m.weights.required]
-    return f" ({', '.join(names)})" if names else ""
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     doc = __doc__ or ""
     p = argparse.ArgumentParser(
-        prog="install.py", description="Install Patch Colorization (venv, package, weights, GIMP plug-in).",
+        prog="install.py", description="Install Patch Colorization (venv, torch, package, weights, GIMP plug-in).",
         epilog=doc[doc.index("Exit codes:"):], formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("environment")
     g.add_argument("--skip-venv", action="store_true", help="install into this interpreter instead of .venv")
+    g.add_argument("--torch", choices=TORCH_BUILDS,
+                   help="torch build to install (default: chosen from what this machine has: an NVIDIA driver -> "
+                        "cuda, ROCm -> rocm, macOS -> the default wheels with MPS, otherwise cpu); replaces an "
+                        "installed torch of another build")
     g.add_argument("--reinstall", action="store_true", help="run pip even if pyproject.toml is unchanged")
     g.add_argument("--ray", action="store_true", help="also install Ray (patchcolor[ray]) for colorize --ray")
+    g.add_argument("--ddcolor", action="store_true",
+                   help="also install the DDColor colorizer's libraries (patchcolor[ddcolor]: spandrel)")
     g.add_argument("--models-only", action="store_true", help="only fetch/check the weights (no venv, no pip)")
-    m = p.add_argument_group("model weights")
+    m = p.add_argument_group("model weights (passed on to `patchcolor weights fetch`)")
     m.add_argument("--no-models", action="store_true", help="skip the weights (CI)")
-    m.add_argument("--optional", action="store_true", help=f"also fetch the optional models{_optional_names()}")
+    m.add_argument("--optional", action="store_true",
+                   help="also fetch the optional models' weights (`patchcolor weights list` names them)")
     m.add_argument("--models-from", metavar="DIR", help="copy/link the weights from this offline folder")
     m.add_argument("--models-dir", metavar="DIR", help="weights folder (default: $PATCHCOLOR_MODELS or models/)")
-    m.add_argument("--verify", action="store_true", help="check every present weight file and exit")
-    m.add_argument("--retries", type=int, default=5, help="download retries per file (default 5)")
-    m.add_argument("--retry-wait", type=float, default=1.0, help="first retry wait in s, doubling (default 1)")
-    m.add_argument("--timeout", type=float, default=30.0, help="network timeout in s (default 30)")
-    m.add_argument("--quiet", action="store_true", help="no progress lines")
+    m.add_argument("--verify", action="store_true", help="check every present weight file and exit "
+                                                         "(`patchcolor weights verify`)")
+    m.add_argument("--quiet", action="store_true", help="no download progress lines")
     gp = p.add_argument_group("GIMP 3 plug-in")
     gp.add_argument("--gimp-profile", metavar="DIR", action="append", default=[],
                     help="install into this GIMP profile (repeatable; default: every GIMP 3 profile found)")
@@ -702,32 +535,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return a
 
 
-def resolve_models_dir(args: argparse.Namespace) -> Path:
-    if args.models_dir:
-        return Path(args.models_dir).expanduser().resolve()
-    return M.models_dir()
+def _package_python() -> Path:
+    """The interpreter that has the package for --verify / --models-only: the venv's, else this one."""
+    py = venv_python(VENV)
+    return py if py.exists() else Path(sys.executable)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    folder = resolve_models_dir(args)
-    try:
-        catalog = list(M.registry().files)
-    except (OSError, ValueError, KeyError) as e:
-        warn(f"cannot read the model catalogue: {e}")
-        return EXIT_ENV
+    folder = default_models_dir(args)
     if args.verify:
-        return verify_table(catalog, folder)
+        return weights_step(_package_python(), args)
     if args.uninstall:
         gcode = EXIT_OK if args.no_gimp else gimp_step(args, None)
         return service_step(venv_python(VENV), "uninstall", args, folder) or gcode
 
     code = EXIT_OK
-    python = Path(sys.executable)
+    python = _package_python() if args.models_only else Path(sys.executable)
     if not args.models_only:
         try:
             python = Path(sys.executable) if args.skip_venv else ensure_venv(VENV)
-            pip_install(python, reinstall=args.reinstall, ray=args.ray)
+            torch_step(python, args.torch)
+            pip_install(python, reinstall=args.reinstall, ray=args.ray, ddcolor=args.ddcolor)
             rec = write_record(python, folder)
             say(f"Install record: {rec}")
         except RuntimeError as e:
@@ -735,8 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_ENV
 
     if not args.no_models:
-        say(f"Model weights -> {folder}")
-        code = install_models(args, folder, catalog)
+        code = weights_step(python, args)
+        if code == EXIT_INTERRUPTED:
+            return code
 
     if not args.models_only and not args.no_gimp:
         gcode = gimp_step(args, backend_command(python))
@@ -750,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("Done." + ("" if args.models_only else f" Backend: {' '.join(backend_command(python))}"))
     elif code == EXIT_MISSING:
         warn("the package is installed and its environment works, but required model weights are missing "
-             f"(see above). Exit code {EXIT_MISSING}.")
+             f"(see above; `{' '.join(patchcolor_command(python))} weights fetch` resumes). Exit code {EXIT_MISSING}.")
     elif code == EXIT_CORRUPT:
         warn(f"a model file was refused or is corrupt (see above). Exit code {EXIT_CORRUPT}.")
     return code
@@ -759,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except OSError as exc:                        # e.g. a read-only models folder: one sentence, no traceback
+    except OSError as exc:                        # e.g. a read-only folder: one sentence, no traceback
         print(f"ERROR: {exc}", file=sys.stderr)
         sys.exit(EXIT_ENV)
     except KeyboardInterrupt:

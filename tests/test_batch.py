@@ -104,12 +104,15 @@ def test_truncated_file_is_one_sentence(tmp_path):
         batch.read_item(p, int(250e6))
 
 
-def test_dotdot_png_input(tmp_path):
-    p = photo(tmp_path / "..png")
-    plan = batch.plan_batch([p], tmp_path / "out", masks=True)
-    assert [i.out.name for i in plan.items] == ["..png"]
-    assert run(plan).count("done") == 1
-    assert (tmp_path / "out" / "..png").exists() and (tmp_path / "out" / "._masks" / "instances.json").exists()
+def test_names_that_would_start_with_a_dot_are_made_visible(tmp_path):
+    photo(tmp_path / "in" / "..png")
+    photo(tmp_path / "in" / ".hidden.png", seed=1)
+    plan = batch.plan_batch([tmp_path / "in"], tmp_path / "out", masks=True)
+    assert sorted(i.out.name for i in plan.items) == ["_.png", "_hidden.png"]
+    assert run(plan).count("done") == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != batch.STATE_DIR) == [
+        "_.png", "__masks", "_hidden.png", "_hidden_masks"]
+    assert not batch.plan_batch([tmp_path / "in"], tmp_path / "out", masks=True).items
 
 
 # ------------------------------------------------------------------------------------------------ output folder
@@ -175,6 +178,87 @@ def test_disk_full_stops_cleanly_counts_the_rest_and_leaves_no_tmp(tmp_path, mon
     assert "1 colorized" in line and "1 failed" in line and "2 not attempted" in line
 
 
+@pytest.fixture
+def small_fs(tmp_path):
+    """mount(options) -> a fresh tmpfs folder (root may mount; skipped where mounting is not allowed)."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        where = tmp_path / f"fs{len(mounted)}"
+        where.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'not allowed'}): the monkeypatched "
+                        "disk-full test covers the same path")
+        mounted.append(where)
+        return where
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.parametrize("limit", ["size=1m,nr_inodes=8", "size=48k"], ids=["inodes", "bytes"])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_real_full_disk_stops_the_batch_once_with_the_summary(tmp_path, small_fs, limit, overlap):
+    """Out of inodes (the lock file of the next input cannot be made) or of bytes: no traceback, one stop, the
+    rest counted as not attempted."""
+    for k in range(6):
+        photo(tmp_path / "in" / f"p{k}.png", 80, 60, seed=k)
+    out = small_fs(limit)
+    plan = batch.plan_batch([tmp_path / "in"], out, masks=False)
+    s = run(plan, overlap=overlap)
+    assert "No space left on device" in s.stopped and s.count("failed") == 1
+    assert s.count("done") + 1 + s.count("not_attempted") == 6 and s.count("done") >= (0 if overlap else 1)
+    assert f"{s.count('not_attempted')} not attempted (the batch stopped" in s.line(out)
+    assert not tmp_files(out)
+    assert all(o.item.is_done() for o in s.outcomes if o.status == "done")
+
+
+def test_a_folder_made_read_only_mid_batch_stops_it_once(tmp_path, small_fs):
+    for k in range(4):
+        photo(tmp_path / "in" / f"p{k}.png", seed=k)
+    out = small_fs("size=4m")
+    plan = batch.plan_batch([tmp_path / "in"], out, masks=True)
+
+    def after(o):
+        if o.status == "done":
+            subprocess.run(["mount", "-o", "remount,ro", str(out)], check=True)
+    s = run(plan, overlap=False, on_outcome=after)
+    assert (s.count("done"), s.count("failed"), s.count("not_attempted")) == (1, 1, 2)
+    assert "Read-only file system" in s.stopped and "stopping" in s.stopped
+    assert "2 not attempted (the batch stopped at the error above)" in s.line(out)
+
+
+def test_a_254_character_name_among_good_files(tmp_path, monkeypatch):
+    """Legal input names of 254 bytes: their output, mask folder, marker and lock names are shortened with a hash
+    where needed; everything is done and found done again. A name the file system still refuses fails alone."""
+    long = "p" * 250 + ".png"
+    photo(tmp_path / "in" / long, seed=1)
+    photo(tmp_path / "in" / ("é" * 125 + ".png"), seed=2)           # 254 bytes of UTF-8
+    for k in range(3):
+        photo(tmp_path / "in" / f"ok{k}.png", seed=10 + k)
+    plan = batch.plan_batch([tmp_path / "in"], tmp_path / "out", masks=True, suffix="_color")
+    s = run(plan)
+    assert s.count("done") == 5 and s.ok
+    names = [p.name for p in (tmp_path / "out").rglob("*")]
+    assert max(len(n.encode()) for n in names) <= 255
+    assert {i.src.name: i.out.name for i in plan.items}[long].startswith("p" * 200)
+    assert not batch.plan_batch([tmp_path / "in"], tmp_path / "out", masks=True, suffix="_color").items
+    # a file system refusing a name (ENAMETOOLONG, e.g. a shorter NAME_MAX): that input fails in one line
+    real_open = os.open
+
+    def short_names(path, *a, **k):
+        if len(os.path.basename(path)) > 100:
+            raise OSError(errno.ENAMETOOLONG, "File name too long", str(path))
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(batch.os, "open", short_names)
+    s = run(batch.plan_batch([tmp_path / "in"], tmp_path / "o2", masks=True))
+    assert (s.count("done"), s.count("failed"), s.count("not_attempted")) == (3, 2, 0), s.line(tmp_path / "o2")
+    failed = [o.message for o in s.outcomes if o.status == "failed"]
+    assert all("File name too long" in m and "\n" not in m for m in failed) and not s.stopped
+
+
 def test_summary_counts_inputs_never_attempted_when_backend_goes(tmp_path):
     for k in range(3):
         photo(tmp_path / "in" / f"p{k}.png", seed=k)
@@ -198,20 +282,122 @@ def test_collisions_get_unique_names_and_other_inputs_never_make_one_done(tmp_pa
     d = photo(tmp_path / "in2" / "photo.png", seed=4)
     plan = batch.plan_batch([tmp_path / "in", d], tmp_path / "out")
     outs = {i.src.name if i.src.parent.name == "in" else "in2/" + i.src.name: i.out.name for i in plan.items}
-    assert outs == {"photo.jpg": "photo.png", "photo.png": "photo_png.png", "photo.v1.png": "photo.v1.png",
-                    "in2/photo.png": "photo_png_2.png"}
+    assert outs == {"photo.jpg": "photo_jpg.png", "photo.png": "photo.png", "photo.v1.png": "photo.v1.png",
+                    "in2/photo.png": "photo_png.png"}
     assert run(plan).count("done") == 4
     # a later run with one of them alone: its own output is found, another input's output is never taken for it
-    for src, name in ((b, "photo_png.png"), (a, "photo.v1.png")):
+    for src, name in ((b, "photo.png"), (a, "photo.v1.png"), (d, "photo_png.png"), (c, "photo_jpg.png")):
         p = batch.plan_batch([src], tmp_path / "out")
         assert not p.items and [i.out.name for i in p.done] == [name]
     other = photo(tmp_path / "in3" / "photo.png", seed=5)      # a new photo with an existing output's name
     p = batch.plan_batch([other], tmp_path / "out")
-    assert len(p.items) == 1 and p.items[0].out.name not in {"photo.png", "photo_png.png", "photo_png_2.png"}
+    assert len(p.items) == 1 and p.items[0].out.name not in {"photo.png", "photo_png.png", "photo_jpg.png"}
     c.write_bytes(c.read_bytes())    # same name, new content (mtime/size): redone, not skipped
     os.utime(c, ns=(time.time_ns(), time.time_ns() + 10**9))
     p = batch.plan_batch([tmp_path / "in"], tmp_path / "out")
-    assert [i.src.name for i in p.items] == ["photo.jpg"] and p.items[0].out.name == "photo.png"
+    assert [i.src.name for i in p.items] == ["photo.jpg"] and p.items[0].out.name == "photo_jpg.png"
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_the_input_in_the_output_format_keeps_the_plain_name_in_every_order(tmp_path, fmt):
+    """README: photo.png keeps photo.png, photo.jpg becomes photo_jpg.png, whatever the order of the inputs."""
+    import itertools
+
+    files = [photo(tmp_path / "in" / n, seed=k) for k, n in enumerate(("photo.png", "photo.jpg", "photo.tif"))]
+    ext = batch.output_suffix(fmt)
+    keeps = "photo.png" if fmt == "png" else "photo.tif"
+    want = {n: ("photo" if n == keeps else f"photo_{n.split('.')[1]}") + ext for n in
+            ("photo.png", "photo.jpg", "photo.tif")}
+    for k, order in enumerate(itertools.permutations(files)):
+        plan = batch.plan_batch(list(order), tmp_path / f"out{k}", fmt=fmt)
+        assert {i.src.name: i.out.name for i in plan.items} == want, order
+        assert [i.src for i in plan.items] == list(order)            # the work keeps the order given
+    assert {i.src.name: i.out.name for i in batch.plan_batch([tmp_path / "in"], tmp_path / "o", fmt=fmt).items} == want
+
+
+# ------------------------------------------------------------------------------------------------ never replace
+def _bytes(*paths: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in paths}
+
+
+def test_suffix_in_the_input_folder_replaces_nothing_and_colorizes_suffix_named_inputs(tmp_path):
+    """The issue's case: -o s --suffix _c with s/a.png and s/a_c.png (another photo), and inputs whose names end in
+    the suffix: every photo keeps its bytes, every photo is colorized, a rerun finds them all done."""
+    s = tmp_path / "s"
+    inputs = [photo(s / n, seed=k) for k, n in enumerate(("a.png", "a_c.png", "a_c.jpg", "b_c.png", "family_c.png"))]
+    before = _bytes(*inputs)
+    plan = batch.plan_batch([s], s, suffix="_c", masks=True)
+    assert sorted(i.src.name for i in plan.items) == sorted(p.name for p in inputs)
+    outs = {i.out for i in plan.items}
+    assert len(outs) == 5 and not outs & set(inputs)
+    summary = run(plan)
+    assert summary.count("done") == 5 and summary.ok
+    assert _bytes(*inputs) == before
+    again = batch.plan_batch([s], s, suffix="_c", masks=True)        # outputs are not taken for inputs
+    assert not again.items and len(again.done) == 5 and not again.notes
+
+
+def test_a_file_patchcolor_did_not_write_is_kept_and_the_output_named_otherwise(tmp_path):
+    album, out = tmp_path / "album", tmp_path / "out"
+    photo(album / "family.png", seed=1)
+    photo(album / "dad.png", seed=2)
+    theirs = photo(out / "family.png", seed=9)                       # unrelated, already in OUT
+    (out / "dad_masks").mkdir()
+    mine = out / "dad_masks" / "notes.txt"
+    mine.write_text("mine")
+    before = _bytes(theirs, mine)
+    plan = batch.plan_batch([album], out, masks=True)
+    assert {i.src.name: i.out.name for i in plan.items} == {"family.png": "family_png.png", "dad.png": "dad_png.png"}
+    assert len(plan.notes) == 2 and all("not written by patchcolor" in n and "kept" in n for n in plan.notes)
+    assert any(str(theirs) in n for n in plan.notes) and any(str(out / "dad_masks") in n for n in plan.notes)
+    assert run(plan).count("done") == 2
+    assert _bytes(theirs, mine) == before and sorted(p.name for p in (out / "dad_masks").iterdir()) == ["notes.txt"]
+    again = batch.plan_batch([album], out, masks=True)
+    assert not again.items and not again.notes                       # said once, while there is work to do
+
+
+def test_symlinked_inputs_and_output_folder_are_resolved(tmp_path):
+    real = tmp_path / "real"
+    a = photo(real / "a.png")
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    (real / "b_c.png").symlink_to(a)                                 # the same photo under an output-like name
+    for inputs in ([tmp_path / "link"], [real / "b_c.png"]):
+        with pytest.raises(BadOptions, match="--suffix"):
+            batch.plan_batch(inputs, real)
+    before = a.read_bytes()
+    plan = batch.plan_batch([tmp_path / "link", real / "b_c.png"], tmp_path / "link", suffix="_c")
+    assert [(i.src.name, i.out.name) for i in plan.items] == [("a.png", "a_c.png")]     # one photo, once
+    assert run(plan).count("done") == 1 and a.read_bytes() == before and (real / "b_c.png").is_symlink()
+
+
+def test_a_name_given_away_meanwhile_is_not_replaced(tmp_path):
+    """Two runs planned at once for different photos of the same name: the second finds the name taken by the
+    first when it claims it, fails that input in one line and replaces nothing."""
+    first, second = photo(tmp_path / "x" / "p.png", seed=1), photo(tmp_path / "y" / "p.png", seed=2)
+    plan_a = batch.plan_batch([first], tmp_path / "out")
+    plan_b = batch.plan_batch([second], tmp_path / "out")
+    assert plan_a.items[0].out == plan_b.items[0].out
+    assert run(plan_a).count("done") == 1
+    before = _bytes(plan_a.items[0].out)
+    s = run(plan_b)
+    assert s.count("failed") == 1 and "belongs to another input" in s.outcomes[0].message
+    assert _bytes(plan_a.items[0].out) == before
+    assert run(batch.plan_batch([second], tmp_path / "out")).count("done") == 1      # a rerun picks a free name
+
+
+def test_multi_frame_inputs_say_only_the_first_frame_is_colorized(tmp_path):
+    frames = [Image.fromarray(np.full((20, 24), v, np.uint8)) for v in (10, 120, 240)]
+    (tmp_path / "in").mkdir()
+    frames[0].save(tmp_path / "in" / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "in" / "pages.tif", save_all=True, append_images=frames[1:2])
+    photo(tmp_path / "in" / "one.png")
+    seen = []
+    s = run(batch.plan_batch([tmp_path / "in"], tmp_path / "out"), on_outcome=seen.append)
+    assert s.count("done") == 3
+    notes = {o.item.src.name: o.note for o in seen}
+    assert notes == {"anim.gif": "only the first of its 3 frames is colorized",
+                     "pages.tif": "only the first of its 2 frames is colorized", "one.png": ""}
+
 
 
 def test_kill9_between_image_and_marker_is_redone_with_masks(tmp_path):

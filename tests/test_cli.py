@@ -64,7 +64,7 @@ def test_seed_preset_and_tiff(folder, models_dir, tmp_path):
 def test_clear_errors_without_traceback(folder, tmp_path):
     r = _run(["colorize", folder / "astronaut.jpg", "-o", tmp_path], tmp_path / "no-models")
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "install.py" in r.stderr
+    assert "weights fetch" in r.stderr and "install.py" not in r.stderr
     r = _run(["colorize", folder / "astronaut.jpg", "-o", tmp_path, "--saturation", "99"], tmp_path)
     assert r.returncode == 2 and "saturation must be" in r.stderr
     r = _run(["colorize", folder / "astronaut.jpg", "-o", tmp_path, "--max-pixels", "1000"], tmp_path)
@@ -206,3 +206,62 @@ def test_unreachable_backend_counts_the_inputs_never_attempted(tmp_path):
               "--remote-timeout", "1"], tmp_path / "no-models")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "0 colorized, 0 skipped (already done), 1 failed, 2 not attempted" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ option values
+@pytest.mark.parametrize("args", [["--max-pixels", "inf"], ["--max-pixels", "nan"], ["--max-pixels", "-5"],
+                                  ["--max-pixels", "0"], ["--ray-cpus-per-worker", "nan"],
+                                  ["--ray-cpus-per-worker", "-1"], ["--remote-timeout", "inf"],
+                                  ["--remote-timeout", "-1"], ["--saturation", "nan"], ["--feather", "inf"],
+                                  ["--score-thresh", "-0.1"], ["--max-side", "-3"], ["--max-instances", "-1"]])
+def test_every_numeric_option_is_checked_in_one_line(tmp_path, capsys, args):
+    from patchcolor import cli
+    from test_batch import photo
+
+    p = photo(tmp_path / "a.png")
+    code = cli.main(["colorize", str(p), "-o", str(tmp_path / "out")] + args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and args[0].lstrip("-").split("-")[0] in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_precision_checks_max_pixels(tmp_path, capsys):
+    from patchcolor import cli
+
+    assert cli.main(["check-precision", str(tmp_path / "a.png"), "--max-pixels", "inf"]) == 2
+    assert capsys.readouterr().err.startswith("error: --max-pixels must be a number")
+
+
+# ------------------------------------------------------------------------------------------------ never replace
+def test_cli_replaces_nothing_names_everything_and_says_what_it_did(models_dir, tmp_path):
+    """Through the real command: the issue's --suffix case (s/a.png + s/a_c.png), an unrelated OUT/family.png, a
+    254-character name, an animated GIF (one note line), a name that would be hidden."""
+    from test_batch import photo
+
+    s, out = tmp_path / "s", tmp_path / "out"
+    mine = [photo(s / n, 64, 48, seed=k) for k, n in enumerate(("a.png", "a_c.png", "b_c.jpg"))]
+    before = {p: p.read_bytes() for p in mine}
+    r = _run(["colorize", s, "-o", s, "--suffix", "_c", "--detector", "none", "--max-side", "64"], models_dir)
+    assert r.returncode == 0 and "3 colorized, 0 skipped (already done), 0 failed" in r.stderr, r.stderr
+    assert {p: p.read_bytes() for p in mine} == before
+    assert sorted(p.name for p in s.iterdir() if p.is_file()) == ["a.png", "a_c.png", "a_c_c.png", "a_png_c.png",
+                                                                   "b_c.jpg", "b_c_c.png"]
+
+    album = tmp_path / "album"
+    photo(album / "family.png", 64, 48, seed=5)
+    photo(album / ("p" * 250 + ".png"), 64, 48, seed=6)
+    photo(album / "..png", 64, 48, seed=7)
+    frames = [Image.fromarray(np.full((48, 64), v, np.uint8)) for v in (20, 200)]
+    frames[0].save(album / "anim.gif", save_all=True, append_images=frames[1:])
+    theirs = photo(out / "family.png", seed=9)
+    kept = theirs.read_bytes()
+    r = _run(["colorize", album, "-o", out, "--masks", "--detector", "none", "--max-side", "64"], models_dir)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "4 colorized, 0 skipped (already done), 0 failed" in r.stderr
+    assert theirs.read_bytes() == kept and (out / "family_png.png").exists() and (out / "_.png").exists()
+    lines = r.stderr.splitlines()
+    assert sum("not written by patchcolor" in ln and "family_png.png" in ln for ln in lines) == 1
+    assert [ln for ln in lines if ln.startswith("note: ")] == [
+        f"note: {album / 'anim.gif'}: only the first of its 2 frames is colorized"]

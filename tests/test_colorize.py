@@ -94,16 +94,19 @@ def test_loader_rejects_wrong_files(tmp_path):
     bad = dict(state)
     bad["model8.6.weight"] = torch.zeros(300, 256, 1, 1)
     torch.save(bad, tmp_path / "shape.pth")
-    with pytest.raises(WeightsCorrupt, match="wrong shape: model8.6.weight"):
+    with pytest.raises(WeightsCorrupt) as ei:
         load_colorizer("eccv16", tmp_path / "shape.pth", torch.device("cpu"))
+    assert "wrong shape: model8.6.weight" in ei.value.details                 # the log's detail; the sentence:
+    assert ei.value.message.startswith(f"The eccv16 colorizer weights file {tmp_path / 'shape.pth'} is damaged")
     missing = {k: v for k, v in state.items() if k != "model_out.weight"}
     torch.save(missing, tmp_path / "missing.pth")
-    with pytest.raises(WeightsCorrupt, match="missing: model_out.weight"):
+    with pytest.raises(WeightsCorrupt) as ei:
         load_colorizer("eccv16", tmp_path / "missing.pth", torch.device("cpu"))
+    assert "missing: model_out.weight" in ei.value.details
     (tmp_path / "trunc.pth").write_bytes((tmp_path / "shape.pth").read_bytes()[:1000])
-    with pytest.raises(WeightsCorrupt, match="install.py --verify"):
+    with pytest.raises(WeightsCorrupt, match="weights fetch"):
         load_colorizer("eccv16", tmp_path / "trunc.pth", torch.device("cpu"))
-    with pytest.raises(WeightsMissing, match="install.py"):
+    with pytest.raises(WeightsMissing, match="weights fetch"):
         load_colorizer("eccv16", tmp_path / "absent.pth", torch.device("cpu"))
 
 

@@ -1,4 +1,6 @@
-"""Model catalogue, weight verification, resumable downloads and install.py (loopback only, no real weights)."""
+"""Weight verification, resumable downloads, ``patchcolor weights`` and install.py's bootstrap: the torch build it
+chooses per platform (probes faked), its hand-over to ``patchcolor weights fetch``, the GIMP and login-service
+steps (loopback only, no real weights)."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from patchcolor import download as dl
 from patchcolor import models as pm
+from patchcolor import weights as pw
 from patchcolor.errors import WeightsCorrupt, WeightsMissing
+from patchcolor.registry import command_name
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "install.py"
@@ -132,16 +137,20 @@ def test_unconfirmed_algorithm_policy(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- weight_path
-def test_weight_path_missing_message_names_file_folder_and_command(tmp_path: Path) -> None:
+def test_weight_path_missing_message_is_one_sentence_with_the_fetch_command(tmp_path: Path) -> None:
     with pytest.raises(WeightsMissing) as ei:
         pm.weight_path("eccv16", tmp_path)
-    msg = str(ei.value)
-    assert "colorization_release_v2-9b330a0b.pth" in msg and str(tmp_path) in msg
-    assert "python3 install.py" in msg and "python3 install.py --models-from DIR" in msg
-    assert ei.value.code == "weights_missing"
+    err = ei.value
+    assert err.message == (f"The eccv16 colorizer weights are missing: run `{command_name()} weights fetch "
+                           f"--models-dir {tmp_path}`.")
+    assert err.code == "weights_missing" and "install.py" not in err.message
+    assert "colorization_release_v2-9b330a0b.pth" in err.details and str(tmp_path) in err.details  # for the log
+    assert "https://colorizers.s3" in err.details
     (tmp_path / "model_final_a3ec72.pkl.part").write_bytes(b"x")
-    with pytest.raises(WeightsMissing, match="resumes"):
+    with pytest.raises(WeightsMissing) as ei:
         pm.weight_path("detectron2", tmp_path)
+    assert ei.value.message.startswith("The detectron2 detector weights are missing: run `")
+    assert "resumes" in ei.value.details
 
 
 def test_weight_path_found_alias_and_pinned_size(tmp_path: Path) -> None:
@@ -155,8 +164,11 @@ def test_weight_path_found_alias_and_pinned_size(tmp_path: Path) -> None:
     assert pm.load_verified(tmp_path)["model_final_a3ec72.pkl"]["sha256"] == res.sha256
     assert pm.weight_path("r101", tmp_path) == f
     f.write_bytes(b"\x80\x02.")
-    with pytest.raises(WeightsCorrupt, match="install.py"):
+    with pytest.raises(WeightsCorrupt) as ei:
         pm.weight_path("r101", tmp_path)
+    assert ei.value.message == (f"The r101 detector weights file {f} is damaged or not the official file: delete it "
+                                f"and run `{command_name()} weights fetch --models-dir {tmp_path}`.")
+    assert "bytes instead of" in ei.value.details
 
 
 # ----------------------------------------------------------------------------------------------- downloads
@@ -236,7 +248,7 @@ DATA3 = os.urandom(3 * MiB)
 def test_download_resumes_with_range_after_dropped_connection(tmp_path: Path, serve: Any) -> None:
     srv = serve(DATA3, cut_at=MiB)
     part = tmp_path / "w.part"
-    n = inst.download(srv.url, part, retries=3, retry_wait=0, timeout=10, progress=False)
+    n = dl.download(srv.url, part, retries=3, retry_wait=0, timeout=10, progress=False)
     assert n == len(DATA3) and sha256(part.read_bytes()) == sha256(DATA3)
     assert srv.log == [None, f"bytes={MiB}-"]            # continued exactly where the drop happened
 
@@ -244,7 +256,7 @@ def test_download_resumes_with_range_after_dropped_connection(tmp_path: Path, se
 def test_download_restarts_cleanly_when_server_ignores_range(tmp_path: Path, serve: Any) -> None:
     srv = serve(DATA3, cut_at=MiB, honor_range=False)
     part = tmp_path / "w.part"
-    n = inst.download(srv.url, part, retries=3, retry_wait=0, timeout=10, progress=False)
+    n = dl.download(srv.url, part, retries=3, retry_wait=0, timeout=10, progress=False)
     assert srv.log == [None, f"bytes={MiB}-"]            # asked to resume, got a full 200 answer
     assert n == len(DATA3) == part.stat().st_size and sha256(part.read_bytes()) == sha256(DATA3)
 
@@ -253,11 +265,11 @@ def test_download_of_already_complete_part_and_http_errors(tmp_path: Path, serve
     srv = serve(DATA3)
     part = tmp_path / "w.part"
     part.write_bytes(DATA3)
-    assert inst.download(srv.url, part, retries=1, retry_wait=0, progress=False) == len(DATA3)   # 416 = done
+    assert dl.download(srv.url, part, retries=1, retry_wait=0, progress=False) == len(DATA3)   # 416 = done
     assert srv.log == [f"bytes={len(DATA3)}-"] and part.read_bytes() == DATA3
     gone = serve(b"", status_code=404)
-    with pytest.raises(inst.DownloadError) as ei:
-        inst.download(gone.url, tmp_path / "x.part", retries=3, retry_wait=0, progress=False)
+    with pytest.raises(dl.DownloadError) as ei:
+        dl.download(gone.url, tmp_path / "x.part", retries=3, retry_wait=0, progress=False)
     assert ei.value.permanent and gone.log == [None]     # a 404 is not retried
 
 
@@ -268,28 +280,28 @@ def _closed_port() -> int:
 
 
 def test_download_gives_up_after_retries(tmp_path: Path) -> None:
-    with pytest.raises(inst.DownloadError, match="gave up after 2 retries"):
-        inst.download(f"http://127.0.0.1:{_closed_port()}/w", tmp_path / "w.part", retries=2, retry_wait=0,
+    with pytest.raises(dl.DownloadError, match="gave up after 2 retries"):
+        dl.download(f"http://127.0.0.1:{_closed_port()}/w", tmp_path / "w.part", retries=2, retry_wait=0,
                       timeout=2, progress=False)
 
 
 def test_fetch_model_verifies_before_rename_and_pins(tmp_path: Path, serve: Any) -> None:
     data = torch_like_bytes(2 * MiB)
     srv = serve(data, cut_at=700_000)
-    e = entry_for(inst.M, data, url=srv.url)
-    out = inst.fetch_model(e, tmp_path, retries=2, retry_wait=0, progress=False)
+    e = entry_for(pm, data, url=srv.url)
+    out = pw.fetch_file(e, tmp_path, retries=2, retry_wait=0, progress=False)
     assert out.action == "downloaded" and out.result.ok
     assert (tmp_path / e.file).read_bytes() == data and not (tmp_path / (e.file + ".part")).exists()
-    assert inst.M.load_verified(tmp_path)[e.file]["sha256"] == sha256(data)
-    again = inst.fetch_model(e, tmp_path, retries=0, retry_wait=0, progress=False)
+    assert pm.load_verified(tmp_path)[e.file]["sha256"] == sha256(data)
+    again = pw.fetch_file(e, tmp_path, retries=0, retry_wait=0, progress=False)
     assert again.action == "present" and len(srv.log) == 2          # nothing downloaded twice
 
 
 def test_fetch_model_refuses_wrong_content(tmp_path: Path, serve: Any) -> None:
     data = torch_like_bytes(MiB)
     srv = serve(data)
-    e = entry_for(inst.M, data, prefix="00000000", url=srv.url)
-    out = inst.fetch_model(e, tmp_path, retries=0, retry_wait=0, progress=False)
+    e = entry_for(pm, data, prefix="00000000", url=srv.url)
+    out = pw.fetch_file(e, tmp_path, retries=0, retry_wait=0, progress=False)
     assert out.action == "refused" and out.result.status == "corrupt"
     assert list(tmp_path.iterdir()) == []                           # neither the file nor a .part stays
 
@@ -297,30 +309,30 @@ def test_fetch_model_refuses_wrong_content(tmp_path: Path, serve: Any) -> None:
 def test_fetch_model_discards_a_bad_resumed_part_once(tmp_path: Path, serve: Any) -> None:
     data = torch_like_bytes(2 * MiB)
     srv = serve(data)
-    e = entry_for(inst.M, data, url=srv.url)
+    e = entry_for(pm, data, url=srv.url)
     (tmp_path / (e.file + ".part")).write_bytes(os.urandom(MiB))    # stale part from some other file
-    out = inst.fetch_model(e, tmp_path, retries=0, retry_wait=0, progress=False)
+    out = pw.fetch_file(e, tmp_path, retries=0, retry_wait=0, progress=False)
     assert out.action == "downloaded" and (tmp_path / e.file).read_bytes() == data
     assert srv.log == [f"bytes={MiB}-", None]
 
 
 def test_copy_model_links_or_copies_a_good_file(tmp_path: Path) -> None:
     data = torch_like_bytes(300_000)
-    e = entry_for(inst.M, data)
+    e = entry_for(pm, data)
     src = tmp_path / "src" / "nested"
     src.mkdir(parents=True)
     (src / e.file).write_bytes(data)
-    out = inst.copy_model(e, tmp_path / "src", tmp_path / "models")
+    out = pw.copy_file(e, tmp_path / "src", tmp_path / "models")
     assert out.action in ("linked", "copied") and (tmp_path / "models" / e.file).read_bytes() == data
 
 
-# ----------------------------------------------------------------------------------------------- install.py CLI
-def run_install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """install.py under ``-S`` (no site-packages): proves it needs the standard library only."""
+# ----------------------------------------------------------------------------------------------- patchcolor weights
+def run_weights(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``patchcolor weights ...`` in a fresh process (the package's command, as install.py and a wheel user run it)."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("PATCHCOLOR_")}
     e.update(env or {})
-    return subprocess.run([sys.executable, "-S", str(INSTALL), *args], check=False, capture_output=True,
-                          text=True, env=e, timeout=120)
+    return subprocess.run([sys.executable, "-m", "patchcolor.cli", "weights", *args], check=False,
+                          capture_output=True, text=True, env=e, timeout=120)
 
 
 def write_catalog(path: Path, entries: list[Any]) -> Path:
@@ -335,16 +347,17 @@ def write_catalog(path: Path, entries: list[Any]) -> Path:
     return path
 
 
-def test_cli_verify_empty_dir_reports_missing(tmp_path: Path) -> None:
-    p = run_install("--verify", "--models-dir", str(tmp_path))
+def test_weights_verify_empty_dir_reports_missing(tmp_path: Path) -> None:
+    p = run_weights("verify", "--models-dir", str(tmp_path))
     out = p.stdout + p.stderr
-    assert p.returncode == 1, out
+    assert p.returncode == pw.EXIT_CORRUPT == 1, out
     assert "missing" in out and "colorization_release_v2-9b330a0b.pth" in out and "model_final_a3ec72.pkl" in out
-    assert "https://dl.fbaipublicfiles.com/detectron2/" in out and "--models-from" in out
-    assert "Traceback" not in out
+    assert "https://dl.fbaipublicfiles.com/detectron2/" in out and f"weights fetch --from /path/to/folder " \
+        f"--models-dir {tmp_path}" in out
+    assert "Traceback" not in out and "install.py" not in out
 
 
-def test_cli_verify_ok_pins_then_detects_corruption(tmp_path: Path) -> None:
+def test_weights_verify_ok_pins_then_detects_corruption(tmp_path: Path) -> None:
     a, b = torch_like_bytes(200_000), torch_like_bytes(300_000)
     ea, eb = entry_for(pm, a, id="a"), entry_for(pm, b, id="b", required=False)
     cat = write_catalog(tmp_path / "cat.json", [ea, eb])
@@ -352,53 +365,77 @@ def test_cli_verify_ok_pins_then_detects_corruption(tmp_path: Path) -> None:
     models.mkdir()
     (models / ea.file).write_bytes(a)
     env = {"PATCHCOLOR_CATALOG": str(cat)}
-    p = run_install("--verify", "--models-dir", str(models), env=env)
-    assert p.returncode == 0, p.stdout + p.stderr          # optional b missing is fine
+    p = run_weights("verify", "--models-dir", str(models), env=env)
+    assert p.returncode == 0, p.stdout + p.stderr          # optional b missing is fine ...
+    assert run_weights("verify", "--optional", "--models-dir", str(models), env=env).returncode == 1  # ... unless
     assert json.loads((models / "verified.json").read_text())["files"][ea.file]["sha256"] == sha256(a)
     (models / eb.file).write_bytes(a)                      # a wrong optional file is still an error
-    p = run_install("--verify", "--models-dir", str(models), env=env)
+    p = run_weights("verify", "--models-dir", str(models), env=env)
     assert p.returncode == 1 and "corrupt" in p.stdout
 
 
-def test_cli_models_from_refuses_bad_file(tmp_path: Path) -> None:
+def test_weights_fetch_from_refuses_bad_file(tmp_path: Path) -> None:
     src, dst = tmp_path / "offline", tmp_path / "models"
     src.mkdir()
     (src / "colorization_release_v2-9b330a0b.pth").write_bytes(torch_like_bytes(50_000))
-    p = run_install("--models-only", "--no-gimp", "--models-from", str(src), "--models-dir", str(dst))
+    p = run_weights("fetch", "eccv16", "--from", str(src), "--models-dir", str(dst))
     out = p.stdout + p.stderr
     assert p.returncode == 1, out
     assert "refused" in out and "prefix mismatch" in out
     assert not (dst / "colorization_release_v2-9b330a0b.pth").exists()
 
 
-def test_cli_models_from_good_files(tmp_path: Path) -> None:
-    a = torch_like_bytes(100_000)
-    ea = entry_for(pm, a, id="a")
-    cat = write_catalog(tmp_path / "cat.json", [ea])
+def test_weights_fetch_from_good_files_and_list(tmp_path: Path) -> None:
+    a, b = torch_like_bytes(100_000), torch_like_bytes(120_000)
+    ea, eb = entry_for(pm, a, id="a"), entry_for(pm, b, id="b", required=False)
+    env = {"PATCHCOLOR_CATALOG": str(write_catalog(tmp_path / "cat.json", [ea, eb]))}
     src, dst = tmp_path / "offline", tmp_path / "models"
     src.mkdir()
     (src / ea.file).write_bytes(a)
-    p = run_install("--models-only", "--models-from", str(src), "--models-dir", str(dst),
-                    env={"PATCHCOLOR_CATALOG": str(cat)})
+    (src / eb.file).write_bytes(b)
+    p = run_weights("fetch", "--from", str(src), "--models-dir", str(dst), env=env)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert (dst / ea.file).read_bytes() == a
+    assert (dst / ea.file).read_bytes() == a and not (dst / eb.file).exists()     # optional: only when asked
+    p = run_weights("list", "--models-dir", str(dst), env=env)
+    rows = {ln.split()[0]: ln.split() for ln in p.stdout.splitlines()[2:]}
+    assert p.returncode == 0 and rows["a"][1] == "required" and rows["a"][4] == "present", p.stdout
+    assert rows["b"][1] == "optional" and rows["b"][4] == "missing"
+    p = run_weights("fetch", "b", "--from", str(src), "--models-dir", str(dst), env=env)    # by name
+    assert p.returncode == 0 and (dst / eb.file).read_bytes() == b, p.stdout + p.stderr
+    p = run_weights("fetch", "nope", "--models-dir", str(dst), env=env)
+    assert p.returncode == pw.EXIT_USAGE and "unknown model nope; choose among a, b" in p.stderr
 
 
-def test_cli_unreachable_server_exit_code_and_message(tmp_path: Path) -> None:
+def test_weights_fetch_unreachable_server_exit_code_and_message(tmp_path: Path) -> None:
     """No network: exit 3, every missing file listed with folder and URL, later files not even tried."""
     a, b = torch_like_bytes(10_000), torch_like_bytes(20_000)
     port = _closed_port()
     ea = entry_for(pm, a, id="a", url=f"http://127.0.0.1:{port}/{entry_for(pm, a).file}")
     eb = entry_for(pm, b, id="b", url=f"http://127.0.0.1:{port}/{entry_for(pm, b).file}")
     cat = write_catalog(tmp_path / "cat.json", [ea, eb])
-    p = run_install("--models-only", "--models-dir", str(tmp_path / "m"), "--retries", "1", "--retry-wait", "0",
+    p = run_weights("fetch", "--models-dir", str(tmp_path / "m"), "--retries", "1", "--retry-wait", "0",
                     "--timeout", "2", env={"PATCHCOLOR_CATALOG": str(cat)})
     out = p.stdout + p.stderr
-    assert p.returncode == inst.EXIT_MISSING == 3, out
+    assert p.returncode == pw.EXIT_MISSING == 3, out
     for e in (ea, eb):
         assert e.file in out and e.url in out
-    assert "--models-from" in out and str(tmp_path / "m") in out and "skipped: offline" in out
+    assert "weights fetch --from" in out and str(tmp_path / "m") in out and "skipped: offline" in out
     assert out.count("retry 1/1") == 1 and "Traceback" not in out
+
+
+def test_weights_fetch_downloads_over_http_and_needs_no_torch(tmp_path: Path, serve: Any) -> None:
+    """``patchcolor weights fetch`` downloads, verifies and pins; the command never imports torch."""
+    a = torch_like_bytes(400_000)
+    srv = serve(a)
+    ea = entry_for(pm, a, id="a", url=srv.url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PATCHCOLOR_")}
+    env["PATCHCOLOR_CATALOG"] = str(write_catalog(tmp_path / "cat.json", [ea]))
+    code = ("import sys; from patchcolor.cli import main; rc = main(['weights', 'fetch', '--quiet', '--models-dir', "
+            f"{str(tmp_path / 'm')!r}]); print('torch imported:', 'torch' in sys.modules); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "torch imported: False" in p.stdout and (tmp_path / "m" / ea.file).read_bytes() == a
+    assert pm.load_verified(tmp_path / "m")[ea.file]["sha256"] == sha256(a) and srv.log == [None]
 
 
 # ----------------------------------------------------------------------------------------------- GIMP hook
@@ -463,8 +500,8 @@ def test_models_from_finds_files_in_a_mirrored_layout(tmp_path: Path) -> None:
     deep = tmp_path / "COCO-InstanceSegmentation" / "mask_rcnn_R_101_FPN_3x" / "138205316"
     deep.mkdir(parents=True)
     (deep / "model_final_a3ec72.pkl").write_bytes(b"x")
-    assert inst._find_in(tmp_path, "model_final_a3ec72.pkl") == deep / "model_final_a3ec72.pkl"
-    assert inst._find_in(tmp_path, "model_final_a3ec72.pkl", max_depth=1) is None
+    assert pw.find_in(tmp_path, "model_final_a3ec72.pkl") == deep / "model_final_a3ec72.pkl"
+    assert pw.find_in(tmp_path, "model_final_a3ec72.pkl", max_depth=1) is None
 
 
 def test_a_pinned_file_is_not_replaced_by_a_different_download(tmp_path: Path, serve: Any) -> None:
@@ -474,14 +511,14 @@ def test_a_pinned_file_is_not_replaced_by_a_different_download(tmp_path: Path, s
     b = pickle.dumps({"model": {"w": os.urandom(60_000)}}, protocol=4)
     assert len(a) == len(b)                                  # same size: only the pinned sha256 tells them apart
     srv = serve(b)
-    e = entry_for(inst.M, a, name="model_final_abcdef.pkl", prefix="abcdef", url=srv.url,
+    e = entry_for(pm, a, name="model_final_abcdef.pkl", prefix="abcdef", url=srv.url,
                   on_prefix_mismatch="warn", approx_size=len(a), **EITHER)
     (tmp_path / e.file).write_bytes(a)
-    first = inst.fetch_model(e, tmp_path, retries=0, retry_wait=0, progress=False)
+    first = pw.fetch_file(e, tmp_path, retries=0, retry_wait=0, progress=False)
     assert first.action == "present" and first.result.status == "unconfirmed" and srv.log == []
-    assert inst.M.load_verified(tmp_path)[e.file]["sha256"] == sha256(a)
+    assert pm.load_verified(tmp_path)[e.file]["sha256"] == sha256(a)
     (tmp_path / e.file).write_bytes(b)                       # swapped behind our back
-    out = inst.fetch_model(e, tmp_path, retries=0, retry_wait=0, progress=False)
+    out = pw.fetch_file(e, tmp_path, retries=0, retry_wait=0, progress=False)
     assert (tmp_path / (e.file + ".corrupt")).read_bytes() == b     # moved aside ...
     assert out.action == "refused" and "verified" in out.detail     # ... and the download (b again) refused
     assert not (tmp_path / e.file).exists() and srv.log == [None]
@@ -508,3 +545,147 @@ def test_autostart_registers_and_uninstall_removes_the_login_service(tmp_path: P
     assert a.autostart and not a.uninstall
     with pytest.raises(SystemExit):
         inst.parse_args(["--autostart", "--uninstall"])
+
+
+# ----------------------------------------------------------------------------------------------- install.py: torch
+PY = Path("/v/bin/python")
+PIP = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "torch", "torchvision", "-c",
+       str(ROOT / "constraints.txt")]
+
+
+def reachable(url: str) -> None:
+    return None
+
+
+@pytest.mark.parametrize("machine, build, index", [
+    (("linux", "x86_64", None, None), "cpu", "https://download.pytorch.org/whl/cpu"),
+    (("linux", "aarch64", None, None), "cpu", "https://download.pytorch.org/whl/cpu"),
+    (("linux", "x86_64", "NVIDIA H100 80GB HBM3, driver 580.65", None), "cuda", None),      # PyPI: CUDA build
+    (("linux", "x86_64", None, "7.0.2"), "rocm", "https://download.pytorch.org/whl/rocm7.0"),
+    (("linux", "x86_64", "NVIDIA RTX 4090, driver 580.1", "present"), "cuda", None),        # NVIDIA wins
+    (("darwin", "arm64", None, None), "default", None),                                      # MPS wheels
+    (("darwin", "x86_64", None, None), "default", None),
+    (("windows", "amd64", "NVIDIA RTX 4090, driver 581.2", None), "cuda", "https://download.pytorch.org/whl/cu130"),
+    (("windows", "amd64", None, None), "cpu", "https://download.pytorch.org/whl/cpu"),
+])
+def test_each_platform_gets_its_torch_build_and_pip_command(machine: tuple, build: str, index: str | None) -> None:
+    m = inst.Machine(*machine)
+    plan = inst.plan_torch(PY, m, None, None, unreachable=reachable)
+    assert plan.commands == [PIP + (["--index-url", index] if index else [])]
+    (note,) = plan.notes
+    assert note.startswith(f"torch: the {build} build, because ")            # says which and why
+    assert (index or "the default package index") in note
+
+
+def test_torch_override_and_impossible_choices() -> None:
+    linux, mac = inst.Machine("linux", "x86_64", "NVIDIA A100, driver 580", None), inst.Machine("darwin", "arm64")
+    assert inst.plan_torch(PY, linux, "cpu", None, reachable).commands == [PIP + ["--index-url", inst.CPU_INDEX]]
+    assert "because --torch cpu" in inst.plan_torch(PY, linux, "cpu", None, reachable).notes[0]
+    assert inst.plan_torch(PY, linux, "rocm", None, reachable).commands == [PIP + ["--index-url", inst.ROCM_INDEX]]
+    with pytest.raises(ValueError, match="no CUDA build for macOS"):
+        inst.choose_torch(mac, "cuda")
+    with pytest.raises(ValueError, match="Linux only"):
+        inst.choose_torch(inst.Machine("windows", "amd64"), "rocm")
+    assert inst.parse_args(["--torch", "rocm"]).torch == "rocm"
+    with pytest.raises(SystemExit):
+        inst.parse_args(["--torch", "mps"])
+
+
+def test_unreachable_index_falls_back_to_the_default_index_with_one_sentence() -> None:
+    plan = inst.plan_torch(PY, inst.Machine("linux", "x86_64"), None, None,
+                           unreachable=lambda url: "Name or service not known")
+    assert plan.commands == [PIP]                                       # the default index, no --index-url
+    (note,) = plan.notes
+    assert note.count(". ") == 0 and note.endswith(".")                # one sentence
+    assert "https://download.pytorch.org/whl/cpu cannot be reached (Name or service not known)" in note
+    assert "default package index" in note and "CUDA build" in note
+
+
+def test_index_probe_against_a_live_and_a_dead_server(serve: Any) -> None:
+    srv = serve(b"", status_code=404)                  # any HTTP answer (here 501 to HEAD): the index is there
+    assert inst.index_unreachable(f"http://127.0.0.1:{srv.server_address[1]}/whl/cpu") is None
+    assert inst.index_unreachable(f"http://127.0.0.1:{_closed_port()}/whl/cpu", timeout=5) is not None
+
+
+@pytest.mark.parametrize("version, system, build", [
+    ("2.14.1+cpu", "linux", "cpu"), ("2.14.1", "linux", "cuda"), ("2.14.1+cu130", "windows", "cuda"),
+    ("2.14.1+rocm7.0", "linux", "rocm"), ("2.14.1", "windows", "cpu"), ("2.14.1", "darwin", "default")])
+def test_build_of_an_installed_torch(version: str, system: str, build: str) -> None:
+    assert inst.build_of(version, system) == build
+
+
+def test_an_installed_torch_is_kept_unless_torch_names_another_build() -> None:
+    cpu_box = inst.Machine("linux", "x86_64")
+    same = inst.plan_torch(PY, cpu_box, None, "2.14.1+cpu", reachable)
+    assert same.commands == [] and "kept" in same.notes[0]
+    other = inst.plan_torch(PY, cpu_box, None, "2.14.1", reachable)             # the CUDA build from PyPI
+    assert other.commands == [] and "`--torch cpu` replaces it" in other.notes[0]
+    forced = inst.plan_torch(PY, cpu_box, "cpu", "2.14.1", reachable)
+    assert forced.commands == [[str(PY), "-m", "pip", "uninstall", "-y", "torch", "torchvision"],
+                               PIP + ["--index-url", inst.CPU_INDEX]]
+
+
+def test_probes_read_nvidia_smi_and_rocm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inst.shutil, "which", lambda name: f"/usr/bin/{name}")
+    answer = subprocess.CompletedProcess([], 0, "NVIDIA H100 80GB HBM3, 580.65.06\nNVIDIA H100 80GB HBM3, 580.65.06\n")
+    assert inst._nvidia_smi(run=lambda *a, **k: answer) == "NVIDIA H100 80GB HBM3, driver 580.65.06 (+1 more)"
+    no_driver = subprocess.CompletedProcess([], 9, "", "NVIDIA-SMI has failed: couldn't communicate with the driver")
+    assert inst._nvidia_smi(run=lambda *a, **k: no_driver) is None
+    (tmp_path / ".info").mkdir()
+    (tmp_path / ".info" / "version").write_text("7.0.2-56\n")
+    assert inst._rocm(tmp_path) == "7.0.2"
+    monkeypatch.setattr(inst.shutil, "which", lambda name: None)
+    assert inst._nvidia_smi() is None and inst._rocm(tmp_path / "absent") is None
+
+
+def test_torch_step_runs_the_plan_and_reports_pip_failure(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(inst, "installed_torch", lambda python: None)
+    monkeypatch.setattr(inst, "index_unreachable", lambda url, timeout=10.0: "no route")
+    monkeypatch.setattr(inst.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 1))
+    with pytest.raises(RuntimeError, match="installing torch failed"):
+        inst.torch_step(PY, None, probe=lambda: inst.Machine("linux", "x86_64"))
+    assert calls == [PIP] and "cannot be reached (no route)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------- install.py: rest
+def test_install_py_runs_on_the_standard_library_alone() -> None:
+    p = subprocess.run([sys.executable, "-S", str(INSTALL), "--help"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "--torch {cpu,cuda,rocm}" in p.stdout and "--ddcolor" in p.stdout, p.stderr
+
+
+def test_install_py_hands_the_weights_to_patchcolor_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--models-only / --verify / a plain run call `patchcolor weights` with the options passed on, and its exit
+    code is install.py's."""
+    calls: list[list[str]] = []
+    code = {"rc": inst.EXIT_MISSING}
+    monkeypatch.setattr(inst, "VENV", tmp_path / "venv")
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_text("")
+    (tmp_path / "venv" / "bin" / "patchcolor").write_text("")
+    monkeypatch.setattr(inst.subprocess, "run", lambda cmd, **kw: calls.append([str(c) for c in cmd]) or
+                        subprocess.CompletedProcess(cmd, code["rc"]))
+    exe = str(tmp_path / "venv" / "bin" / "patchcolor")
+    src = tmp_path / "offline"
+    src.mkdir()
+    assert inst.main(["--models-only", "--optional", "--models-dir", str(tmp_path / "m"), "--models-from", str(src),
+                      "--quiet"]) == inst.EXIT_MISSING
+    assert calls == [[exe, "weights", "fetch", "--optional", "--models-dir", str(tmp_path / "m"), "--from", str(src),
+                      "--quiet"]]
+    code["rc"] = 0
+    assert inst.main(["--verify"]) == 0 and calls[-1] == [exe, "weights", "verify"]
+    assert inst.patchcolor_command(tmp_path / "bare" / "python") == [str(tmp_path / "bare" / "python"), "-m",
+                                                                     "patchcolor.cli"]
+
+
+def test_pip_install_adds_the_ddcolor_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(inst.subprocess, "run", lambda cmd, **kw: calls.append([str(c) for c in cmd]) or
+                        subprocess.CompletedProcess(cmd, 0))
+    assert inst.parse_args(["--ddcolor"]).ddcolor and not inst.parse_args([]).ddcolor
+    inst.pip_install(tmp_path / "python", reinstall=True, ray=True, ddcolor=True)
+    inst.pip_install(tmp_path / "python", reinstall=True, ddcolor=True)
+    assert calls[0][calls[0].index("-e") + 1] == f"{ROOT}[test,ray,ddcolor]"
+    assert calls[1][calls[1].index("-e") + 1] == f"{ROOT}[test,ddcolor]"

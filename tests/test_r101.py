@@ -81,7 +81,7 @@ def test_unpickler_refuses_code(tmp_path: Path, how: str) -> None:
         payload = {"model": {"backbone.bottom_up.stem.conv1.weight": evil}}
     path = tmp_path / "model_final_a3ec72.pkl"
     path.write_bytes(pickle.dumps(payload, protocol=2))
-    with pytest.raises(WeightsCorrupt, match="install.py --verify"):
+    with pytest.raises(WeightsCorrupt, match="patchcolor weights fetch"):
         read_d2_pickle(path)
     assert not marker.exists()
 
@@ -104,7 +104,7 @@ def test_unpickler_missing_and_garbage(tmp_path: Path) -> None:
     with pytest.raises(WeightsMissing):
         read_d2_pickle(tmp_path / "nope.pkl")
     (tmp_path / "g.pkl").write_bytes(b"PK\x03\x04 not a pickle at all")
-    with pytest.raises(WeightsCorrupt, match="install.py --verify"):
+    with pytest.raises(WeightsCorrupt, match="patchcolor weights fetch"):
         read_d2_pickle(tmp_path / "g.pkl")
     (tmp_path / "s.pkl").write_bytes(pickle.dumps({"blobs": {}}))
     with pytest.raises(WeightsCorrupt, match="'model'"):
@@ -182,7 +182,7 @@ def test_conversion_fills_frozen_bn_stats_and_reports_bad_keys() -> None:
 
     missing = dict(m)
     del missing["backbone.bottom_up.res4.22.conv3.weight"]
-    with pytest.raises(WeightsCorrupt, match=r"res4\.22\.conv3\.weight.*install\.py --verify"):
+    with pytest.raises(WeightsCorrupt, match=r"res4\.22\.conv3\.weight.*patchcolor weights fetch"):
         convert_to_torchvision(missing, target)
     wrong = dict(m)
     wrong["roi_heads.box_predictor.bbox_pred.weight"] = np.zeros((324, 1024), np.float32)   # torchvision layout
@@ -433,7 +433,7 @@ def test_filter_instances_is_the_seeds_small_box_filter() -> None:
 
 
 def test_registry_errors(tmp_path: Path) -> None:
-    with pytest.raises(WeightsMissing, match="install.py"):
+    with pytest.raises(WeightsMissing, match="weights fetch"):
         load_detector("r101", tmp_path, CPU)
     with pytest.raises(WeightsMissing):
         load_detector("torchvision-v2", tmp_path, CPU)

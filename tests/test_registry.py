@@ -147,13 +147,15 @@ def test_missing_message_names_optional_and_models_dir(tmp_path: Path, monkeypat
     monkeypatch.delenv("PATCHCOLOR_MODELS", raising=False)
     with pytest.raises(WeightsMissing) as ei:
         pm.weight_path("torchvision-v2", tmp_path)
-    msg = ei.value.message
-    assert "`python3 install.py --optional --models-dir " + str(tmp_path) + "`" in msg
-    assert "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth" in msg and "https://download.pytorch.org/" in msg
+    msg, prog = ei.value.message, R.command_name()
+    assert msg == (f"The torchvision-v2 detector weights are missing: run `{prog} weights fetch torchvision-v2 "
+                   f"--models-dir {tmp_path}`.")
+    details = ei.value.details                                    # for the log
+    assert "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth" in details and "https://download.pytorch.org/" in details
     monkeypatch.setenv("PATCHCOLOR_MODELS", str(tmp_path))        # the default folder: no --models-dir
     msg = R.missing_error("eccv16", tmp_path).message
-    assert "`python3 install.py` in " in msg and "--optional" not in msg and "--models-dir" not in msg
-    assert "`python3 install.py --optional`" in R.missing_error("siggraph17", tmp_path).message
+    assert msg == f"The eccv16 colorizer weights are missing: run `{prog} weights fetch`."
+    assert f"`{prog} weights fetch siggraph17`" in R.missing_error("siggraph17", tmp_path).message
 
 
 def test_corrupt_message_hides_torch_advice_and_names_the_command(tmp_path: Path) -> None:
@@ -161,14 +163,13 @@ def test_corrupt_message_hides_torch_advice_and_names_the_command(tmp_path: Path
                           "Weights only load failed. In PyTorch 2.6, we changed the default value of the "
                           "`weights_only` argument ... set `weights_only=False`\nmore")
     assert isinstance(err, WeightsCorrupt) and err.code == "weights_corrupt"
-    assert "weights_only" not in err.message and "refused for safety" in err.message
+    assert "weights_only" not in err.message + err.details and "refused for safety" in err.details
     assert str(tmp_path / "siggraph17-df00044c.pth") in err.message
-    assert f"`python3 install.py --optional --models-dir {tmp_path}`" in err.message
-    assert f"`python3 install.py --verify --models-dir {tmp_path}`" in err.message
+    assert f"`{R.command_name()} weights fetch siggraph17 --models-dir {tmp_path}`" in err.message
     assert "\n" not in err.message
 
 
-def _loader_error(kind: str, name: str, folder: Path) -> str:
+def _loader_error(kind: str, name: str, folder: Path) -> Any:
     import torch
 
     with pytest.raises((WeightsMissing, WeightsCorrupt)) as ei:
@@ -180,7 +181,7 @@ def _loader_error(kind: str, name: str, folder: Path) -> str:
             from patchcolor.segment import load_detector
 
             load_detector(name, folder, torch.device("cpu"))
-    return ei.value.message
+    return ei.value
 
 
 @pytest.mark.parametrize("kind, name", [("colorizer", "eccv16"), ("colorizer", "siggraph17"),
@@ -193,34 +194,36 @@ def test_every_loader_message_comes_from_the_registry(tmp_path: Path, kind: str,
     import torch
 
     wf = R.registry().file(name)
-    optional = " --optional" if not wf.required else ""
-    want_cmd = f"`python3 install.py{optional} --models-dir {tmp_path}`"
-    msg = _loader_error(kind, name, tmp_path)
-    assert msg.startswith("The ") and f"{wf.file} is missing from {tmp_path}" in msg and want_cmd in msg, msg
+    optional = f" {name}" if not wf.required else ""
+    want_cmd = f"`{R.command_name()} weights fetch{optional} --models-dir {tmp_path}`"
+    err = _loader_error(kind, name, tmp_path)
+    assert err.message == f"The {name} {kind} weights are missing: run {want_cmd}.", err.message
+    assert f"{wf.file} is not in {tmp_path}" in err.details
     path = tmp_path / wf.file
     for content in (b"garbage" * 100, pickle.dumps({"x": ValueError("boom")}, protocol=2)):
         path.write_bytes(content)
-        msg = _loader_error(kind, name, tmp_path)
-        assert msg.startswith(f"The weights file {path} is damaged"), msg
-        assert want_cmd in msg and "weights_only" not in msg and "\n" not in msg, msg
-        assert msg.count(wf.file) == 1, msg                        # named once, not again in the reason
+        err = _loader_error(kind, name, tmp_path)
+        assert err.message == (f"The {name} {kind} weights file {path} is damaged or not the official file: delete "
+                               f"it and run {want_cmd}."), err.message
+        assert err.details and "weights_only" not in err.details and "\n" not in err.details, err.details
+        assert wf.file not in err.details, err.details             # named once, not again in the reason
     if path.suffix == ".pth":
         torch.save({"conv.weight": torch.zeros(1)}, path)
-        msg = _loader_error(kind, name, tmp_path)
-        assert msg.startswith(f"The weights file {path} is damaged") and want_cmd in msg, msg
+        err = _loader_error(kind, name, tmp_path)
+        assert err.message.startswith(f"The {name} {kind} weights file {path} is damaged") and want_cmd in err.message
 
 
-def test_install_py_reads_the_same_registry() -> None:
-    """install.py (standard library only, python -S) lists exactly the registry's files, required ones first."""
-    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('i', sys.argv[1]); "
-            "m = importlib.util.module_from_spec(s); sys.modules['i'] = m; s.loader.exec_module(m); "
-            "print([(f.id, f.required) for f in m.M.registry().files])")
-    out = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT / "install.py")], check=True,
+def test_patchcolor_weights_reads_the_same_registry() -> None:
+    """``patchcolor weights list`` (what install.py runs for the weights) lists exactly the registry's files, in
+    catalogue order, and ``fetch --optional`` names the optional models."""
+    out = subprocess.run([sys.executable, "-m", "patchcolor.cli", "weights", "list"], check=True,
                          capture_output=True, text=True, timeout=60).stdout
-    assert out.strip() == str([(f.id, f.required) for f in R.registry().files])
-    help_text = subprocess.run([sys.executable, "-S", str(ROOT / "install.py"), "--help"], check=True,
+    rows = [line.split()[:2] for line in out.splitlines()[2:]]
+    assert rows == [[f.id, "required" if f.required else "optional"] for f in R.registry().files]
+    help_text = subprocess.run([sys.executable, "-m", "patchcolor.cli", "weights", "fetch", "--help"], check=True,
                                capture_output=True, text=True, timeout=60).stdout
-    assert "optional models (siggraph17, torchvision-v2)" in " ".join(help_text.split())
+    optional = ", ".join(m.name for m in R.registry().models if not m.weights.required)
+    assert f"optional models' files ({optional})" in " ".join(help_text.split())
 
 
 # ----------------------------------------------------------------------------------------------- small items

@@ -8,13 +8,17 @@ Marked ``wheel`` (about 30 s): ``-m "not wheel"`` deselects it.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -121,11 +125,12 @@ def test_installed_wheel_runs_colorize(venv: Path, models_dir: Path, tmp_path: P
     img = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
     assert img.shape == (96, 128, 3) and img.dtype == np.uint8
 
-    # no weights: one sentence naming the default folder of an installed wheel (no checkout), no traceback
+    # no weights: one sentence naming the command that fetches them (no install.py, no checkout), no traceback
     p = subprocess.run([exe, "colorize", str(tmp_path / "in" / "photo.png"), "-o", str(tmp_path / "out2"),
                         "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
-    assert str(home / "data" / "patchcolor" / "models") in p.stderr and "source folder" in p.stderr, p.stderr
+    assert "weights are missing: run `" in p.stderr and f"{exe} weights fetch`." in p.stderr, p.stderr
+    assert "install.py" not in p.stderr and "source folder" not in p.stderr, p.stderr
 
 
 def test_install_py_installs_with_the_constraints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,3 +156,50 @@ def test_install_py_installs_with_the_constraints(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(inst, "CONSTRAINTS", tmp_path / "other.txt")
     (tmp_path / "other.txt").write_text("numpy==2.0.0\n")
     assert inst._pyproject_hash() != before
+
+
+def _weight_bytes(n: int, seed: int) -> bytes:
+    """Bytes framed like a torch zip checkpoint (no real weights)."""
+    body = hashlib.sha256(str(seed).encode()).digest() * (n // 32)
+    return b"PK\x03\x04" + body + b"PK\x05\x06" + b"\0" * 18
+
+
+def test_installed_wheel_lists_fetches_and_verifies_weights(venv: Path, tmp_path: Path) -> None:
+    """``patchcolor weights list|fetch|verify`` from the wheel: a download from a loopback HTTP server and a copy
+    ``--from`` a folder, both verified against the catalogue's hash prefix and pinned."""
+    served, offline = tmp_path / "served", tmp_path / "offline"
+    served.mkdir()
+    offline.mkdir()
+    files, models = [], []
+    for i, (fid, folder) in enumerate((("net", served), ("extra", offline))):
+        data = _weight_bytes(200_000 + i, seed=i)
+        name = f"{fid}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+        (folder / name).write_bytes(data)
+        files.append({"id": fid, "file": name, "url": "", "hash_prefix": {
+            "hex": name[-12:-4], "algorithms": ["sha256"], "confirmed": True}})
+        models.append({"name": fid, "kind": "colorizer", "file": fid, "optional": fid == "extra", "label": fid,
+                       "builder": "patchcolor.colorize.eccv16:ECCVGenerator"})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for f in files:
+            f["url"] = f"http://127.0.0.1:{server.server_address[1]}/{f['file']}"
+        catalog = tmp_path / "catalog.json"
+        catalog.write_text(json.dumps({"schema": 2, "files": files, "models": models}))
+        home = tmp_path / "home"
+        env = _clean_env(home, PATCHCOLOR_CATALOG=str(catalog))
+        exe = str(venv / "bin" / "patchcolor")
+        default = home / "data" / "patchcolor" / "models"             # a wheel's default folder
+        out = _run([exe, "weights", "list"], cwd=tmp_path, env=env)
+        assert str(default) in out and "net" in out and "missing" in out, out
+        out = _run([exe, "weights", "fetch", "--quiet"], cwd=tmp_path, env=env)   # required files only
+        assert (default / files[0]["file"]).read_bytes() == (served / files[0]["file"]).read_bytes(), out
+        assert not (default / files[1]["file"]).exists()
+        out = _run([exe, "weights", "fetch", "extra", "--from", str(offline)], cwd=tmp_path, env=env)
+        assert (default / files[1]["file"]).read_bytes() == (offline / files[1]["file"]).read_bytes(), out
+        out = _run([exe, "weights", "verify", "--optional"], cwd=tmp_path, env=env)
+        pins = json.loads((default / "verified.json").read_text())["files"]
+        assert set(pins) == {f["file"] for f in files} and out.count(" ok ") == 2, out
+    finally:
+        server.shutdown()
+        server.server_close()

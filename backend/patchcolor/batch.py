@@ -19,6 +19,7 @@ Public API (the CLI's ``colorize`` and other front ends reuse it):
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -60,6 +61,9 @@ class OutputUnwritable(PatchColorError):
 
 
 # ------------------------------------------------------------------------------------------------ the plan
+NAME_MAX = 255                     # bytes in one file name (ext4, tmpfs, APFS, NTFS: 255)
+
+
 @dataclass(frozen=True)
 class SourceId:
     """What identifies an input file: its resolved path, size and modification time (ns)."""
@@ -74,6 +78,44 @@ class SourceId:
         return cls(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
+def fit_name(name: str, limit: int = NAME_MAX) -> str:
+    """``name`` if it fits in ``limit`` UTF-8 bytes, else its stem cut short plus ``-`` and 10 hex digits of its
+    SHA-1, extension kept: any legal input name gives legal output, marker and lock names."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return name
+    ext = Path(name).suffix if len(Path(name).suffix) <= 16 else ""
+    tag = "-" + hashlib.sha1(raw).hexdigest()[:10]
+    room = limit - len(ext.encode("utf-8", "surrogateescape")) - len(tag)
+    stem = raw[: len(raw) - len(ext.encode("utf-8", "surrogateescape"))][:room]
+    return stem.decode("utf-8", "ignore") + tag + ext
+
+
+def visible(name: str) -> str:
+    """A leading dot would hide the output (and could meet our own ``.patchcolor``/``.tmp-`` names): each leading
+    dot becomes ``_`` ('..png' -> stem '.' -> '_')."""
+    stripped = name.lstrip(".")
+    return "_" * (len(name) - len(stripped)) + stripped
+
+
+def state_path(out_dir: Path, key: str, kind: str) -> Path:
+    """``OUT/.patchcolor/<key><kind>`` (kind ".json": done-marker, ".lock": lock file and its record), the file
+    name shortened by :func:`fit_name` when it would be too long."""
+    rel = Path(key)
+    return out_dir / STATE_DIR / rel.parent / fit_name(rel.name + kind)
+
+
+def read_record(path: Path) -> dict | None:
+    """A marker or lock record ({"source": {...}, ...}) or None (missing, empty, damaged, not ours)."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("source"), dict):
+        return None
+    return rec if isinstance(rec["source"].get("path"), str) else None
+
+
 @dataclass(frozen=True)
 class BatchItem:
     """One input and where its results go.
@@ -82,7 +124,7 @@ class BatchItem:
     out:      the colorized image.
     mask_dir: the folder for its per-instance masks and instances.json (None without --masks).
     key:      the output's path relative to the output folder (names its done-marker and lock).
-    source:   the input's identity, recorded in the done-marker.
+    source:   the input's identity, recorded in the done-marker and the lock record.
     """
 
     src: Path
@@ -94,28 +136,44 @@ class BatchItem:
 
     @property
     def marker(self) -> Path:
-        return self.out_dir / STATE_DIR / (self.key + ".json")
+        return state_path(self.out_dir, self.key, ".json")
 
     @property
     def lock_path(self) -> Path:
-        return self.out_dir / STATE_DIR / (self.key + ".lock")
+        return state_path(self.out_dir, self.key, ".lock")
 
     def is_done(self) -> bool:
         """True when the marker records this source and all the outputs it lists exist."""
-        try:
-            rec = json.loads(self.marker.read_text())
-        except (OSError, ValueError):
-            return False
-        if not isinstance(rec, dict) or rec.get("source") != asdict(self.source):
+        rec = read_record(self.marker)
+        if rec is None or rec.get("source") != asdict(self.source):
             return False
         if self.mask_dir is not None and not rec.get("masks"):
             return False
         return all((self.out_dir / f).exists() for f in rec.get("outputs", [])) and self.out.exists()
 
+    def conflict(self) -> str:
+        """"" when this input may write its outputs; else why not, in one sentence. Outputs are ours to replace
+        only when a record of ours (the done-marker, else the lock record) gives this output name to this very
+        input; with no record, nothing may exist at the output paths (a file we did not write is never
+        replaced)."""
+        recs = [r for r in (read_record(self.marker), read_record(self.lock_path)) if r is not None]
+        if recs:
+            if recs[0]["source"]["path"] != self.source.path:
+                return f"{self.out.name} belongs to another input ({recs[0]['source']['path']})"
+            if (self.mask_dir is not None and os.path.lexists(self.mask_dir)
+                    and not any(r.get("masks") for r in recs)):
+                return f"{self.mask_dir} exists and was not written by patchcolor"
+            return ""
+        for p in (self.out, self.mask_dir):
+            if p is not None and os.path.lexists(p):
+                return f"{p} exists and was not written by patchcolor"
+        return ""
+
 
 @dataclass
 class BatchPlan:
-    """items: what to do, in order; done: inputs whose outputs are complete; notes: skipped paths (one line each)."""
+    """items: what to do, in order; done: inputs whose outputs are complete; notes: skipped paths, renamed
+    outputs (one line each)."""
 
     out_dir: Path
     items: list[BatchItem]
@@ -139,26 +197,36 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def _is_output(f: Path, rf: Path, root: Path, out_dir: Path, suffix: str) -> bool:
-    """Is this file in an input folder one of our outputs (or our state)? Inside an output folder that is not the
-    input folder: everything; in an input folder used as output folder: names ending in the suffix and their
-    mask folders."""
-    if not _inside(rf, out_dir):
-        return False
-    if out_dir != root:
-        return True
-    rel = rf.relative_to(out_dir)
-    return (STATE_DIR in rel.parts or (bool(suffix) and (_strip_ext(rf.name).endswith(suffix)
-                                                          or any(p.endswith(suffix + "_masks") for p in rel.parts[:-1]))))
+def recorded_outputs(out_dir: Path) -> tuple[set[Path], set[Path]]:
+    """(image files, mask folders) that OUT's markers and lock records name: what earlier runs wrote there."""
+    files: set[Path] = set()
+    dirs: set[Path] = set()
+    state = out_dir / STATE_DIR
+    if not state.is_dir():
+        return files, dirs
+    for p in state.rglob("*"):
+        if p.suffix not in (".json", ".lock") or not p.is_file():
+            continue
+        rec = read_record(p)
+        if rec is None:
+            continue
+        key = rec.get("key") if isinstance(rec.get("key"), str) else str(p.relative_to(state))[: -len(p.suffix)]
+        files.add(out_dir / key)
+        mask_dir = rec.get("mask_dir")
+        if isinstance(mask_dir, str):
+            dirs.add(out_dir / mask_dir)
+        dirs.update((out_dir / f).parent for f in rec.get("outputs", []) if isinstance(f, str) and f != key)
+    return files, dirs
 
 
-def iter_sources(inputs: Iterable[Path], recursive: bool, out_dir: Path, notes: list[str], suffix: str = ""
+def iter_sources(inputs: Iterable[Path], recursive: bool, out_dir: Path, notes: list[str]
                  ) -> list[tuple[Path, str, Path, bool]]:
     """(file, output name relative to OUT without extension, input root, given as part of a folder) for files and
-    folders, sorted;
-    non-images, missing paths, our own temporary files and our outputs (see _is_output) are skipped."""
+    folders, sorted. Skipped: non-images, missing paths, our own state and temporary files, and, in a folder
+    that is (or holds) OUT, the outputs OUT's records name — any other file there is an input like the rest."""
     found: list[tuple[Path, str, Path, bool]] = []
     seen: set[Path] = set()
+    ours: tuple[set[Path], set[Path]] | None = None
     for p in inputs:
         p = Path(p)
         if p.is_dir():
@@ -166,9 +234,12 @@ def iter_sources(inputs: Iterable[Path], recursive: bool, out_dir: Path, notes: 
             files = sorted(f for f in (p.rglob("*") if recursive else p.iterdir()) if f.is_file())
             for f in files:
                 rf = f.resolve()
-                if (f.name.startswith(TMP_PREFIX) or STATE_DIR in f.relative_to(p).parts
-                        or _is_output(f, rf, root, out_dir, suffix)):
+                if f.name.startswith(TMP_PREFIX) or STATE_DIR in f.relative_to(p).parts:
                     continue
+                if _inside(rf, out_dir):
+                    ours = ours if ours is not None else recorded_outputs(out_dir)
+                    if rf in ours[0] or any(d in ours[1] for d in rf.parents):
+                        continue
                 if f.suffix.lower() not in IMAGE_SUFFIXES:
                     if not f.name.startswith("."):
                         notes.append(f"skipping {f}: not an image file")
@@ -190,16 +261,21 @@ def iter_sources(inputs: Iterable[Path], recursive: bool, out_dir: Path, notes: 
 
 def plan_batch(inputs: Iterable[Path], out_dir: Path, *, fmt: str = "png", suffix: str = "",
                overwrite: bool = False, masks: bool = False, recursive: bool = False) -> BatchPlan:
-    """Plan a batch: unique outputs ``OUT/<name><suffix>.<ext>`` (``_<input ext>``, then ``_2`` ... added on
-    collisions), done-markers checked, the folder layout checked.
+    """Plan a batch: unique outputs ``OUT/<name><suffix>.<ext>``, done-markers checked, the folder layout checked.
+
+    Names: ``photo.v1.png`` -> ``photo.v1.png``; when two inputs would share a name, the one already in the
+    output format keeps it (``photo.png`` -> ``photo.png``, ``photo.jpg`` -> ``photo_jpg.png``), then ``_2``, ...;
+    whatever the order of the inputs. A name an earlier run gave to an input stays that input's. A name never
+    starts with a dot (:func:`visible`) and never replaces an input or a file patchcolor did not write (the output
+    takes the next name and a note says so).
 
     Raises BadOptions (one sentence) when the output folder is, or is inside, an input folder and ``suffix`` is
     empty, or when it cannot be written."""
     out_dir = Path(out_dir).absolute().resolve()
-    if "/" in suffix or "\\" in suffix:
+    if "/" in suffix or "\\" in suffix or "\0" in suffix:
         raise BadOptions(f"the output suffix {suffix!r} must not contain a path separator")
     notes: list[str] = []
-    sources = iter_sources(inputs, recursive, out_dir, notes, suffix)
+    sources = iter_sources(inputs, recursive, out_dir, notes)
     if not suffix:
         for _, _, root, from_folder in sources:
             # a folder input: OUT must not be it or inside it; a file input: OUT must not be its folder
@@ -209,18 +285,48 @@ def plan_batch(inputs: Iterable[Path], out_dir: Path, *, fmt: str = "png", suffi
                                  "choose another -o folder or give the outputs a --suffix (e.g. _color)")
     _check_writable(out_dir)
     ext = output_suffix(fmt)
+    same_format = {".png"} if fmt == "png" else {".tif", ".tiff"}
     taken = {str(f.resolve()).casefold() for f, _, _, _ in sources}   # never write onto an input
-    items, done = [], []
-    for f, name, _, _ in sources:
-        source = SourceId.of(f)
+    named: dict[int, tuple[BatchItem, list[str]]] = {}
+    # inputs already in the output format choose first: photo.png keeps photo.png whatever the order
+    for k in sorted(range(len(sources)), key=lambda k: (sources[k][0].suffix.lower() not in same_format, k)):
+        f, name, _, _ = sources[k]
+        try:
+            source = SourceId.of(f)
+        except OSError as e:
+            notes.append(f"skipping {f}: {e.strerror or e}")
+            continue
+        kept: list[str] = []
         for cand in _candidates(name, f.suffix.lstrip(".").lower(), suffix):
-            path = out_dir / (cand + ext)
-            if str(path).casefold() not in taken and not _owned_by_other(out_dir, cand + ext, source):
+            item = _item(f, cand, ext, source, out_dir, masks)
+            if {str(item.out).casefold(), str(item.out.resolve()).casefold()} & taken:
+                continue
+            why = item.conflict()
+            if not why:
                 break
-        taken.add(str(path).casefold())
-        item = BatchItem(f, path, (out_dir / (cand + "_masks")) if masks else None, cand + ext, source, out_dir)
-        (done if not overwrite and item.is_done() else items).append(item)
+            if "not written by patchcolor" in why:
+                kept.append(why)
+        taken.add(str(item.out).casefold())
+        named[k] = (item, [f"{w}; it is kept and {f.name} is written to {item.out.name}" for w in kept])
+    items, done = [], []
+    for k in sorted(named):
+        item, item_notes = named[k]
+        if not overwrite and item.is_done():
+            done.append(item)
+        else:
+            items.append(item)
+            notes.extend(item_notes)
     return BatchPlan(out_dir, items, done, notes)
+
+
+def _item(src: Path, cand: str, ext: str, source: SourceId, out_dir: Path, masks: bool) -> BatchItem:
+    """The item for output name ``cand`` (relative, no extension): image ``cand<ext>``, masks ``cand_masks``,
+    each file name visible and short enough."""
+    *folders, stem = [visible(part) for part in cand.replace(os.sep, "/").split("/")]   # not Path: '.' is a name
+    parent = Path(*folders) if folders else Path()
+    image = parent / fit_name(stem + ext)
+    mask_dir = out_dir / parent / fit_name(stem + "_masks") if masks else None
+    return BatchItem(src, out_dir / image, mask_dir, str(image), source, out_dir)
 
 
 def _candidates(name: str, src_ext: str, suffix: str) -> Iterator[str]:
@@ -233,15 +339,6 @@ def _candidates(name: str, src_ext: str, suffix: str) -> Iterator[str]:
     while True:
         yield f"{base}_{n}{suffix}"
         n += 1
-
-
-def _owned_by_other(out_dir: Path, key: str, source: SourceId) -> bool:
-    """Does an earlier run's marker give this output name to a different input?"""
-    try:
-        rec = json.loads((out_dir / STATE_DIR / (key + ".json")).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(rec, dict) and isinstance(rec.get("source"), dict) and rec["source"]["path"] != source.path
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -456,6 +553,23 @@ class Claim:
     def __init__(self, fd: int):
         self._fd: int | None = fd
 
+    def record(self, item: BatchItem) -> None:
+        """Write ``item``'s record into its lock file before any of its outputs: from then on files at these
+        output names are this input's (a rerun after kill -9 replaces them; no other input does). A mask
+        folder recorded once stays recorded."""
+        assert self._fd is not None
+        old = read_record(item.lock_path)
+        old = old if old is not None and old["source"]["path"] == item.source.path else {}
+        mask_dir = (str(item.mask_dir.relative_to(item.out_dir)) if item.mask_dir is not None
+                    else old.get("mask_dir") if isinstance(old.get("mask_dir"), str) else None)
+        rec = {"source": asdict(item.source), "key": item.key, "masks": item.mask_dir is not None
+               or bool(old.get("masks")), "mask_dir": mask_dir}
+        data = json.dumps(rec).encode()
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        while data:
+            data = data[os.write(self._fd, data):]
+
     def release(self) -> None:
         if self._fd is not None:
             unlock_fd(self._fd)
@@ -464,7 +578,7 @@ class Claim:
 
 
 def claim(item: BatchItem) -> Claim | None:
-    """Take this output's lock, or None when another run holds it."""
+    """Take this output's lock, or None when another run holds it. OSError when the lock file cannot be made."""
     item.lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(item.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -475,17 +589,47 @@ def claim(item: BatchItem) -> Claim | None:
     return Claim(fd)
 
 
+def take(item: BatchItem) -> "Claim | ItemOutcome":
+    """Start ``item`` in this run: its lock, a check that it is still to do and its output names still its own,
+    its record. Else the outcome, every error included: busy (another run has it), skipped (done meanwhile),
+    failed (one sentence; a full or read-only disk is OutputUnwritable, which stops the batch)."""
+    try:
+        c = claim(item)
+    except OSError as e:
+        err = describe_os_error(e, item.lock_path)
+        return ItemOutcome(item, "failed", err.message, err.code)
+    if c is None:
+        return ItemOutcome(item, "busy")
+    try:
+        if item.is_done():                          # another run finished it since the plan was made
+            c.release()
+            return ItemOutcome(item, "skipped")
+        why = item.conflict()                       # a file appeared, or a concurrent run gave the name away
+        if why:
+            c.release()
+            return ItemOutcome(item, "failed", f"{why}: not replaced; run again to give {item.src.name} another "
+                               "name", "output_taken")
+        c.record(item)
+    except OSError as e:
+        c.release()
+        err = describe_os_error(e, item.lock_path)
+        return ItemOutcome(item, "failed", err.message, err.code)
+    return c
+
+
 # ------------------------------------------------------------------------------------------------ running
 @dataclass
 class ItemOutcome:
     """status: done | skipped (already done) | failed | busy (another run has it) | not_attempted.
-    message: one sentence for failed items. seconds: per step (read, the pipeline's stages, masks, encode)."""
+    message: one sentence for failed items; note: one sentence worth saying about a done item (e.g. only the first
+    frame of an animated GIF was colorized). seconds: per step (read, the pipeline's stages, masks, encode)."""
 
     item: BatchItem
     status: Status
     message: str = ""
     code: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    note: str = ""
 
 
 @dataclass
@@ -523,8 +667,104 @@ def auto_overlap(networks_on_cpu: bool) -> bool:
     return (os.cpu_count() or 1) > torch.get_num_threads()
 
 
+def frames_note(src: SourceImage) -> str:
+    """The one line said when a file holds several frames or pages (animated GIF, multi-page TIFF), else ""."""
+    return f"only the first of its {src.frames} frames is colorized" if src.frames > 1 else ""
+
+
 RunFn = Callable[..., object]     # src -> Result (options bound by the caller); (src, item) with pass_item
-_STOP = object()
+
+
+@dataclass
+class Job:
+    """One claimed input on its way through read -> run -> write. data: the SourceImage, then the Result."""
+
+    item: BatchItem
+    claim: Claim
+    data: object
+    seconds: dict[str, float]
+    note: str = ""
+
+
+class Steps:
+    """The three steps of one input, each reporting its own outcome (every error included) and releasing the
+    claim when the input goes no further; ``stop`` is set by the first error after which nothing else can work
+    (FATAL_CODES: weights, device, backend gone, disk full or read-only)."""
+
+    def __init__(self, run: RunFn, *, max_pixels: int, compress_level: int, pass_item: bool,
+                 on_outcome: Callable[[ItemOutcome], None] | None):
+        self.run, self.max_pixels, self.compress_level, self.pass_item = run, max_pixels, compress_level, pass_item
+        self.on_outcome = on_outcome
+        self.outcomes: list[ItemOutcome] = []
+        self.stop = threading.Event()
+        self.why = ""
+        self._lock = threading.Lock()
+
+    def report(self, o: ItemOutcome) -> None:
+        with self._lock:
+            if o.status == "failed" and o.code in FATAL_CODES:
+                if self.stop.is_set():      # the same cause met by a thread running ahead: said once already
+                    o = ItemOutcome(o.item, "not_attempted")
+                else:
+                    self.why = o.message
+                    self.stop.set()
+            self.outcomes.append(o)
+        if self.on_outcome is not None:
+            self.on_outcome(o)
+
+    def _fail(self, job: Job, e: Exception, what: str, code: str) -> None:
+        job.claim.release()
+        if isinstance(e, PatchColorError):
+            self.report(ItemOutcome(job.item, "failed", e.message, e.code))
+        else:       # a bug on one odd image must not stop the batch
+            log.debug("%s %s", what, job.item.src, exc_info=True)
+            self.report(ItemOutcome(job.item, "failed", f"{what} {job.item.src.name}: {type(e).__name__}: {e}",
+                                    code))
+
+    def read(self, item: BatchItem) -> Job | None:
+        """Claim and decode ``item``; None when it goes no further (busy, done meanwhile, failed)."""
+        c = take(item)
+        if isinstance(c, ItemOutcome):
+            self.report(c)
+            return None
+        job = Job(item, c, None, {})
+        t0 = time.perf_counter()
+        try:
+            job.data = read_item(item, self.max_pixels)
+        except Exception as e:   # noqa: BLE001 - one bad file never stops the batch
+            self._fail(job, e, "cannot read", "image_unreadable")
+            return None
+        job.seconds["read"] = time.perf_counter() - t0
+        job.note = frames_note(job.data)
+        return job
+
+    def colorize(self, job: Job) -> Job | None:
+        t0 = time.perf_counter()
+        try:
+            result = self.run(job.data, job.item) if self.pass_item else self.run(job.data)
+        except Exception as e:   # noqa: BLE001 - PatchColorError: its sentence; anything else: one line
+            self._fail(job, e, "could not colorize", "internal")
+            return None
+        job.seconds.update({k: float(v) for k, v in getattr(result, "timings", {}).items()})
+        job.seconds["run"] = time.perf_counter() - t0
+        job.data = result
+        return job
+
+    def write(self, job: Job) -> None:
+        if self.stop.is_set():          # the batch stopped (disk full, backend gone): not attempted
+            job.claim.release()
+            return
+        try:
+            job.seconds.update(write_item(job.item, job.data, self.compress_level))
+        except OSError as e:
+            err = describe_os_error(e, job.item.out)
+            self._fail(job, err, "cannot write", err.code)
+            return
+        except Exception as e:   # noqa: BLE001 - e.g. a codec refusing the array: say it, go on
+            self._fail(job, e, "cannot write", "internal")
+            return
+        job.claim.release()
+        self.report(ItemOutcome(job.item, "done", seconds=job.seconds, note=job.note))
 
 
 def run_batch(plan: BatchPlan, run: RunFn, *, max_pixels: int, compress_level: int = PNG_COMPRESS_LEVEL,
@@ -536,165 +776,88 @@ def run_batch(plan: BatchPlan, run: RunFn, *, max_pixels: int, compress_level: i
     on the current one; each hand-over holds at most one image. Outputs are the same bytes either way.
     A PatchColorError whose code is in FATAL_CODES (or an unwritable output) stops the batch: the inputs not
     reached are reported as not_attempted. pass_item: call ``run(src, item)`` (e.g. to find a per-input file)."""
-    outcomes: list[ItemOutcome] = [ItemOutcome(i, "skipped") for i in plan.done]
-    lock = threading.Lock()
-    stop = threading.Event()
-    why: list[str] = []
-
-    def report(o: ItemOutcome) -> None:
-        with lock:
-            outcomes.append(o)
-        if o.status == "failed" and o.code in FATAL_CODES and not stop.is_set():
-            why.append(o.message)
-            stop.set()
-        if on_outcome is not None:
-            on_outcome(o)
-
-    for o in outcomes:
-        if on_outcome is not None:
-            on_outcome(o)
-
-    def read_one(item: BatchItem):
-        """(item, claim, src | None, seconds) or None when skipped (busy / done meanwhile)."""
-        c = claim(item)
-        if c is None:
-            report(ItemOutcome(item, "busy"))
-            return None
-        if item.is_done():                          # another run finished it since the plan was made
-            c.release()
-            report(ItemOutcome(item, "skipped"))
-            return None
-        t0 = time.perf_counter()
-        try:
-            src = read_item(item, max_pixels)
-        except PatchColorError as e:
-            c.release()
-            report(ItemOutcome(item, "failed", e.message, e.code))
-            return None
-        except Exception as e:   # noqa: BLE001 - one bad file never stops the batch
-            c.release()
-            log.debug("reading %s", item.src, exc_info=True)
-            report(ItemOutcome(item, "failed", f"cannot read {item.src}: {e}", "image_unreadable"))
-            return None
-        return item, c, src, {"read": time.perf_counter() - t0}
-
-    def run_one(job):
-        item, c, src, secs = job
-        t0 = time.perf_counter()
-        try:
-            result = run(src, item) if pass_item else run(src)
-        except PatchColorError as e:
-            c.release()
-            report(ItemOutcome(item, "failed", e.message, e.code))
-            return None
-        except Exception as e:   # noqa: BLE001 - a bug on one odd image must not stop the batch
-            c.release()
-            log.debug("colorizing %s", item.src, exc_info=True)
-            report(ItemOutcome(item, "failed", f"could not colorize {item.src.name}: {type(e).__name__}: {e}",
-                               "internal"))
-            return None
-        secs.update({k: float(v) for k, v in getattr(result, "timings", {}).items()})
-        secs["run"] = time.perf_counter() - t0
-        return item, c, result, secs
-
-    def write_one(job) -> None:
-        item, c, result, secs = job
-        if stop.is_set():          # the batch stopped (disk full, backend gone): not attempted
-            c.release()
-            return
-        try:
-            secs.update(write_item(item, result, compress_level))
-            report(ItemOutcome(item, "done", seconds=secs))
-        except OSError as e:
-            err = describe_os_error(e, item.out)
-            report(ItemOutcome(item, "failed", err.message, err.code))
-        except PatchColorError as e:
-            report(ItemOutcome(item, "failed", e.message, e.code))
-        except Exception as e:   # noqa: BLE001 - e.g. a codec refusing the array: say it, go on
-            log.debug("writing %s", item.out, exc_info=True)
-            report(ItemOutcome(item, "failed", f"cannot write {item.out}: {e}", "internal"))
-        finally:
-            c.release()
-
-    if not overlap:
-        for item in plan.items:
-            if stop.is_set():
-                break
-            job = read_one(item)
-            job = run_one(job) if job is not None else None
-            if job is not None:
-                write_one(job)
-    else:
-        read_q: queue.Queue = queue.Queue(maxsize=1)
-        write_q: queue.Queue = queue.Queue(maxsize=1)
-
-        def reader() -> None:
-            try:
-                for item in plan.items:
-                    if stop.is_set():
-                        break
-                    job = read_one(item)
-                    if job is not None:
-                        _put(read_q, job, stop)
-            finally:
-                _put(read_q, _STOP, None)
-
-        def writer() -> None:
-            while True:
-                job = write_q.get()
-                if job is _STOP:
-                    return
-                write_one(job)
-
-        threads = [threading.Thread(target=reader, name="batch-reader", daemon=True),
-                   threading.Thread(target=writer, name="batch-writer", daemon=True)]
-        for t in threads:
-            t.start()
-        finished = False
-        try:
-            while True:
-                job = read_q.get()
-                if job is _STOP:
-                    finished = True
-                    break
-                if stop.is_set():
-                    job[1].release()
-                    continue
-                job = run_one(job)
-                if job is not None:
-                    write_q.put(job)
-        finally:
-            if not finished:       # stopped by an exception (SIGTERM, Ctrl-C): let the reader go, free its locks
-                stop.set()
-                while threads[0].is_alive() or not read_q.empty():
-                    try:
-                        job = read_q.get(timeout=0.1)
-                    except queue.Empty:
-                        continue
-                    if job is not _STOP:
-                        job[1].release()
-            write_q.put(_STOP)
-            threads[1].join()
-    reached = {id(o.item) for o in outcomes}
+    steps = Steps(run, max_pixels=max_pixels, compress_level=compress_level, pass_item=pass_item,
+                  on_outcome=on_outcome)
+    for item in plan.done:
+        steps.report(ItemOutcome(item, "skipped"))
+    (_overlapped if overlap else _sequential)(steps, plan.items)
+    reached = {id(o.item) for o in steps.outcomes}
     for item in plan.items:
         if id(item) not in reached:
-            o = ItemOutcome(item, "not_attempted")
-            outcomes.append(o)
-            if on_outcome is not None:
-                on_outcome(o)
+            steps.report(ItemOutcome(item, "not_attempted"))
     order = {id(i): k for k, i in enumerate(plan.done + plan.items)}
-    outcomes.sort(key=lambda o: order.get(id(o.item), 0))
-    return BatchSummary(outcomes, why[0] if why else "")
+    return BatchSummary(sorted(steps.outcomes, key=lambda o: order.get(id(o.item), 0)), steps.why)
 
 
-def _put(q: queue.Queue, item, stop: threading.Event | None) -> None:
-    """Put without blocking forever once ``stop`` is set (the consumer may be gone)."""
+def _sequential(steps: Steps, items: list[BatchItem]) -> None:
+    for item in items:
+        if steps.stop.is_set():
+            return
+        job = steps.read(item)
+        job = steps.colorize(job) if job is not None else None
+        if job is not None:
+            steps.write(job)
+
+
+_END = object()
+
+
+def _overlapped(steps: Steps, items: list[BatchItem]) -> None:
+    """Reader thread -> (queue of 1) -> networks in this thread -> (queue of 1) -> writer thread."""
+    read_q: queue.Queue = queue.Queue(maxsize=1)
+    write_q: queue.Queue = queue.Queue(maxsize=1)
+
+    def reader() -> None:
+        try:
+            for item in items:
+                if steps.stop.is_set():
+                    break
+                job = steps.read(item)
+                if job is not None:
+                    _put(read_q, job, steps.stop)
+        finally:
+            _put(read_q, _END, None)
+
+    def writer() -> None:
+        while (job := write_q.get()) is not _END:
+            steps.write(job)
+
+    threads = [threading.Thread(target=reader, name="batch-reader", daemon=True),
+               threading.Thread(target=writer, name="batch-writer", daemon=True)]
+    for t in threads:
+        t.start()
+    finished = False
+    try:
+        while (job := read_q.get()) is not _END:
+            if steps.stop.is_set():
+                job.claim.release()
+                continue
+            job = steps.colorize(job)
+            if job is not None:
+                write_q.put(job)
+        finished = True
+    finally:
+        if not finished:       # stopped by an exception (SIGTERM, Ctrl-C): let the reader go, free its locks
+            steps.stop.set()
+            while threads[0].is_alive() or not read_q.empty():
+                try:
+                    job = read_q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if job is not _END:
+                    job.claim.release()
+        write_q.put(_END)
+        threads[1].join()
+
+
+def _put(q: queue.Queue, job, stop: threading.Event | None) -> None:
+    """Put without blocking forever once ``stop`` is set (the consumer may be gone; the job's claim is freed)."""
     while True:
         try:
-            q.put(item, timeout=0.1)
+            q.put(job, timeout=0.1)
             return
         except queue.Full:
             if stop is not None and stop.is_set():
-                if item is not _STOP and isinstance(item, tuple):
-                    item[1].release()
+                if isinstance(job, Job):
+                    job.claim.release()
                 return

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -96,6 +97,18 @@ def _precision(args: argparse.Namespace) -> str | None:
 def _options(args: argparse.Namespace):
     overrides = dict(colorizer=args.colorizer, detector=args.detector, precision=_precision(args),
                      max_side=args.max_side, saturation=args.saturation, score_thresh=args.score_thresh,
+# the numeric options make_options does not check: (lowest, highest); NaN and infinities are refused as well
+NUMBER_RANGES = {"max_pixels": (64, 1e12), "ray_cpus_per_worker": (0.01, 1024), "remote_timeout": (0.1, 86400)}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """A non-finite or out-of-range numeric option -> ValueError, one sentence (exit status 2)."""
+    for dest, (lo, hi) in NUMBER_RANGES.items():
+        v = getattr(args, dest, None)
+        if v is not None and not (math.isfinite(v) and lo <= v <= hi):
+            raise ValueError(f"--{dest.replace('_', '-')} must be a number from {lo:g} to {hi:g} (got {v:g})")
+
+
                      max_instances=args.max_instances)
     if args.feather is not None:
         overrides.update(feather=args.feather, fusion="feather" if args.feather > 0 else "seed")
@@ -131,6 +144,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     keep_freed_memory()     # one image's freed feature maps are reused for the next (bench/bench_heap.py)
     if getattr(args, "ray", None):
         if getattr(args, "hints", None) is not None:
+    check_numbers(args)
             raise BadOptions("--hints is not supported with --ray yet: run without --ray")
         from .cluster import cmd_colorize_ray
 
@@ -159,6 +173,8 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
     try:
         summary = batch.run_batch(plan, run, max_pixels=int(args.max_pixels), overlap=_overlap(args),
+        elif o.note:
+            tqdm.write(f"note: {o.item.src}: {o.note}", file=sys.stderr)
                                   on_outcome=on_outcome, pass_item=True)
     except SystemExit:
         bar.close()
@@ -196,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_service_parser(sub)
     add_check_precision_parser(sub)
+    from .weights import add_weights_parser
+
+    add_weights_parser(sub)
     return parser
 
 
@@ -239,6 +258,7 @@ def cmd_check_precision(args: argparse.Namespace) -> int:
             print(f"error: --winograd compares CPU convolutions and needs NNPACK in torch; device {device}, NNPACK "
                   f"{'available' if winograd.nnpack_available() else 'not available'}.", file=sys.stderr)
             return 2
+    check_numbers(args)
         label, ref_label = "winograd", "direct"
         print(cpu_report().line() + f"; device {device}; comparing Winograd 3x3 convolutions (NNPACK) with direct "
               "ones (oneDNN), fp32")
@@ -298,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except PatchColorError as e:
         print(f"error: {e.message}", file=sys.stderr)
+        if e.details:
+            log.debug("%s", e.details)
         return 1
     except ValueError as e:           # bad option values (make_options)
         print(f"error: {e}", file=sys.stderr)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from .batch import (FATAL_CODES, PNG_COMPRESS_LEVEL, STATE_DIR, BatchItem, BatchPlan, BatchSummary, ItemOutcome,
-                    claim, describe_os_error, read_item, write_item)
+                    describe_os_error, frames_note, read_item, take, write_item)
 from .errors import BadOptions, PatchColorError
 from .heap import keep_freed_memory
 
@@ -165,30 +165,32 @@ def _table(rows: dict[str, list]):
     import pyarrow as pa
 
     types = {"idx": pa.int64(), "item": pa.binary(), "src": pa.large_binary(), "status": pa.string(),
-             "message": pa.string(), "code": pa.string(), "seconds": pa.string()}
+             "message": pa.string(), "code": pa.string(), "seconds": pa.string(), "note": pa.string()}
     return pa.table({k: pa.array(v, type=types[k]) for k, v in rows.items()})
 
 
 def read_stage(batch: dict, max_pixels: int) -> object:
     """Ray Data read stage (Ray tasks): item -> decoded SourceImage with the project's loader, or a failure row.
     Items already done (another run finished them since the plan) are passed on as skipped without reading."""
-    rows: dict[str, list] = {k: [] for k in ("idx", "item", "src", "status", "message", "code", "seconds")}
+    rows: dict[str, list] = {k: [] for k in ("idx", "item", "src", "status", "message", "code", "seconds", "note")}
     for idx, blob in zip(batch["idx"], batch["item"]):
         item: BatchItem = pickle.loads(blob)
-        src, status, message, code = None, "read", "", ""
+        src, status, message, code, note = None, "read", "", "", ""
         t0 = time.perf_counter()
         try:
             if item.is_done():
                 status = "skipped"
             else:
-                src = pickle.dumps(read_item(item, max_pixels), protocol=5)
+                image = read_item(item, max_pixels)
+                note = frames_note(image)
+                src = pickle.dumps(image, protocol=5)
         except PatchColorError as e:
             status, message, code = "failed", e.message, e.code
         except Exception as e:   # noqa: BLE001 - one bad file must not stop the cluster's batch
             status, message, code = "failed", f"cannot read {item.src}: {_one_line(e)}", "image_unreadable"
         for k, v in (("idx", int(idx)), ("item", bytes(blob)), ("src", src), ("status", status),
                      ("message", message), ("code", code),
-                     ("seconds", json.dumps({"read": time.perf_counter() - t0}))):
+                     ("seconds", json.dumps({"read": time.perf_counter() - t0})), ("note", note)):
             rows[k].append(v)
     return _table(rows)
 
@@ -215,26 +217,24 @@ class ColorizeWorker:
             self.error = e
 
     def __call__(self, batch) -> object:
-        rows: dict[str, list] = {k: [] for k in ("idx", "status", "message", "code", "seconds")}
+        rows: dict[str, list] = {k: [] for k in ("idx", "status", "message", "code", "seconds", "note")}
         for row in batch.to_pylist():
             status, message, code = row["status"], row["message"], row["code"]
             secs = json.loads(row["seconds"])
             if status == "read":
                 status, message, code = self._one(pickle.loads(row["item"]), row["src"], secs)
             for k, v in (("idx", row["idx"]), ("status", status), ("message", message), ("code", code),
-                         ("seconds", json.dumps(secs))):
+                         ("seconds", json.dumps(secs)), ("note", row["note"])):
                 rows[k].append(v)
         return _table(rows)
 
     def _one(self, item: BatchItem, src_blob: bytes, secs: dict) -> tuple[str, str, str]:
         if self.error is not None:
             return "failed", self.error.message, self.error.code
-        c = claim(item)
-        if c is None:
-            return "busy", "", ""
+        c = take(item)
+        if isinstance(c, ItemOutcome):
+            return c.status, c.message, c.code
         try:
-            if item.is_done():
-                return "skipped", "", ""
             t0 = time.perf_counter()
             secs["start_epoch"] = time.time()      # wall clock, for bench_ray's scheduling-overhead figures
             try:
@@ -300,7 +300,7 @@ def run_ray_batch(plan: BatchPlan, opts, settings: RaySettings, *, models: Path 
             for row in rows:
                 item = plan.items[row["idx"]]
                 o = ItemOutcome(item, row["status"], row["message"] or "", row["code"] or "",
-                                json.loads(row["seconds"]))
+                                json.loads(row["seconds"]), row["note"] if row["status"] == "done" else "")
                 if row["idx"] in outcomes:       # a retried block's duplicate
                     continue
                 outcomes[row["idx"]] = o
@@ -342,6 +342,8 @@ def cmd_colorize_ray(args: argparse.Namespace) -> int:
     def show(o: ItemOutcome) -> None:
         if o.status == "failed":
             print(f"error: {o.item.src}: {o.message}", file=sys.stderr, flush=True)
+        elif o.note:
+            print(f"note: {o.item.src}: {o.note}", file=sys.stderr, flush=True)
 
     try:
         summary = run_ray_batch(plan, opts, settings, models=args.models, device=args.device,

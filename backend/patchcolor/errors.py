@@ -3,11 +3,14 @@ from __future__ import annotations
 
 
 class PatchColorError(Exception):
+    """``message``: the one sentence the user sees; ``details``: what only the log needs (files, folders, URLs)."""
+
     code = "error"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, details: str = ""):
         super().__init__(message)
         self.message = message
+        self.details = details
 
 
 class WeightsMissing(PatchColorError):

@@ -1,12 +1,12 @@
 """Where each weight file is, and how a file is checked (the catalogue itself is :mod:`.registry`).
 
-This module must stay **standard-library only**: ``install.py`` loads it (without importing the ``patchcolor``
-package, i.e. before torch exists) to share the exact same verification rules.
+This module must stay **standard-library only**: ``patchcolor weights`` (:mod:`.weights`: download, copy,
+verify) applies these rules without importing torch, and the loaders apply the same ones.
 
 * ``catalog.json`` (package data, read by :mod:`.registry`) lists every weight file: id, file name, URL, size and
   a typed hash prefix (:class:`~.registry.HashPrefix`: hex, the algorithms it may prefix, confirmed or not).
-* ``<models>/verified.json`` (git-ignored, written by ``install.py``) pins the full sha256 of each file the first
-  time it passed the check; later checks compare against it.
+* ``<models>/verified.json`` (git-ignored, written by ``patchcolor weights fetch|verify``) pins the full sha256 of
+  each file the first time it passed the check; later checks compare against it.
 
 Hash prefixes: the official file names carry a hash prefix.  For the torch.hub / torchvision files
 (``colorization_release_v2-9b330a0b.pth``, ``siggraph17-df00044c.pth``, ``maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth``)
@@ -43,7 +43,8 @@ def weight_path(model: str, models_dir: Path | None = None) -> Path:
 
     Cheap checks only (no hashing): raises :class:`WeightsMissing` when the file is absent and
     :class:`WeightsCorrupt` when its size differs from the catalogue's exact size or from the size pinned in
-    ``verified.json``.  Both messages come from the registry (file, folder, the exact install command).
+    ``verified.json``.  Both messages come from the registry (one sentence with the exact ``patchcolor weights
+    fetch`` command; file and folder in ``details``).
     """
     folder = Path(models_dir) if models_dir is not None else _registry.models_dir()
     entry = registry().file(model)
@@ -60,11 +61,12 @@ def weight_path(model: str, models_dir: Path | None = None) -> Path:
 
 def weights_status(models_dir: Path | None = None) -> dict[str, Any]:
     """The service's ``info`` section on weights: ``{"models_dir", "colorizers": {name: status},
-    "detectors": {name: status, "none": "ok"}, "models": [{name, kind, label, optional, file, status}]}``,
+    "detectors": {name: status, "none": "ok"}, "models": [{name, kind, label, optional, file, status, fetch}]}``,
     status "ok" | "missing" | "corrupt" (cheap checks of :func:`weight_path`: presence and size, no hashing), or
-    "unavailable" when the Python package the model requires (e.g. detectron2) is not installed."""
+    "unavailable" when the Python package the model requires (e.g. detectron2) is not installed; ``fetch`` is the
+    command that downloads the model's weights into this folder (for a client's message)."""
     from .errors import WeightsCorrupt, WeightsMissing
-    from .registry import NO_DETECTOR, describe
+    from .registry import NO_DETECTOR, describe, fetch_command
 
     folder = Path(models_dir) if models_dir is not None else _registry.models_dir()
     reg = registry()
@@ -85,7 +87,8 @@ def weights_status(models_dir: Path | None = None) -> dict[str, Any]:
     return {"models_dir": str(folder),
             "colorizers": {n: found[n] for n in reg.names("colorizer")},
             "detectors": {**{n: found[n] for n in reg.names("detector")}, NO_DETECTOR: "ok"},
-            "models": [{**d, "status": found[d["name"]]} for d in describe(reg)]}
+            "models": [{**d, "status": found[d["name"]], "fetch": fetch_command(d["name"], folder, reg)}
+                       for d in describe(reg)]}
 
 
 # --------------------------------------------------------------------------------------------------- verification

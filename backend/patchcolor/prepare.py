@@ -29,10 +29,12 @@ class SourceImage:
 
     color: (H, W) gray or (H, W, 3) RGB, uint8 or uint16 (sRGB-encoded).
     alpha: (H, W) of the same dtype, or None.
+    frames: how many frames (pages) the file holds; only the first is read.
     """
 
     color: np.ndarray
     alpha: np.ndarray | None = None
+    frames: int = 1
 
     @property
     def height(self) -> int:
@@ -112,6 +114,7 @@ def load_image(path: str | Path, max_pixels: int = 250_000_000) -> SourceImage:
                 src = from_pil(ImageOps.exif_transpose(img))
         except (OSError, ValueError, SyntaxError) as e:
             raise ImageUnreadable(f"cannot decode {path}: {e}") from None
+        src.frames = int(getattr(img, "n_frames", 1) or 1)
     return src
 
 

@@ -1,7 +1,7 @@
 """The one model registry: every model name, what it is, which weight file it reads, and where files live.
 
-This module must stay **standard-library only**: ``install.py`` loads it (through :mod:`.models`, without
-importing the ``patchcolor`` package, i.e. before torch exists).
+This module must stay **standard-library only**: ``patchcolor weights`` (:mod:`.weights`) reads it without
+importing torch.
 
 Everything comes from ``catalog.json`` (package data next to this file, shipped in the wheel):
 
@@ -11,10 +11,11 @@ Everything comes from ``catalog.json`` (package data next to this file, shipped 
   label, and the builder (``"module:attribute"`` inside ``patchcolor``; colorizer builders take no arguments and
   return the network, detector builders take ``(weights_path, device)``).
 
-A file is *required* (fetched by a plain ``python3 install.py``) when a non-optional model reads it; the
-others are fetched by ``python3 install.py --optional``. :func:`missing_error` and :func:`corrupt_error` are the
-only places that word "your weights file is missing/damaged": every loader uses them, so each message names the
-file, the folder and the exact repair command (``--optional``, ``--models-dir DIR`` where they apply).
+A file is *required* (fetched by a plain ``patchcolor weights fetch``) when a non-optional model reads it; the
+others are fetched by ``patchcolor weights fetch NAME`` or ``--optional``. :func:`missing_error` and
+:func:`corrupt_error` are the only places that word "your weights are missing/damaged": every loader uses them, so
+each message is one sentence naming the model and the exact repair command (the model's name for an optional one,
+``--models-dir DIR`` where it applies); the file, folder and URL go to the exception's ``details``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import functools
 import json
 import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -35,7 +38,6 @@ HASH_ALGORITHMS: tuple[HashAlgorithm, ...] = ("sha256", "md5")
 NO_DETECTOR = "none"                       # Options.detector value: whole image only, no weight file
 CATALOG_NAME = "catalog.json"
 PACKAGE_CATALOG = Path(__file__).resolve().with_name(CATALOG_NAME)
-INSTALL_CMD = "python3 install.py"
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 _BUILDER = re.compile(r"^patchcolor(\.[A-Za-z_][A-Za-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*$")
@@ -270,23 +272,34 @@ def models_dir() -> Path:
 
 
 # --------------------------------------------------------------------------------------------------- messages
-def install_command(name_or_file: str, folder: Path | None = None, reg: Registry | None = None,
-                    extra: str = "") -> str:
-    """The install.py command that fetches ``name_or_file``'s weights into ``folder``: ``--optional`` when no
-    required model reads the file, ``--models-dir DIR`` when ``folder`` is not the default folder."""
+def command_name() -> str:
+    """How the user runs this package's command: ``patchcolor`` when that name on PATH is this environment's
+    script, else the script's full path (e.g. a backend GIMP started from ``.venv/bin``), else ``patchcolor``."""
+    script = Path(sys.executable).with_name("patchcolor.exe" if os.name == "nt" else "patchcolor")
+    if not script.is_file():
+        return "patchcolor"
+    found = shutil.which("patchcolor")
+    return "patchcolor" if found and Path(found).resolve() == script.resolve() else str(script)
+
+
+def fetch_command(name_or_file: str, folder: Path | None = None, reg: Registry | None = None) -> str:
+    """The command that fetches ``name_or_file``'s weights into ``folder``: ``patchcolor weights fetch``, with the
+    model's name when no required model reads the file, and ``--models-dir DIR`` when ``folder`` is not the
+    default folder."""
     reg = reg or registry()
     wf = reg.file(name_or_file)
-    parts = [INSTALL_CMD, extra] if extra else [INSTALL_CMD]
-    if not wf.required and extra != "--verify":
-        parts.append("--optional")
+    parts = [command_name(), "weights", "fetch"]
+    if not wf.required:
+        parts.append(name_or_file)
     if folder is not None and Path(folder).resolve() != models_dir().resolve():
         parts.append(f"--models-dir {folder}")
     return " ".join(parts)
 
 
-def _where() -> str:
-    root = source_root()
-    return f" in {root}" if root is not None else " in the Patch Colorization source folder"
+def _subject(name_or_file: str, reg: Registry) -> str:
+    """``r101 detector`` / ``siggraph17 colorizer``: the model (or the first model reading the file id)."""
+    users = [m for m in reg.models if m.name == name_or_file] or list(reg.users(reg.file(name_or_file).id))
+    return f"{users[0].name} {users[0].kind}" if users else name_or_file
 
 
 def missing_error(name_or_file: str, folder: Path, reg: Registry | None = None) -> WeightsMissing:
@@ -294,17 +307,14 @@ def missing_error(name_or_file: str, folder: Path, reg: Registry | None = None) 
     reg = reg or registry()
     wf = reg.file(name_or_file)
     folder = Path(folder)
-    fetch = install_command(name_or_file, folder, reg)
-    copy = install_command(name_or_file, folder, reg, extra="--models-from DIR")
     partial = (folder / (wf.file + ".part")).exists()
     return WeightsMissing(
-        f"The {wf.description or wf.id} weights file {wf.file} is missing from {folder}. Run `{fetch}`{_where()} "
-        f"to download it, or `{copy}` to copy it from a folder that already has it (or put {wf.file} from "
-        f"{wf.url} into {folder} yourself)." + (" A partial download is there; the same command resumes it."
-                                                 if partial else ""))
+        f"The {_subject(name_or_file, reg)} weights are missing: run `{fetch_command(name_or_file, folder, reg)}`.",
+        details=f"{wf.file} is not in {folder} (download: {wf.url})"
+                + ("; a partial download is there, the same command resumes it" if partial else ""))
 
 
-_HINT_TAIL = re.compile(r"[;.]?\s*(?:run|Run) `python3? install\.py[^`]*`.*$", re.S)
+_HINT_TAIL = re.compile(r"[;.]?\s*(?:run|Run) `(?:python3? install\.py|patchcolor weights)[^`]*`.*$", re.S)
 _FILE_SUBJECT = re.compile(r"^(?:The |the )?(?:[\w-]+ )?weights file \S+ ")   # "The detector weights file X is ..."
 
 
@@ -319,13 +329,13 @@ def clean_reason(reason: str) -> str:
 
 
 def corrupt_error(name_or_file: str, path: Path, reason: str, reg: Registry | None = None) -> WeightsCorrupt:
-    """The error for a weight file that exists but cannot be used: names the file, the reason and the repair."""
+    """The error for a weight file that exists but cannot be used: one sentence naming the file and the repair;
+    the reason is its ``details``, for the log."""
     reg = reg or registry()
     path = Path(path)
-    fetch = install_command(name_or_file, path.parent, reg)
-    verify = install_command(name_or_file, path.parent, reg, extra="--verify")
-    return WeightsCorrupt(f"The weights file {path} is damaged or not the official file ({clean_reason(reason)}). "
-                          f"Delete it and run `{fetch}` again{_where()}; `{verify}` checks every file.")
+    return WeightsCorrupt(f"The {_subject(name_or_file, reg)} weights file {path} is damaged or not the official "
+                          f"file: delete it and run `{fetch_command(name_or_file, path.parent, reg)}`.",
+                          details=clean_reason(reason))
 
 
 def describe(reg: Registry | None = None) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import WeightsCorrupt, WeightsMissing
 
-VERIFY_HINT = "run `python install.py --verify` to check or re-download the model files"
+VERIFY_HINT = "run `patchcolor weights fetch`, which checks the weight files and downloads damaged ones again"
 
 
 def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
@@ -154,7 +154,7 @@ def read_d2_pickle(path: Path) -> dict[str, np.ndarray]:
     Raises WeightsMissing (no file) or WeightsCorrupt (unreadable, unexpected globals, wrong layout)."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsMissing(f"The detector weights file {path} is missing; run `python install.py` to download it.")
+        raise WeightsMissing(f"The detector weights file {path} is missing; run `patchcolor weights fetch` to download it.")
     try:
         with open(path, "rb") as f:
             check_sizes(f, path.stat().st_size)      # declared lengths bounded by the file, before allocating

@@ -39,7 +39,7 @@ class Detectron2Detector:
             raise PatchColorError(NOT_INSTALLED) from None
         path = Path(weights_path)
         if not path.is_file():
-            raise WeightsMissing(f"The detector weights file {path} is missing; run `python install.py` to download it.")
+            raise WeightsMissing(f"The detector weights file {path} is missing; run `patchcolor weights fetch` to download it.")
         cfg = get_cfg()
         cfg.merge_from_file(model_zoo.get_config_file(CONFIG))
         cfg.MODEL.WEIGHTS = str(path)

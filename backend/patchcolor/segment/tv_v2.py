@@ -35,7 +35,7 @@ class TorchvisionV2Detector:
         path = Path(weights_path)
         self.device = torch.device(device)
         if not path.is_file():
-            raise WeightsMissing(f"The detector weights file {path} is missing; run `python install.py` to download it.")
+            raise WeightsMissing(f"The detector weights file {path} is missing; run `patchcolor weights fetch torchvision-v2` to download it.")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:

@@ -96,7 +96,8 @@ class Worker:
             emit({"v": job.v, "type": P.CANCELLED, "id": job.req_id, "job": job.job_id, "reason": str(e)},
                  final=True)
         except PatchColorError as e:
-            log.warning("job #%d failed: %s: %s", job.seq, e.code, e.message)
+            log.warning("job #%d failed: %s: %s%s", job.seq, e.code, e.message,
+                        f" ({e.details})" if e.details else "")
             fail(e.code, e.message)
         except ValueError as e:
             if job.kind != P.REFUSE:
