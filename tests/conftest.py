@@ -43,3 +43,25 @@ def photo_gray() -> np.ndarray:
     from skimage.util import img_as_ubyte
 
     return img_as_ubyte(rgb2gray(data.astronaut()))
+
+
+@pytest.fixture(scope="session")
+def ddcolor_state():
+    """Random DDColor-T weights (converged spectral-norm u/v, visible layer scales; fake_colorizers), made once."""
+    pytest.importorskip("spandrel_extra_arches")
+    from fake_colorizers import random_ddcolor_state_dict
+
+    return random_ddcolor_state_dict("convnext-t", seed=4)
+
+
+@pytest.fixture(scope="session")
+def ddcolor_models(models_dir, ddcolor_state) -> Path:
+    """models_dir with those weights as the model zoo's ``ddcolor_paper_tiny.pth`` (a plain state dict) and as
+    ``ddcolor_modelscope.pth`` (``{"params": ...}`` with the ConvNeXt head the authors' files may carry), so the
+    names ``ddcolor-tiny`` and ``ddcolor`` load (the network is DDColor-T in both: the loader reads the variant
+    from the file)."""
+    from fake_colorizers import write_ddcolor
+
+    write_ddcolor(models_dir, "pth", name="ddcolor-tiny", state=ddcolor_state)
+    write_ddcolor(models_dir, "params", name="ddcolor", state=ddcolor_state)
+    return models_dir

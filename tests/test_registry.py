@@ -38,6 +38,10 @@ def test_catalog_is_typed_well_formed_and_shipped_in_the_package() -> None:
     for f in files:
         hp = f["hash_prefix"]
         assert isinstance(hp, dict) and set(hp) == {"hex", "algorithms", "confirmed"}, f["id"]   # no "a|b (x)"
+        if hp is None:                             # the name carries no hash (DDColor): pinned on first download
+            assert hash_suffix_from_name(f["file"]) is None and f["on_prefix_mismatch"] == "reject", f["id"]
+            continue
+        assert isinstance(hp, dict) and set(hp) == {"hex", "algorithms", "confirmed"}, f["id"]   # no "a|b (x)"
         assert f["url"].startswith("https://") and f["url"].rsplit("/", 1)[1] == f["file"], f["id"]
         assert hash_suffix_from_name(f["file"]) == hp["hex"] and is_hex(hp["hex"]), f["id"]
         assert f["sha256"] is None or (len(f["sha256"]) == 64 and is_hex(f["sha256"]))
@@ -47,7 +51,8 @@ def test_catalog_is_typed_well_formed_and_shipped_in_the_package() -> None:
             assert not hp["confirmed"]
     reg = R.registry()
     assert [f.id for f in reg.files if f.required] == ["eccv16", "r101"]
-    assert {f.id for f in reg.files if not f.required} == {"siggraph17", "torchvision-v2"}
+    assert {f.id for f in reg.files if not f.required} == {"siggraph17", "torchvision-v2", "ddcolor_modelscope",
+                                                           "ddcolor_artistic", "ddcolor_paper", "ddcolor_paper_tiny"}
     for fid in ("eccv16", "siggraph17", "torchvision-v2"):
         hp = reg.file(fid).hash_prefix
         assert hp == R.HashPrefix(hp.hex, ("sha256",), True) and len(hp.hex) == 8
@@ -56,7 +61,8 @@ def test_catalog_is_typed_well_formed_and_shipped_in_the_package() -> None:
 
 def test_registry_names_kinds_files_and_builders() -> None:
     reg = R.registry()
-    assert reg.names("colorizer") == ("eccv16", "siggraph17")
+    assert reg.names("colorizer") == ("eccv16", "siggraph17", "ddcolor", "ddcolor-artistic", "ddcolor-paper",
+                                      "ddcolor-tiny")
     assert reg.choices("detector") == ("r101", "torchvision-v2", "detectron2", "none")
     assert reg.file("detectron2") is reg.file("r101") and reg.file("detectron2").file == "model_final_a3ec72.pkl"
     assert {m.name for m in reg.users("r101")} == {"r101", "detectron2"}
@@ -65,7 +71,11 @@ def test_registry_names_kinds_files_and_builders() -> None:
     from patchcolor.colorize.eccv16 import ECCVGenerator
     from patchcolor.colorize.siggraph17 import SIGGRAPHGenerator
 
-    assert ARCHITECTURES == {"eccv16": ECCVGenerator, "siggraph17": SIGGRAPHGenerator}   # built from the registry
+    from patchcolor.colorize.ddcolor import DDColorColorizer
+
+    assert ARCHITECTURES == {"eccv16": ECCVGenerator, "siggraph17": SIGGRAPHGenerator,   # built from the registry
+                             **{n: DDColorColorizer for n in ("ddcolor", "ddcolor-artistic", "ddcolor-paper",
+                                                              "ddcolor-tiny")}}
     from patchcolor.segment.r101 import R101Detector
 
     assert reg.model("r101", "detector").build_target() is R101Detector
@@ -115,7 +125,7 @@ def test_every_reader_of_model_names_follows_the_registry(tmp_path: Path, monkey
     """Options, the CLI's choices and the service's info read the registry: a name added to the catalogue
     appears in each of them, a name removed disappears."""
     data = json.loads(R.PACKAGE_CATALOG.read_text())
-    data["models"] = [m for m in data["models"] if m["name"] != "torchvision-v2"]
+    data["models"] = [m for m in data["models"] if m["name"] != "torchvision-v2" and "ddcolor" not in m["name"]]
     data["models"].append({"name": "eccv16-copy", "kind": "colorizer", "file": "eccv16", "optional": True,
                            "label": "Copy", "builder": "patchcolor.colorize.eccv16:ECCVGenerator"})
     cat = tmp_path / "cat.json"

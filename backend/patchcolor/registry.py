@@ -78,6 +78,9 @@ class WeightFile:
     size:        exact byte count when verified, else None (then ``approx_size`` is an estimate used for messages
                  and a ±25 % plausibility bound of unconfirmed files);
     sha256:      full digest once known;
+    hash_prefix: None when the official name carries no hash (e.g. DDColor's ``ddcolor_modelscope.pth``): then
+                 nothing but ``sha256`` (when known) confirms the file, and its sha256 is pinned on first download
+                 (``verified.json``) so that a later change is caught;
     on_prefix_mismatch: ``reject``, or ``warn`` (accept as "unconfirmed" when the prefix algorithm itself is a
                  guess and the file looks complete; allowed only for unconfirmed prefixes);
     required:    set by the registry: a non-optional model reads this file.
@@ -86,7 +89,7 @@ class WeightFile:
     id: str
     file: str
     url: str
-    hash_prefix: HashPrefix
+    hash_prefix: HashPrefix | None
     size: int | None = None
     approx_size: int | None = None
     sha256: str | None = None
@@ -98,7 +101,7 @@ class WeightFile:
     def __post_init__(self) -> None:
         if self.on_prefix_mismatch not in ("reject", "warn"):
             raise ValueError(f"{self.id}: on_prefix_mismatch must be 'reject' or 'warn'")
-        if self.on_prefix_mismatch == "warn" and self.hash_prefix.confirmed:
+        if self.on_prefix_mismatch == "warn" and (self.hash_prefix is None or self.hash_prefix.confirmed):
             raise ValueError(f"{self.id}: on_prefix_mismatch 'warn' needs an unconfirmed hash prefix")
         if self.sha256 is not None and not (len(self.sha256) == 64 and _HEX.match(self.sha256)):
             raise ValueError(f"{self.id}: sha256 must be 64 lowercase hex digits")
@@ -204,6 +207,9 @@ def parse_registry(data: Mapping[str, Any], source: str = "") -> Registry:
         if d["id"] in files:
             raise ValueError(f"duplicate file id {d['id']!r} in the model catalogue {source}")
         hp = d["hash_prefix"]
+        if hp is None:          # the name carries no hash: pinned on first download
+            files[d["id"]] = dict(d)
+            continue
         _checked_keys(hp, {"hex", "algorithms", "confirmed"}, {"hex", "algorithms", "confirmed"}, "hash_prefix of")
         files[d["id"]] = {**d, "hash_prefix": HashPrefix(hp["hex"], tuple(hp["algorithms"]), bool(hp["confirmed"]))}
     names: set[str] = set()

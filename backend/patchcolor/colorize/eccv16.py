@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .inputs import LIGHTNESS
+
 
 def _block(chans: list[int], strides: list[int], dilation: int = 1, bn: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -20,6 +22,8 @@ def _block(chans: list[int], strides: list[int], dilation: int = 1, bn: bool = T
 
 
 class ECCVGenerator(nn.Module):
+    input_spec = LIGHTNESS   # the seed's input: L* of the crop stretched to net_size²
+
     def __init__(self) -> None:
         super().__init__()
         self.model1 = _block([1, 64, 64], [1, 2])

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .eccv16 import _block
+from .inputs import LIGHTNESS
 
 
 def _up(cin: int, cout: int) -> nn.Sequential:
@@ -24,6 +25,8 @@ def _short(cin: int, cout: int) -> nn.Sequential:
 
 
 class SIGGRAPHGenerator(nn.Module):
+    input_spec = LIGHTNESS   # the seed's input: L* of the crop stretched to net_size²
+
     def __init__(self, classes: int = 529) -> None:
         super().__init__()
         self.model1 = _block([4, 64, 64], [1, 1])
