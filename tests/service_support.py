@@ -240,3 +240,27 @@ class EchoPipeline:
 
 def echo_pipeline(models_dir: Path | None, device: str, max_pixels: int) -> EchoPipeline:
     return EchoPipeline(float(os.environ.get("PATCHCOLOR_TEST_STAGE_DELAY", "0")))
+
+
+class LeakyPipeline(EchoPipeline):
+    """Fails with sentences that name server paths, as real failures do (weights files, caches, temp files):
+    ``detector="torchvision-v2"`` -> WeightsMissing, ``colorizer="siggraph17"`` -> an unexpected OSError,
+    ``saturation=0.5`` -> a plain PatchColorError. Anything else is echoed."""
+
+    SECRET_DIR = "/srv/patchcolor-secret/models"
+
+    def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None, instances: Any = None) -> Any:
+        from patchcolor.errors import PatchColorError, WeightsMissing
+
+        if opts.detector == "torchvision-v2":
+            raise WeightsMissing(f"The torchvision-v2 detector weights are missing: run `patchcolor weights fetch "
+                                 f"torchvision-v2 --models-dir {self.SECRET_DIR}` ({self.SECRET_DIR}/maskrcnn.pth)")
+        if opts.colorizer == "siggraph17":
+            raise OSError(f"[Errno 5] Input/output error: '{self.SECRET_DIR}/siggraph17-df00044c.pth'")
+        if opts.saturation == 0.5:
+            raise PatchColorError(f"cannot write the scratch file {self.SECRET_DIR}/../tmp/job.npy")
+        return super().run(src, opts, progress, cancelled, instances)
+
+
+def leaky_pipeline(models_dir: Path | None, device: str, max_pixels: int) -> LeakyPipeline:
+    return LeakyPipeline(0.0)

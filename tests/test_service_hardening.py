@@ -29,7 +29,7 @@ from patchcolor.service.limits import RemoteLimits, check_job, estimate_job_byte
 @pytest.fixture(scope="module")
 def slow_echo(tmp_path_factory):
     srv = start_server(tmp_path_factory.mktemp("hard"), "--pipeline-factory", "service_support:echo_pipeline",
-                       "--queue-size", "10", env={"PATCHCOLOR_TEST_STAGE_DELAY": "0.4"})
+                       "--queue-size", "10", "--client-queue-size", "10", env={"PATCHCOLOR_TEST_STAGE_DELAY": "0.4"})
     yield srv
     srv.stop()
 

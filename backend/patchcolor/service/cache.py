@@ -62,6 +62,11 @@ class ByteLRU(Generic[K, V]):
             self._hits += 1
             return item[0]
 
+    def items(self) -> list[tuple[K, V]]:
+        """A snapshot of the entries, most recently used first (does not refresh them)."""
+        with self._lock:
+            return [(k, v) for k, (v, _) in reversed(self._items.items())]
+
     def pop(self, key: K) -> V | None:
         with self._lock:
             item = self._items.pop(key, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -36,8 +37,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"ZeroMQ endpoint to bind (default {DEFAULT_ENDPOINT}); a non-loopback address needs "
                         "--curve-keys")
     p.add_argument("--device", action="append", metavar="DEVICE",
-                   help="auto, cpu, cuda or cuda:N; repeat (or comma-separate) for one worker per device "
-                        "(default auto)")
+                   help="auto, cpu, cuda, cuda:N or mps; repeat (or comma-separate) for one worker per device "
+                        "(default auto: an NVIDIA/AMD GPU, else an Apple GPU, else the CPU)")
     p.add_argument("--models", type=Path, metavar="DIR", help="folder with the weight files (default: models/ or "
                                                               "$PATCHCOLOR_MODELS)")
     p.add_argument("--preload", action="store_true",
@@ -48,6 +49,14 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=100_000_000,
                    help="largest width x height accepted (default 100000000)")
     p.add_argument("--queue-size", type=int, default=8, help="jobs that may wait; more get 'busy' (default 8)")
+    p.add_argument("--client-queue-size", type=int, metavar="N",
+                   help="jobs one client may have waiting (default: half of --queue-size); the queue is served "
+                        "round-robin across clients")
+    p.add_argument("--client-mb", type=float, metavar="MB",
+                   help="request data (pixels, masks, hint maps) one client's queued and running jobs may hold, "
+                        "in MB; also the largest request (default: 16 bytes x --max-pixels, at least 64 MiB)")
+    p.add_argument("--queue-mb", type=float, metavar="MB",
+                   help="request data all queued and running jobs may hold, in MB (default: twice --client-mb)")
     p.add_argument("--cache-mb", type=float, default=1024.0,
                    help="memory kept for `refuse` (source pixels + instance colours of recent jobs), in MB "
                         "(default 1024)")
@@ -84,12 +93,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT,
                         datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr, force=True)
     log = logging.getLogger("patchcolor.service")
-    if args.max_pixels <= 0 or args.queue_size <= 0 or args.cache_mb < 0 or args.remote_job_mb <= 0:
-        log.error("--max-pixels, --queue-size and --remote-job-mb must be positive, --cache-mb >= 0")
+    positive = {"--max-pixels": args.max_pixels, "--queue-size": args.queue_size,
+                "--remote-job-mb": args.remote_job_mb, "--client-queue-size": args.client_queue_size,
+                "--client-mb": args.client_mb, "--queue-mb": args.queue_mb}
+    bad = [flag for flag, v in positive.items() if v is not None and not (math.isfinite(v) and v > 0)]
+    if bad:
+        log.error("%s must be positive", ", ".join(bad))
+        return 2
+    if not (math.isfinite(args.cache_mb) and args.cache_mb >= 0):
+        log.error("--cache-mb must be at least 0")
         return 2
     cfg = ServerConfig(
         endpoint=args.endpoint, devices=_devices(args.device), models_dir=args.models, max_pixels=args.max_pixels,
-        queue_size=args.queue_size, cache_bytes=int(args.cache_mb * 1e6), curve_keys=args.curve_keys,
+        queue_size=args.queue_size, client_queue_size=args.client_queue_size,
+        client_bytes=int(args.client_mb * 1e6) if args.client_mb else None,
+        queue_bytes=int(args.queue_mb * 1e6) if args.queue_mb else None,
+        cache_bytes=int(args.cache_mb * 1e6), curve_keys=args.curve_keys,
         preload=args.preload, shutdown_grace_s=args.shutdown_grace, untrusted_loopback=args.untrusted_loopback,
         remote_limits=RemoteLimits(job_bytes=int(args.remote_job_mb * 2**20)),
         pipeline_factory=_load_factory(args.pipeline_factory) if args.pipeline_factory else None)

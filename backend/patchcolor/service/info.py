@@ -17,7 +17,7 @@ from .. import __version__
 from ..options import PRESETS
 from . import protocol as P
 from .cache import CacheStats
-from .limits import RemoteLimits
+from .limits import Budgets, RemoteLimits
 
 
 @dataclass
@@ -34,6 +34,7 @@ class ServerFacts:
     cache: CacheStats
     started: float
     remote_limits: RemoteLimits
+    budgets: Budgets
 
 
 def info_reply(req_id: str, v: int, remote: bool, facts: ServerFacts) -> dict[str, Any]:
@@ -49,6 +50,8 @@ def info_reply(req_id: str, v: int, remote: bool, facts: ServerFacts) -> dict[st
         "running": facts.running, "curve": facts.curve,
         "cache": {"entries": stats.entries, "bytes": stats.bytes, "max_bytes": stats.max_bytes},
         "uptime_s": round(time.time() - facts.started, 1), "remote": remote,
+        "budgets": {"queue_jobs": facts.budgets.queue_jobs, "client_jobs": facts.budgets.client_jobs,
+                    "queue_bytes": facts.budgets.queue_bytes, "client_bytes": facts.budgets.client_bytes},
     }
     if remote:   # what this client may ask for; the server's paths and library versions stay private
         info.pop("models_dir", None)
@@ -61,6 +64,7 @@ def info_reply(req_id: str, v: int, remote: bool, facts: ServerFacts) -> dict[st
         if "torch" in sys.modules:
             versions["torch"] = str(sys.modules["torch"].__version__)
             info["cpu"] = cpu_info()
+            info["device_lines"] = device_lines(tuple(facts.devices))
         info["versions"] = versions
     return info
 
@@ -73,6 +77,23 @@ def cpu_info() -> dict[str, Any]:
     report = cpu_report()
     return {"line": report.line(), "model": report.model, "cores": report.cores, "isa": report.isa,
             "native_bf16": report.native_bf16, "native_fp16": report.native_fp16, "winograd": report.winograd}
+
+
+@functools.lru_cache(maxsize=4)
+def device_lines(devices: tuple[str, ...]) -> list[str]:
+    """What runs each worker's networks, in words (:func:`patchcolor.device.device_line`: the GPU and CUDA/ROCm/MPS,
+    or the CPU line), probed once."""
+    import torch
+
+    from ..device import device_line
+
+    out = []
+    for d in devices:
+        try:
+            out.append(device_line(torch.device(d)))
+        except (RuntimeError, ValueError):       # a custom pipeline factory's device that torch does not know
+            out.append(d)
+    return out
 
 
 def weights_info(models_dir: Path | None) -> dict[str, Any]:

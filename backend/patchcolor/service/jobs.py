@@ -1,16 +1,18 @@
 """The server's job state: a job while it waits or runs (:class:`Job`), the queue the workers take jobs from
-(:class:`JobQueue`), and what is kept of a finished job for ``refuse`` (:class:`JobRecord`).
+(:class:`JobQueue`, round-robin across clients), and what is kept of a finished job for ``refuse``
+(:class:`JobRecord`).
 
 Only the main thread creates jobs and touches the server's tables; workers take jobs from the queue (the one
 structure both sides share, behind its lock) and report back over an inproc socket (server.py).
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Hashable
 
 import numpy as np
 
@@ -46,6 +48,9 @@ class Job:
     token: str = field(default="", repr=False)
     v: int = P.PROTOCOL_VERSION     # protocol version of the request: every reply about the job uses it
     seq: int = 0                    # per-server job number: what the log shows at INFO (ids only at DEBUG)
+    client: Hashable = None         # whose budget and queue lane the job counts in (server.client_key)
+    scope: Hashable = None          # the preview sessions it may reuse (preview_cache.py)
+    held: int = 0                   # request bytes it holds until its final event (limits.HeldBytes)
 
     def release(self) -> None:
         """Let go of the request's frames (the cache keeps what ``refuse`` needs)."""
@@ -53,44 +58,95 @@ class Job:
 
 
 class JobQueue:
-    """Bounded FIFO of jobs shared by the workers. ``offer`` never blocks (full -> None)."""
+    """The waiting jobs: one FIFO lane per client, taken round-robin across clients, shared by the workers.
 
-    def __init__(self, capacity: int):
+    ``take`` serves the lane served least recently (a client's first lane before the lanes already served, in
+    the order they came), so a client that keeps the queue full waits its turn while every other client's next
+    job goes ahead of its second. ``offer`` never blocks: it refuses (None) when ``capacity`` jobs wait in all or
+    ``client_capacity`` for that client. A job's lane is its ``client`` attribute (None when it has none)."""
+
+    def __init__(self, capacity: int, client_capacity: int | None = None):
         self.capacity = max(1, int(capacity))
-        self._q: deque[Job] = deque()
+        self.client_capacity = max(1, int(client_capacity or capacity))
+        self._lanes: dict[Hashable, deque[Job]] = {}
+        self._turns: dict[Hashable, int] = {}     # client -> the take that last served it
+        self._arrivals: dict[Hashable, int] = {}  # lane -> when it was opened (ties between never-served lanes)
+        self._taken = itertools.count(1)
+        self._opened = itertools.count()
+        self._waiting = 0
         self._cv = threading.Condition()
         self._closed = False
         self.running = 0
         self._busy = 0                  # jobs taken by workers and not yet given back (worker_done)
 
-    def offer(self, job: Job) -> int | None:
-        """Append ``job``; its 0-based position, or None when the queue is full or closed."""
+    def _order(self) -> list[Hashable]:
+        """Lanes in the order they will be served (least recently served first)."""
+        return sorted(self._lanes, key=lambda c: (self._turns.get(c, 0), self._arrivals[c]))
+
+    def waiting(self, client: Hashable = None) -> int:
+        """Jobs of ``client`` waiting."""
         with self._cv:
-            if self._closed or len(self._q) >= self.capacity:
+            lane = self._lanes.get(client)
+            return len(lane) if lane is not None else 0
+
+    def offer(self, job: Job) -> int | None:
+        """Queue ``job`` in its client's lane; its 0-based position (jobs taken before it if nothing else
+        arrives), or None when the queue, the client's lane, or the server is closed for it."""
+        client = getattr(job, "client", None)
+        with self._cv:
+            lane = self._lanes.get(client)
+            if self._closed or self._waiting >= self.capacity or (lane is not None
+                                                                   and len(lane) >= self.client_capacity):
                 return None
-            self._q.append(job)
+            if lane is None:
+                lane = self._lanes[client] = deque()
+                self._arrivals[client] = next(self._opened)
+            lane.append(job)
+            self._waiting += 1
             self._cv.notify()
-            return len(self._q) - 1
+            rounds = len(lane) - 1        # complete rounds before this job's
+            order = self._order()
+            mine = order.index(client)
+            return rounds + sum(min(len(self._lanes[c]), rounds + (i < mine))
+                                for i, c in enumerate(order) if c != client)
 
     def take(self) -> Job | None:
         """Next job (marked running), blocking; None once the queue is closed."""
         with self._cv:
-            while not self._q and not self._closed:
+            while not self._waiting and not self._closed:
                 self._cv.wait()
-            if not self._q:
+            if not self._waiting:
                 return None
-            job = self._q.popleft()
+            order = self._order()
+            client = order[0]
+            job = self._pop(client)
+            self._turns[client] = next(self._taken)
+            oldest = min((self._turns.get(c, 0) for c in self._lanes), default=None)
+            for c in [c for c in self._turns if c not in self._lanes]:   # no advantage left to remember
+                if oldest is None or self._turns[c] < oldest:
+                    del self._turns[c]
             job.state = "running"
             self.running += 1
             self._busy += 1
             return job
+
+    def _pop(self, client: Hashable, job: Job | None = None) -> Job:
+        lane = self._lanes[client]
+        if job is None:
+            job = lane.popleft()
+        else:
+            lane.remove(job)
+        self._waiting -= 1
+        if not lane:
+            del self._lanes[client], self._arrivals[client]
+        return job
 
     def worker_done(self) -> bool:
         """A worker has finished the job it took. True when the server is now idle: nothing queued and no other
         worker busy (``running`` lags behind: the main thread counts a job down when it forwards its result)."""
         with self._cv:
             self._busy -= 1
-            return self._busy == 0 and not self._q
+            return self._busy == 0 and not self._waiting
 
     def finished(self) -> None:
         with self._cv:
@@ -98,18 +154,20 @@ class JobQueue:
 
     def remove(self, job: Job) -> bool:
         """Take a still-queued job out (cancel). False when a worker already has it."""
+        client = getattr(job, "client", None)
         with self._cv:
-            try:
-                self._q.remove(job)
-            except ValueError:
+            if job not in self._lanes.get(client, ()):
                 return False
+            self._pop(client, job)
             job.state = "cancelled"
             return True
 
     def drain(self) -> list[Job]:
         with self._cv:
-            jobs = list(self._q)
-            self._q.clear()
+            jobs = [j for c in self._order() for j in self._lanes[c]]
+            self._lanes.clear()
+            self._arrivals.clear()
+            self._waiting = 0
             for j in jobs:
                 j.state = "cancelled"
             return jobs
@@ -121,7 +179,7 @@ class JobQueue:
 
     def __len__(self) -> int:
         with self._cv:
-            return len(self._q)
+            return self._waiting
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Job admission for the service: option limits for remote clients and a memory estimate checked before a job
-is queued (docs/protocol.md, "Limits").
+"""Job admission for the service: option limits for remote clients, a memory estimate checked before a job
+is queued (docs/protocol.md, "Limits"), and the budgets of request bytes held by accepted jobs ("Budgets").
 
 A *remote* client is one whose connection does not come from a loopback address (or any client when the server
 runs with ``--untrusted-loopback``, e.g. behind an SSH tunnel). Remote jobs must keep every memory-driving option
@@ -10,6 +10,7 @@ now. Either refusal is a ``bad_options`` error with one sentence.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Hashable
 
 from patchcolor_client.protocol import PIXEL_FORMATS, ProtocolError
 
@@ -22,6 +23,7 @@ from ..prepare import working_size
 NET_BYTES_PER_PIXEL = 640          # colorizer activations per network input pixel in one batch
 DETECTOR_BYTES_PER_PIXEL = 1200    # R101-FPN / torchvision detector activations per working pixel
 FINISH_BYTES_PER_PIXEL = 40        # float32 Lab planes and bands of the finish at output size
+HINT_BYTES_PER_PIXEL = 16          # painted mask, its comparisons and the int32 blob labels per hint-map pixel
 MODEL_BYTES = 600 << 20            # colorizer + detector weights
 BASE_BYTES = 200 << 20             # interpreter, libraries, slack
 
@@ -38,17 +40,20 @@ class RemoteLimits:
     job_bytes: int = 8 << 30
 
 
-def estimate_job_bytes(width: int, height: int, fmt: str, opts: Options) -> int:
-    """Rough peak memory (bytes) of one job on a ``width`` x ``height`` ``fmt`` image with ``opts``: received
-    frame, detector, colorizer batches, per-instance a/b crops and masks (each at most the working image), finish
-    and result at output size."""
+def estimate_job_bytes(width: int, height: int, fmt: str, opts: Options, frame_bytes: int | None = None,
+                       hint_pixels: int = 0) -> int:
+    """Rough peak memory (bytes) of one job on a ``width`` x ``height`` ``fmt`` image with ``opts``: the received
+    frames (``frame_bytes``: pixels, instance masks and hint map; default the pixel frame alone), the hint map's
+    processing (``hint_pixels``), detector, colorizer batches, per-instance a/b crops and masks (each at most the
+    working image), finish and result at output size."""
     channels, sample = PIXEL_FORMATS[fmt]
     src_px = width * height
     ww, wh = working_size(width, height, opts.max_side)
     work_px = ww * wh
     out_px = src_px if opts.full_resolution else work_px
     n = opts.max_instances
-    total = BASE_BYTES + MODEL_BYTES + src_px * channels * sample           # the request frame (kept for refuse)
+    frames = src_px * channels * sample if frame_bytes is None else frame_bytes   # kept for refuse
+    total = BASE_BYTES + MODEL_BYTES + frames + hint_pixels * HINT_BYTES_PER_PIXEL
     total += work_px * 3 * 4                                                  # working copy (float32 Lab)
     if opts.detector != "none":
         total += work_px * DETECTOR_BYTES_PER_PIXEL
@@ -76,8 +81,10 @@ def available_memory() -> int | None:
 
 
 def check_job(width: int, height: int, fmt: str, opts: Options, remote: bool, limits: RemoteLimits,
-              available: int | None, req_id: str | None = None, job: str | None = None) -> int:
-    """Admit a job or raise ProtocolError("bad_options") with one sentence. Returns the estimate (bytes)."""
+              available: int | None, req_id: str | None = None, job: str | None = None,
+              frame_bytes: int | None = None, hint_pixels: int = 0) -> int:
+    """Admit a job or raise ProtocolError("bad_options") with one sentence. Returns the estimate (bytes);
+    ``frame_bytes`` and ``hint_pixels`` as for :func:`estimate_job_bytes`."""
     def refuse(msg: str) -> ProtocolError:
         return ProtocolError("bad_options", msg, req_id, job)
 
@@ -92,7 +99,7 @@ def check_job(width: int, height: int, fmt: str, opts: Options, remote: bool, li
         if opts.score_thresh < limits.min_score_thresh and opts.detector != "none":
             raise refuse(f"option score_thresh is {opts.score_thresh:g}; remote clients may use no less than "
                          f"{limits.min_score_thresh:g}")
-    need = estimate_job_bytes(width, height, fmt, opts)
+    need = estimate_job_bytes(width, height, fmt, opts, frame_bytes, hint_pixels)
     if remote and need > limits.job_bytes:
         raise refuse(f"this job would need about {need / 2**30:.1f} GiB, over the {limits.job_bytes / 2**30:.1f} "
                      "GiB a remote job may use: lower max_side, batch_size, net_size or max_instances")
@@ -100,3 +107,68 @@ def check_job(width: int, height: int, fmt: str, opts: Options, remote: bool, li
         raise refuse(f"this job would need about {need / 2**30:.1f} GiB but the server has only "
                      f"{available / 2**30:.1f} GiB free: lower max_side, batch_size, net_size or max_instances")
     return need
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """How much accepted jobs may hold. A job holds its request's data frames (pixels, instance masks, hint map;
+    a ``refuse``: its masks) from ``accepted`` until its final event; jobs that wait are counted too.
+
+    ``client_bytes`` is also the largest request a client may send: a bigger one could never be admitted, so it is
+    refused (``too_large``) from its header, before any data frame is kept."""
+
+    queue_jobs: int                # waiting jobs in all (--queue-size)
+    client_jobs: int               # waiting jobs per client (--client-queue-size)
+    queue_bytes: int               # request bytes held by all accepted jobs (--queue-mb)
+    client_bytes: int              # request bytes held by one client's accepted jobs (--client-mb)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return min(self.client_bytes, self.queue_bytes)
+
+
+def default_budgets(max_pixels: int, queue_jobs: int = 8, client_jobs: int | None = None,
+                    client_bytes: int | None = None, queue_bytes: int | None = None) -> Budgets:
+    """The budgets for a server taking images up to ``max_pixels``: by default a client may hold two of the
+    largest frames (an rgba16 image at ``max_pixels`` and a hint map as large), all clients together twice that,
+    and a client may keep half the queue waiting."""
+    largest_frame = 8 * max_pixels
+    client_bytes = client_bytes or max(2 * largest_frame, 64 << 20)
+    return Budgets(queue_jobs, client_jobs or max(1, queue_jobs // 2), queue_bytes or 2 * client_bytes,
+                   client_bytes)
+
+
+class HeldBytes:
+    """Request bytes held by accepted jobs, per client and in all, against :class:`Budgets` (main thread only)."""
+
+    def __init__(self, budgets: Budgets):
+        self.budgets = budgets
+        self.total = 0
+        self._per_client: dict[Hashable, int] = {}
+
+    def of(self, client: Hashable) -> int:
+        return self._per_client.get(client, 0)
+
+    def refusal(self, client: Hashable, nbytes: int) -> str | None:
+        """Why ``client`` may not hold ``nbytes`` more now (one sentence), or None when it may."""
+        b, mine = self.budgets, self.of(client)
+        if mine + nbytes > b.client_bytes:
+            return (f"your queued and running jobs hold {mine / 1e6:.0f} MB; this one needs {nbytes / 1e6:.0f} MB "
+                    f"more, over the {b.client_bytes / 1e6:.0f} MB one client may hold: try again when one has "
+                    "finished")
+        if self.total + nbytes > b.queue_bytes:
+            return (f"the server's queued and running jobs hold {self.total / 1e6:.0f} MB; this one needs "
+                    f"{nbytes / 1e6:.0f} MB more, over its {b.queue_bytes / 1e6:.0f} MB: try again later")
+        return None
+
+    def charge(self, client: Hashable, nbytes: int) -> None:
+        self.total += nbytes
+        self._per_client[client] = self.of(client) + nbytes
+
+    def release(self, client: Hashable, nbytes: int) -> None:
+        self.total -= nbytes
+        left = self.of(client) - nbytes
+        if left > 0:
+            self._per_client[client] = left
+        else:
+            self._per_client.pop(client, None)

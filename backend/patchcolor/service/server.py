@@ -13,7 +13,12 @@ the header announced; a message that breaks the rules is drained without keeping
 one ``error``. Remote clients' jobs are admitted by limits.py (option bounds + memory estimate).
 
 Jobs belong to their creator: each has a secret token (``accepted``/``result`` carry it) that ``cancel``,
-``ping`` with a job and ``refuse`` must show, plus the creator's CURVE key where the server uses CURVE.
+``ping`` with a job and ``refuse`` must show, plus the creator's CURVE key where the server uses CURVE. A job id
+is scoped to the connection that sent it: another connection's job of the same id is simply another job.
+
+Every client (a connection; a CURVE key where clients have lasting keys) has its own budget of request bytes held
+by its accepted jobs and its own lane in the queue, which the workers serve round-robin (limits.py, jobs.py);
+all clients together have a global budget. A request larger than one client's budget is refused from its header.
 
 A peer that has gone away is noticed through the ROUTER's monitor socket (``EVENT_DISCONNECTED``, also after a
 heartbeat timeout; requests carry their connection's file descriptor, see peers.py): its queued jobs are dropped
@@ -34,7 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import zmq
@@ -48,11 +53,11 @@ from .auth import ServerKeys, apply_server_curve, check_endpoint, start_authenti
 from .cache import ByteLRU
 from .info import ServerFacts, info_reply
 from .jobs import Job, JobQueue, JobRecord, check_refuse
-from .limits import RemoteLimits, available_memory, check_job
+from .limits import Budgets, HeldBytes, RemoteLimits, available_memory, check_job, default_budgets
 from .peers import Connections, Peer
 from .preview_cache import PreviewSessions
 from .receive import Incoming, receive_message
-from .worker import Worker, make_record
+from .worker import Worker, make_record, remote_message
 
 log = logging.getLogger("patchcolor.service")
 
@@ -68,7 +73,10 @@ class ServerConfig:
     devices: tuple[str, ...] = ("auto",)
     models_dir: Path | None = None
     max_pixels: int = 100_000_000
-    queue_size: int = 8
+    queue_size: int = 8                     # waiting jobs in all
+    client_queue_size: int | None = None    # waiting jobs per client (None: half the queue)
+    client_bytes: int | None = None         # request bytes one client's jobs may hold (None: limits.py)
+    queue_bytes: int | None = None          # request bytes all jobs may hold (None: twice client_bytes)
     cache_bytes: int = 1 << 30
     curve_keys: Path | None = None
     preload: bool = False
@@ -131,9 +139,12 @@ class Server:
         self.monitor: zmq.Socket | None = None
         self._seq = itertools.count(1)
         self._given_pipelines = list(pipelines) if pipelines is not None else None
-        self.cache: ByteLRU[str, JobRecord] = ByteLRU(config.cache_bytes)
+        self.budgets: Budgets = default_budgets(config.max_pixels, config.queue_size, config.client_queue_size,
+                                                config.client_bytes, config.queue_bytes)
+        self.held = HeldBytes(self.budgets)
+        self.cache: ByteLRU[tuple[str, str], JobRecord] = ByteLRU(config.cache_bytes)   # by (job id, token)
         self.previews = PreviewSessions()      # recent preview sessions (all workers; keyed per pipeline)
-        self.queue = JobQueue(config.queue_size)
+        self.queue = JobQueue(self.budgets.queue_jobs, self.budgets.client_jobs)
         self.jobs: dict[int, Job] = {}          # queued or running, by job number (main thread only)
         self.devices: list[str] = []
         self._models_dir: Path | None = config.models_dir
@@ -204,10 +215,12 @@ class Server:
             t = threading.Thread(target=worker.run, name=f"worker-{i}-{d}", daemon=True)
             t.start()
             self.workers.append(t)
-        log.info("patchcolor %s serving protocol %d on %s (%s; %d worker(s): %s; queue %d; cache %.0f MB; "
-                 "max %.0f MP)", __version__, P.PROTOCOL_VERSION, self.bound_endpoint,
-                 "CURVE" if self.keys else "loopback, no authentication", len(self.workers), ", ".join(self.devices),
-                 self.queue.capacity, cfg.cache_bytes / 1e6, cfg.max_pixels / 1e6)
+        b = self.budgets
+        log.info("patchcolor %s serving protocol %d on %s (%s; %d worker(s): %s; queue %d, %d per client; "
+                 "requests held %.0f MB, %.0f MB per client; cache %.0f MB; max %.0f MP)", __version__,
+                 P.PROTOCOL_VERSION, self.bound_endpoint, "CURVE" if self.keys else "loopback, no authentication",
+                 len(self.workers), ", ".join(self.devices), b.queue_jobs, b.client_jobs, b.queue_bytes / 1e6,
+                 b.client_bytes / 1e6, cfg.cache_bytes / 1e6, cfg.max_pixels / 1e6)
 
     def stop(self) -> None:
         """Ask the main loop to shut down (thread-safe)."""
@@ -293,7 +306,7 @@ class Server:
         assert self.router is not None
         for _ in range(budget):
             try:
-                msg = receive_message(self.router, self.limits, self._refuse_sizes)
+                msg = receive_message(self.router, self.limits, self._frame_sizes)
             except zmq.ZMQError as e:
                 log.warning("receive failed: %s", e)
                 return
@@ -325,8 +338,7 @@ class Server:
             dropped = running = 0
             for job in orphans:
                 if self.queue.remove(job):
-                    self.jobs.pop(job.seq, None)
-                    job.release()
+                    self._forget(job)
                     dropped += 1
                 elif not job.cancel.is_set():
                     job.cancel.set()
@@ -349,7 +361,7 @@ class Server:
                 self.queue.finished()
                 if job is not None:
                     job.state = "done"
-                    self.jobs.pop(seq, None)
+                    self._forget(job)
 
     def _send(self, frames: Sequence[Any], job: Job | None = None) -> bool:
         """Send to a client without ever blocking; a vanished client cancels its job."""
@@ -375,9 +387,15 @@ class Server:
 
     def _send_final_now(self, job: Job, header: dict[str, Any]) -> None:
         """Final message for a job that never reached a worker (main thread)."""
-        self.jobs.pop(job.seq, None)
-        job.release()
+        self._forget(job)
         self._reply(job.envelope, header)
+
+    def _forget(self, job: Job) -> None:
+        """A job has ended (or was dropped): it leaves the table and its client's budget (main thread)."""
+        self.jobs.pop(job.seq, None)
+        self.held.release(job.client, job.held)
+        job.held = 0
+        job.release()
 
     def _peer_of(self, msg: Incoming) -> Peer:
         return self.conns.peer(msg.envelope[0], msg.header_frame, self.local_transport,
@@ -398,20 +416,36 @@ class Server:
             return False
         if given is not None:
             return hmac.compare_digest(given.encode(), token.encode())
-        return creator is not None and creator.conn == peer.conn and creator.identity == peer.identity
+        return _same_connection(creator, peer)
 
-    def _refuse_sizes(self, req: P.Request, msg: Incoming, sizes: list[int] | None) -> list[int] | None:
-        """Exact mask frame sizes of a ``refuse`` (from the kept job) before its frames are kept."""
-        if not isinstance(req, P.RefuseRequest):
-            return sizes
-        self._drain_monitor()
-        peer = self._peer_of(msg)
-        rec = self.cache.get(req.base_job)
-        if rec is None or not self._may_use(rec.token, rec.owner, rec.creator, req.base_token, peer):
-            raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished long "
-                                  "ago, evicted, never run, or its token is missing or wrong): run colorize "
-                                  "again", req.id, req.job)
-        return [rec.out_width * rec.out_height] * rec.n_instances
+    def _frame_sizes(self, req: P.Request, msg: Incoming, sizes: list[int] | None) -> list[int] | None:
+        """The exact data frame sizes of a request, checked before any of its frames is kept: a ``refuse``'s
+        come from the kept job; a request larger than one client's budget could never be admitted."""
+        if isinstance(req, P.RefuseRequest):
+            self._drain_monitor()
+            rec = self._record(req.base_job, req.base_token, self._peer_of(msg))
+            if rec is None:
+                raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished "
+                                      "long ago, evicted, never run, or its token is missing or wrong): run "
+                                      "colorize again", req.id, req.job)
+            sizes = [rec.out_width * rec.out_height] * rec.n_instances
+        total, cap = sum(sizes or ()), self.budgets.max_request_bytes
+        if total > cap:
+            raise P.ProtocolError("too_large", f"this request's data frames are {total / 1e6:.0f} MB, over the "
+                                  f"{cap / 1e6:.0f} MB one client may hold on this server",
+                                  getattr(req, "id", None), getattr(req, "job", None))
+        return sizes
+
+    def _record(self, job_id: str, token: str | None, peer: Peer) -> JobRecord | None:
+        """The kept record of finished job ``job_id`` that ``peer`` may re-fuse (with ``token``), or None.
+        Records are kept by (job id, token), so a client that reuses another's job id never replaces it."""
+        if token is not None:
+            rec = self.cache.get((job_id, token))
+            return rec if rec is not None and self._may_use(rec.token, rec.owner, rec.creator, token, peer) else None
+        for (kept_id, _), rec in self.cache.items():      # protocol 1 (no tokens): the creating connection only
+            if kept_id == job_id and self._may_use(rec.token, rec.owner, rec.creator, None, peer):
+                return self.cache.get((job_id, rec.token))
+        return None
 
     def _on_message(self, msg: Incoming) -> None:
         if msg.error is not None:
@@ -430,7 +464,8 @@ class Server:
             self._dispatch(msg.envelope, msg.request, peer)
         except P.ProtocolError as e:
             self._rejected_log("rejected request from %s: %s: %s", peer.label, e.code, _redact(e.message, msg.header))
-            self._reply(msg.envelope, P.error_header(e.code, e.message, e.req_id, e.job, msg.version))
+            message = remote_message(e.code, e.message) if peer.remote else e.message
+            self._reply(msg.envelope, P.error_header(e.code, message, e.req_id, e.job, msg.version))
 
     def _dispatch(self, envelope: list[bytes], req: P.Request, peer: Peer) -> None:
         if isinstance(req, P.PingRequest):
@@ -467,39 +502,66 @@ class Server:
     def _on_job(self, envelope: list[bytes], req: P.ColorizeRequest | P.RefuseRequest, peer: Peer) -> None:
         if self._stopping:
             raise P.ProtocolError("shutting_down", "the server is shutting down", req.id, req.job)
-        if any(j.job_id == req.job for j in self.jobs.values()):
+        if any(j.job_id == req.job and _same_connection(j.peer, peer) for j in self.jobs.values()):
             raise P.ProtocolError("duplicate_job", f"job {req.job} is already queued or running", req.id, req.job)
         avail = available_memory()
         token = req.token or P.new_token()
+        held = request_bytes(req)
         if isinstance(req, P.ColorizeRequest):
             check_job(req.width, req.height, req.format, req.options, peer.remote, self.config.remote_limits, avail,
-                      req.id, req.job)
+                      req.id, req.job, frame_bytes=held,
+                      hint_pixels=req.hints.width * req.hints.height if req.hints is not None else 0)
             job = Job(req.job, req.id, envelope, P.PREVIEW if req.preview else P.COLORIZE, req.width, req.height,
                       req.format, req.pixels, req.options, instances=req.instances, hints=req.hints,
                       preview=req.preview, draft=req.draft)
         else:
-            rec = self.cache.get(req.base_job)
-            if rec is None or not self._may_use(rec.token, rec.owner, rec.creator, req.base_token, peer):
+            rec = self._record(req.base_job, req.base_token, peer)
+            if rec is None:
                 raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished "
                                       "long ago, evicted or never run): run colorize again", req.id, req.job)
             masks = check_refuse(req, rec)
             opts = req.options or rec.options
             check_job(rec.width, rec.height, rec.format, opts, peer.remote, self.config.remote_limits, avail,
-                      req.id, req.job)
+                      req.id, req.job, frame_bytes=rec.pixels.nbytes + held)
             job = Job(req.job, req.id, envelope, P.REFUSE, rec.width, rec.height, rec.format, rec.pixels,
                       opts, masks=masks, fusion_state=rec.state)
+        client = self.client_key(peer)
+        self._admit(client, held, req)
         job.peer, job.token, job.v, job.seq = peer, token, req.v, next(self._seq)
+        job.client, job.scope, job.held = client, client if peer.remote else None, held
         position = self.queue.offer(job)
         if position is None:
             raise P.ProtocolError("busy", f"the job queue is full ({self.queue.capacity} waiting): try again later",
                                   req.id, req.job)
         self.jobs[job.seq] = job
+        self.held.charge(client, held)
         # Sent before any event of this job: workers' events are forwarded by this thread, later.
         self._reply(envelope, {"v": req.v, "type": P.ACCEPTED, "id": req.id, "job": req.job, "token": token,
                                "position": position}, job=job)
-        log.info("job #%d (%s %dx%d %s) from %s%s queued at %d", job.seq, job.kind, job.width, job.height,
-                 job.format, peer.label, " (remote)" if peer.remote else "", position)
+        log.info("job #%d (%s %dx%d %s, %.1f MB) from %s%s queued at %d", job.seq, job.kind, job.width,
+                 job.height, job.format, held / 1e6, peer.label, " (remote)" if peer.remote else "", position)
         log.debug("job #%d has id %s", job.seq, job.job_id)
+
+    def _admit(self, client: Hashable, held: int, req: P.ColorizeRequest | P.RefuseRequest) -> None:
+        """``busy`` when ``client`` has its share of the queue waiting, or its jobs (or all jobs) hold their
+        budget of request bytes; a job is never refused for what it would need alone (that is ``too_large``,
+        from its header)."""
+        waiting, cap = self.queue.waiting(client), self.budgets.client_jobs
+        if waiting >= cap:
+            raise P.ProtocolError("busy", f"you already have {waiting} job(s) waiting, the most one client may: "
+                                  "try again when one has started", req.id, req.job)
+        if len(self.queue) >= self.queue.capacity:
+            raise P.ProtocolError("busy", f"the job queue is full ({self.queue.capacity} waiting): try again later",
+                                  req.id, req.job)
+        why = self.held.refusal(client, held)
+        if why is not None:
+            raise P.ProtocolError("busy", why, req.id, req.job)
+
+    def client_key(self, peer: Peer) -> Hashable:
+        """Whose budget and queue lane a request counts in: the CURVE key where clients have lasting keys
+        (``authorized_clients``), otherwise its connection."""
+        owner = self._owner(peer)
+        return ("key", owner) if owner is not None else ("connection", peer.conn, peer.identity)
 
     def _find_job(self, job_id: str, token: str | None, peer: Peer) -> Job | None:
         """The queued or running job ``job_id`` that ``peer`` may act on (with ``token``), or None."""
@@ -511,15 +573,29 @@ class Server:
     def _info(self, req_id: str, v: int, peer: Peer) -> dict[str, Any]:
         facts = ServerFacts(self.devices, self._models_dir, self.limits.max_pixels, self.queue.capacity,
                             len(self.queue), self.queue.running, self.keys is not None, self.cache.stats(),
-                            self.started, self.config.remote_limits)
+                            self.started, self.config.remote_limits, self.budgets)
         return info_reply(req_id, v, peer.remote, facts)
 
     # ---------------------------------------------------------------------------------------------- worker side
     def _keep(self, job: Job, result: Any, header: dict[str, Any]) -> bool:
         """Keep a finished colorize/refuse for ``refuse`` (a worker thread; the cache has its own lock)."""
         rec = make_record(job, result, header, self._owner(job.peer))
-        return self.cache.put(job.job_id, rec, rec.nbytes)
+        return self.cache.put((job.job_id, job.token), rec, rec.nbytes)
 
     def _on_idle(self) -> None:
         """Nothing queued and no worker busy: the jobs' peak memory goes back to the system (never raises)."""
         release_memory()
+
+
+def _same_connection(a: Peer | None, b: Peer) -> bool:
+    return a is not None and a.conn == b.conn and a.identity == b.identity
+
+
+def request_bytes(req: P.ColorizeRequest | P.RefuseRequest) -> int:
+    """The data frames a job request holds while it waits and runs: pixels, instance masks and hint map (a
+    ``refuse``: its masks; the base job's pixels are the cache's)."""
+    if isinstance(req, P.RefuseRequest):
+        return sum(m.nbytes for m in req.masks)
+    total = req.pixels.nbytes if req.pixels is not None else 0
+    total += sum(i.mask.nbytes for i in req.instances or ())
+    return total + (req.hints_meta.nbytes if req.hints_meta is not None else 0)

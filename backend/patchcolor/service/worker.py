@@ -4,11 +4,15 @@ Workers never touch the ROUTER socket (ZeroMQ sockets are not thread-safe): ever
 thread over an inproc PUSH socket as ``[job number, final flag, envelope..., header, data...]``, and the main
 thread forwards it. Pixels travel as zero-copy messages the whole way: received frame -> ``SourceImage`` view ->
 pipeline; result array -> inproc -> ROUTER -> TCP.
+
+A remote client's errors never name the server's files: the pipeline's sentences about weights, and unexpected
+errors, are replaced by fixed ones (the log keeps the details), and any other path in a message is blanked.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 import time
 from typing import Any, Callable, Sequence
 
@@ -24,6 +28,21 @@ log = logging.getLogger("patchcolor.service")
 
 #: keep(job, result, header) -> whether the finished job was kept for ``refuse`` (the server's cache).
 KeepFn = Callable[[Job, Any, dict[str, Any]], bool]
+
+#: What a remote client is told instead of the pipeline's sentence, which names the server's files.
+REMOTE_MESSAGES = {
+    "weights_missing": "the server does not have the weights this job needs (its info lists the status of each "
+                       "model; the server's log has the details)",
+    "weights_corrupt": "a weight file this job needs is damaged on the server (the server's log has the details)",
+    "internal": "unexpected server error (the server's log has the details)",
+}
+#: An absolute path (POSIX, home-relative or with a drive letter) inside a message.
+_PATH = re.compile(r"(?<![\w.])(?:~|[A-Za-z]:)?(?:[\\/][^\s'\"\\/:,;()]+)+[\\/]?")
+
+
+def remote_message(code: str, message: str) -> str:
+    """The sentence a remote client gets for an error: without the server's paths."""
+    return REMOTE_MESSAGES.get(code) or _PATH.sub("<path>", message)
 
 
 class Worker:
@@ -77,6 +96,8 @@ class Worker:
                 log.warning("job #%d: progress event not sent: %s", job.seq, e)
 
         def fail(code: str, message: str) -> None:
+            if job.peer is not None and job.peer.remote:
+                message = remote_message(code, message)
             emit(P.error_header(code, message, job.req_id, job.job_id, job.v), final=True)
 
         t0 = time.perf_counter()
@@ -116,7 +137,8 @@ class Worker:
     def _preview(self, job: Job, progress: Callable[[str, float], None], emit: Callable[..., None],
                  t0: float) -> None:
         pv = run_preview(self.previews, self.pipeline, job.pixels, job.width, job.height, job.format,
-                         job.options, job.hints, job.preview or 0, progress, job.cancel.is_set, draft=job.draft)
+                         job.options, job.hints, job.preview or 0, progress, job.cancel.is_set, draft=job.draft,
+                         scope=job.scope)
         header, data = P.preview_message(job.req_id, job.job_id, pv, job.v)
         emit(header, data, final=True)
         log.info("job #%d (preview) done on %s in %.2f s: %d network input(s) run", job.seq, self.device,
@@ -130,7 +152,7 @@ class Worker:
         if job.kind == P.COLORIZE:
             extra: dict[str, Any] = {"hints": job.hints} if job.hints is not None else {}   # fakes lack it
             reuse = (None if job.instances is not None else
-                     self.previews.find(self.pipeline, job.pixels, job.width, job.height, job.format))
+                     self.previews.find(self.pipeline, job.pixels, job.width, job.height, job.format, job.scope))
             if reuse is not None:     # the dialog previewed this image: its detections / network outputs
                 extra["reuse"] = reuse
             result = self.pipeline.run(src, job.options, progress=progress, cancelled=job.cancel.is_set,
