@@ -45,6 +45,9 @@ WRAPPERS = ("params", "params_ema", "state_dict")
 #: weight files looked for in a model folder, in this order (Hugging Face, then ModelScope)
 FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pt")
 #: config.json fields (PyTorchModelHubMixin: the authors' DDColor(...) arguments) checked against the weights
+#: keys that make a DDColor file the published configuration (the multi-scale colour decoder, spectral norm)
+OFFICIAL_KEYS = ("decoder.color_decoder.query_feat.weight", "decoder.last_shuf.conv.0.weight_orig",
+                 "refine_net.0.0.weight_orig")
 CONFIG_FIELDS = ("encoder_name", "decoder_name", "num_output_channels", "last_norm", "num_queries", "num_scales",
                  "dec_layers", "nf")
 TAIL_CHUNK = 4096   # pixels of the decoder's last feature map per step of the folded tail (bounds its memory)
@@ -148,6 +151,9 @@ def build_network(state: dict[str, torch.Tensor], config: dict[str, Any] | None 
     if not arch.detect(state):
         some = ", ".join(sorted(state)[:3])
         raise WeightsCorrupt(f"it is not a DDColor state dict (keys {some} …)")
+    lacking = [k for k in OFFICIAL_KEYS if k not in state]
+    if lacking:
+        raise WeightsCorrupt(f"it does not match the DDColor network: missing: {', '.join(lacking)}")
     try:
         desc = arch.load(dict(state))
     except RuntimeError as e:
