@@ -9,12 +9,15 @@ What an install writes into ``<profile>/plug-ins/colorize-patch/``:
   colorize-patch.py   the plug-in (executable; GIMP ignores it silently otherwise)
   patchcolor_client/  the client package (standard library; pyzmq only when GIMP's Python has it)
   config.json         backend_command (the plug-in appends ``--endpoint E`` when it is missing), endpoint, log_file
+  dialog.json         the dialog's choices and ranges from the backend's model registry and Options (see
+                      dialog_spec): a new catalogue model or device reaches the dialog without a plug-in edit
   zmq/, pyzmq.libs/   optional: a pyzmq wheel for GIMP's Python (Linux/macOS; see ensure_pyzmq)
 and, on a native Linux GIMP whose Python is /usr/bin/python3, ``<profile>/interpreters/colorize-patch.interp`` that
 pins .py plug-ins to /usr/bin/python3 (a pyenv/conda python3 first on PATH otherwise makes every Python plug-in crash).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -23,14 +26,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PLUGIN_NAME = "colorize-patch"
 HERE = Path(__file__).resolve().parent
 PLUGIN_SRC = HERE / PLUGIN_NAME
 CLIENT_SRC = HERE / "patchcolor_client"
+BACKEND_SRC = HERE.parent / "backend" / "patchcolor"
+DIALOG_SPEC = "dialog.json"
 INTERP_NAME = "colorize-patch.interp"
 INTERP_TEXT = (
     "python=/usr/bin/python3\n"
@@ -132,11 +139,80 @@ def _shell_quote(text: str) -> str:
 
 
 def _ignore(_dir, names):
-    return [n for n in names if n == "__pycache__" or n.endswith((".pyc", ".pyo")) or n == "config.json"]
+    return [n for n in names if n == "__pycache__" or n.endswith((".pyc", ".pyo")) or n in ("config.json",
+                                                                                             DIALOG_SPEC)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The dialog's choices and ranges
+# ---------------------------------------------------------------------------------------------------------------------
+
+def backend_modules() -> dict[str, types.ModuleType]:
+    """The backend's ``registry`` and ``options`` modules (and ``device`` when it has one): the importable
+    ``patchcolor`` package, else the source beside this folder loaded under a private package name (both are
+    standard library only, so install.py's Python without torch can read them). Empty when neither exists."""
+    try:
+        return _modules("patchcolor")
+    except ImportError:
+        pass
+    if not (BACKEND_SRC / "registry.py").is_file():
+        return {}
+    name = "_patchcolor_gimp_install"
+    if name not in sys.modules:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(BACKEND_SRC)]            # type: ignore[attr-defined]
+        sys.modules[name] = pkg
+    return _modules(name)
+
+
+def _modules(package: str) -> dict[str, types.ModuleType]:
+    mods = {m: importlib.import_module(f"{package}.{m}") for m in ("registry", "options")}
+    try:
+        mods["device"] = importlib.import_module(f"{package}.device")
+    except Exception:       # noqa: BLE001 - no device module (or one that needs torch): no device choice
+        pass
+    return mods
+
+
+def dialog_spec(mods: dict[str, types.ModuleType] | None = None) -> dict[str, Any]:
+    """The plug-in's dialog.json (patchcolor_client/dialogspec.py reads it): the registry's colorizers and
+    detectors (name, label, optional), the presets, the devices, and Options' ranges and defaults."""
+    mods = backend_modules() if mods is None else mods
+    registry, options = mods["registry"], mods["options"]
+    reg = registry.registry()
+    models = registry.describe(reg)
+    choices: dict[str, list[dict[str, Any]]] = {
+        "preset": [{"name": n} for n in sorted(options.PRESETS, key=lambda n: n != options.DEFAULT.preset)],
+        **{kind: [{"name": m["name"], "label": m["label"], "optional": bool(m["optional"])} for m in models
+                  if m["kind"] == kind] for kind in ("colorizer", "detector")},
+    }
+    choices["detector"].append({"name": registry.NO_DETECTOR})
+    devices = getattr(mods.get("device"), "DEVICES", None)
+    if devices:
+        labels = getattr(mods["device"], "DEVICE_LABELS", {})
+        choices["device"] = [{"name": str(d), "label": labels.get(d)} for d in devices]
+    defaults = {k: v for k, v in options.DEFAULT.to_dict().items() if isinstance(v, (str, int, float, bool))}
+    return {"schema": 1, "source": str(getattr(reg, "source", "")), "choices": choices,
+            "ranges": {k: [lo, hi] for k, (lo, hi) in options.RANGES.items()}, "defaults": defaults}
+
+
+def write_dialog_spec(plugin_dir: Path, spec: dict[str, Any] | None = None) -> str:
+    """Write dialog.json into an installed plug-in folder; returns a line for the install log. Without a
+    readable backend beside this installer the plug-in keeps its built-in choices (and the line says so)."""
+    try:
+        spec = dialog_spec() if spec is None else spec
+    except Exception as e:      # noqa: BLE001 - a broken catalogue must not stop the plug-in install
+        return f"The dialog keeps its built-in choices: the model registry could not be read ({e})."
+    tmp = Path(plugin_dir) / (DIALOG_SPEC + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, Path(plugin_dir) / DIALOG_SPEC)
+    names = ", ".join(c["name"] for c in spec["choices"]["colorizer"])
+    return f"Wrote the dialog's choices ({names}) into {Path(plugin_dir) / DIALOG_SPEC}"
 
 
 def install_plugin(profile_dir, backend_cmd: list[str], endpoint: str, log_path=None, *, pyzmq: str = "auto",
-                   pyzmq_wheel=None, extra_config: dict | None = None) -> InstallResult:
+                   pyzmq_wheel=None, extra_config: dict | None = None,
+                   dialog: dict[str, Any] | None = None) -> InstallResult:
     """Install (or update) the plug-in into one GIMP 3 profile folder.
 
     backend_cmd: the command that starts the backend, e.g. ``[".../.venv/bin/patchcolor", "serve"]`` (the plug-in
@@ -145,6 +221,7 @@ def install_plugin(profile_dir, backend_cmd: list[str], endpoint: str, log_path=
     log_path:    where an auto-started backend writes its log.
     pyzmq:       "auto" (check GIMP's Python; fix what can be fixed, say what cannot), "skip".
     pyzmq_wheel: a pyzmq wheel file to unpack into the plug-in folder (offline installs).
+    dialog:      the dialog.json to write (default: :func:`dialog_spec` of the backend beside this installer).
     """
     profile_dir = Path(profile_dir)
     plug_ins = profile_dir / "plug-ins"
@@ -166,6 +243,7 @@ def install_plugin(profile_dir, backend_cmd: list[str], endpoint: str, log_path=
         }
         cfg.update(extra_config or {})
         (tree / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        spec_note = write_dialog_spec(tree, dialog)
         if dest.exists():
             # keep a pyzmq placed by an earlier install (it may have needed the network)
             for keep in ("zmq", "pyzmq.libs", ".dylibs"):
@@ -178,7 +256,8 @@ def install_plugin(profile_dir, backend_cmd: list[str], endpoint: str, log_path=
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
-    result = InstallResult(dest, None, [f"Installed the GIMP plug-in into {dest}"])
+    result = InstallResult(dest, None, [f"Installed the GIMP plug-in into {dest}",
+                                        spec_note.replace(str(tree), str(dest))])
     kind = profile_kind(profile_dir)
     if kind == "linux" and _system_python_runs_gimp():
         interp = profile_dir / "interpreters" / INTERP_NAME

@@ -160,3 +160,155 @@ def find_gimp() -> tuple[Gimp3 | None, str]:
     else:
         reasons.append(f"no {GIMP_CONSOLE} on this system and no chroot at {root}")
     return None, "; ".join(reasons) + " (run `sudo bash ../shared/gimp3/setup-gimp3.sh` to get one)"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GIMP's user interface under Xvfb (the dialog tests and bench/screenshot_dialog_preview.py)
+# ---------------------------------------------------------------------------------------------------------------------
+
+GUI_TOOLS = ("Xvfb", "xdotool", "import")       # packages xvfb, xdotool, imagemagick (GIMP3_EXTRA_PKGS)
+
+
+def gui_missing(gimp: Gimp3) -> str | None:
+    """Why the GUI tests cannot run with this GIMP (a missing X tool), or None."""
+    base = gimp.root if gimp.mode == "chroot" else Path("/")
+    missing = [t for t in GUI_TOOLS if not (base / "usr/bin" / t).exists()]
+    if missing:
+        return (f"{', '.join(missing)} missing {'in the chroot ' + str(gimp.root) if gimp.root else ''} (install "
+                "xvfb xdotool imagemagick there, e.g. GIMP3_EXTRA_PKGS='xvfb xdotool imagemagick' when setting up)")
+    return None
+
+
+class LineWatcher:
+    """Reads a process's output lines in a thread; :meth:`wait_for` blocks until a line matches (or a deadline)."""
+
+    def __init__(self, stream, echo: Path | None = None):
+        import threading
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._echo = open(echo, "a", encoding="utf-8") if echo else None
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if self._echo:
+                self._echo.write(line + "\n")
+                self._echo.flush()
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("")       # EOF marker: wake waiters
+            self.closed = True
+            self._cond.notify_all()
+
+    closed = False
+
+    def wait_for(self, pattern: str, timeout: float, start: int = 0):
+        """The first ``re.search(pattern)`` match among lines[start:], waiting up to ``timeout`` s; None on
+        timeout or when the stream ended without one."""
+        import re
+        rx = re.compile(pattern)
+        found = []
+
+        def check() -> bool:
+            for ln in self.lines[start:]:
+                m = rx.search(ln)
+                if m:
+                    found.append(m)
+                    return True
+            return self.closed
+        with self._cond:
+            self._cond.wait_for(check, timeout)
+        return found[0] if found else None
+
+
+class GuiSession:
+    """Xvfb (``width`` x ``height``) and a GIMP with its user interface in ``work``, running ``batch_name`` through
+    python-fu-eval and quitting when it returns; xdotool/import helpers for its windows.
+
+        with GuiSession(gimp, work, "gui.py", 1366, 768) as gui:
+            wid = gui.window("^Colorize \\\\(Patch\\\\)$", timeout=240)
+            gui.geometry(wid); gui.click(wid, x, y); gui.shot(wid, "out/dialog.png")
+    """
+
+    def __init__(self, gimp: Gimp3, work: Workdir, batch_name: str, width: int = 1366, height: int = 768):
+        self.gimp, self.work, self.batch = gimp, work, batch_name
+        self.size = (width, height)
+        self.procs: list[subprocess.Popen] = []
+        self.display = ""
+
+    def _prefix(self) -> list[str]:
+        return ["chroot", str(self.gimp.root)] if self.gimp.mode == "chroot" else []
+
+    def env(self) -> list[str]:
+        w = self.work
+        return ["env", "-i", f"HOME={w.inner_path('home')}", f"GIMP3_DIRECTORY={w.inner_path('profile')}",
+                f"XDG_CONFIG_HOME={w.inner_path('home/.config')}", f"XDG_CACHE_HOME={w.inner_path('home/.cache')}",
+                f"XDG_DATA_HOME={w.inner_path('home/.local/share')}", f"TMPDIR={w.inner_path('out')}",
+                f"PATH={CLEAN_PATH}", "LANG=C.UTF-8", f"DISPLAY={self.display}"]
+
+    def __enter__(self) -> "GuiSession":
+        r, wfd = os.pipe()
+        xvfb = subprocess.Popen(self._prefix() + ["Xvfb", "-displayfd", str(wfd), "-screen", "0",
+                                                  f"{self.size[0]}x{self.size[1]}x24", "-nolisten", "tcp"],
+                                pass_fds=(wfd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(xvfb)
+        os.close(wfd)
+        with os.fdopen(r) as f:          # Xvfb writes its display number when it is ready
+            number = f.readline().strip()
+        if not number:
+            self.__exit__(None, None, None)
+            raise RuntimeError("Xvfb did not start")
+        self.display = f":{number}"
+        code = f'exec(open("{self.work.inner_path(self.batch)}").read())'
+        self.gimp_log = self.work.host / "out" / "gimp.log"
+        gimp = subprocess.Popen(self._prefix() + self.env() + [
+            "gimp-3.0", "--no-splash", "--batch-interpreter=python-fu-eval", "-b", code, "--quit"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.procs.append(gimp)
+        self.gimp_proc = gimp
+        self.gimp_out = LineWatcher(gimp.stdout, self.gimp_log)
+        return self
+
+    def x(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self._prefix() + self.env() + list(args), capture_output=True, text=True,
+                              timeout=timeout)
+
+    def window(self, name_regex: str, timeout: float) -> str | None:
+        """The id of the first visible window whose name matches, waiting for it (xdotool --sync) up to
+        ``timeout`` s; None when none appeared."""
+        try:
+            r = self.x("xdotool", "search", "--sync", "--onlyvisible", "--name", name_regex, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        ids = r.stdout.split()
+        return ids[-1] if ids else None
+
+    def gone(self, wid: str) -> bool:
+        return self.x("xdotool", "getwindowname", wid).returncode != 0
+
+    def geometry(self, wid: str) -> dict[str, int]:
+        out = self.x("xdotool", "getwindowgeometry", "--shell", wid).stdout
+        return {k: int(v) for k, v in (ln.split("=", 1) for ln in out.split() if "=" in ln) if v.lstrip("-").isdigit()}
+
+    def click(self, wid: str, x: int, y: int) -> None:
+        self.x("xdotool", "mousemove", "--window", wid, str(x), str(y), "click", "1")
+
+    def shot(self, wid: str | None, host_path: Path) -> Path:
+        """A PNG of the window (or of the whole screen when ``wid`` is None) at ``host_path`` (inside work/out)."""
+        inner = self.work.inner_path(os.path.relpath(host_path, self.work.host))
+        self.x("import", "-window", wid or "root", inner)
+        return host_path
+
+    def __exit__(self, *exc) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()

@@ -141,6 +141,13 @@ try:
                 dump(col, "R'G'B' u8", key + "_refused.raw")
         save()
     R["layers_end"] = layers(img)
+    # a hidden hint layer is not used (and not counted)
+    hl.set_visible(False)
+    s, v, e = call("plug-in-colorize-patch-preview", img, [src], **args, **{"long-side": 64})
+    R["hidden"] = {"status": s, "error": e, "n_hints": v[1] if s == "success" else None}
+    if s == "success":
+        v[0].delete()
+    hl.set_visible(True)
 except Exception:
     R["traceback"] = traceback.format_exc()
 save()
@@ -181,6 +188,7 @@ def run(models_dir, tmp_path_factory):
         result = json.loads((out / "result.json").read_text())
         assert "traceback" not in result, result["traceback"] + proc.stderr[-3000:]
         result["backend_log"] = backend_log.read_text(errors="replace")
+        result["stderr"] = proc.stderr
         yield result, out, endpoint, gray
     finally:
         _stop(backend)
@@ -208,6 +216,15 @@ def test_add_hint_layer(run):
     assert a["layers"][0] == "Colour hints" and a["selected"] == ["Colour hints"]    # above the photo, selected
     assert not _img(out, "hint_empty.raw", ch=4).any()                                 # empty and transparent
     assert a["again"]["same"] and a["again"]["layers"] == a["layers"]
+    # its instructions are for people at the dialog (an information there), never a warning in the console
+    assert "Warning: Paint" not in r["stderr"] and "Colour hints' layer" not in r["stderr"], r["stderr"][-2000:]
+
+
+@needs_gimp
+def test_a_hidden_hint_layer_is_not_used(run):
+    r = run[0]
+    assert r["hidden"]["status"] == "success", r["hidden"]["error"]
+    assert r["hidden"]["n_hints"] == 0 and r["preview"]["n_hints"] == 1
 
 
 @needs_gimp

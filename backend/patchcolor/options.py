@@ -49,6 +49,15 @@ DEFAULT = Options()
 PRESETS: dict[str, Options] = {"seed": SEED, "default": DEFAULT}
 
 
+#: inclusive ranges of the numeric fields: validate() checks them, and the GIMP dialog shows them (gimp_install.py
+#: writes them into the plug-in's dialog.json)
+RANGES: dict[str, tuple[float, float]] = {
+    "max_side": (64, 8192), "feather": (0.0, 0.5), "saturation": (0.0, 4.0), "score_thresh": (0.0, 1.0),
+    "max_instances": (0, 100), "context": (0.0, 1.0), "batch_size": (1, 64), "hint_spread": (0, 4),
+}
+_RANGE_UNITS = {"feather": " (fraction of the box diagonal)", "hint_spread": " (network pixels)"}
+
+
 def make_options(preset: str = "default", **overrides: Any) -> Options:
     """Start from ``preset`` and apply the non-None ``overrides``. Raises ValueError on bad values."""
     if preset not in PRESETS:
@@ -72,29 +81,18 @@ def validate(o: Options) -> None:
             raise ValueError(f"unknown {kind} {value!r} ({', '.join(reg.choices(kind))})")
     if o.preset not in PRESETS:
         raise ValueError(f"unknown preset {o.preset!r} ({', '.join(PRESETS)})")
-    if not 64 <= o.max_side <= 8192:
-        raise ValueError("max_side must be between 64 and 8192")
+    for name, (low, high) in RANGES.items():
+        if not low <= getattr(o, name) <= high:
+            raise ValueError(f"{name} must be between {low:g} and {high:g}{_RANGE_UNITS.get(name, '')}")
     if o.fusion not in ("seed", "feather"):
         raise ValueError("fusion must be 'seed' or 'feather'")
     if o.order not in ("score", "area"):
         raise ValueError("order must be 'score' or 'area'")
-    if not 0.0 <= o.feather <= 0.5:
-        raise ValueError("feather must be between 0 and 0.5 (fraction of the box diagonal)")
-    if not 0.0 <= o.saturation <= 4.0:
-        raise ValueError("saturation must be between 0 and 4")
-    if not 0.0 <= o.score_thresh <= 1.0 or not 0.0 < o.nms_thresh <= 1.0:
-        raise ValueError("score_thresh must be in [0, 1] and nms_thresh in (0, 1]")
-    if not 0 <= o.max_instances <= 100:
-        raise ValueError("max_instances must be between 0 and 100")
+    if not 0.0 < o.nms_thresh <= 1.0:
+        raise ValueError("nms_thresh must be in (0, 1]")
     if o.finish not in ("seed", "keep-l"):
         raise ValueError("finish must be 'seed' or 'keep-l'")
-    if not 0.0 <= o.context <= 1.0:
-        raise ValueError("context must be between 0 and 1")
     if o.precision not in ("fp32", "bf16", "fp16"):
         raise ValueError("precision must be fp32, bf16 or fp16")
     if not 64 <= o.net_size <= 1024 or o.net_size % 8:
         raise ValueError("net_size must be a multiple of 8 between 64 and 1024")
-    if not 1 <= o.batch_size <= 64:
-        raise ValueError("batch_size must be between 1 and 64")
-    if not 0 <= o.hint_spread <= 4:
-        raise ValueError("hint_spread must be between 0 and 4 (network pixels)")

@@ -52,6 +52,10 @@ class BackendUnavailable(Exception):
     """Nothing (or nothing that speaks this protocol, or not with our keys) answered in time."""
 
 
+class ConnectError(BackendUnavailable):
+    """No socket could be made for the endpoint (malformed endpoint, CURVE keys without pyzmq): one sentence."""
+
+
 class JobCancelled(Exception):
     """The job ended because it was cancelled (by us, or by the server shutting down)."""
 
@@ -160,7 +164,7 @@ class Client:
         try:     # pyzmq when importable, else the standard-library ZMTP dealer (transport.py)
             self._sock = T.open_dealer(self.endpoint, self._server_key, self._client_keys)
         except T.TransportError as e:
-            raise BackendUnavailable(str(e)) from None
+            raise ConnectError(str(e)) from None
 
     def _reset(self) -> None:
         """Lazy Pirate: drop the socket (and anything queued on it) and connect a fresh one."""
@@ -286,10 +290,12 @@ class Client:
 
     def preview(self, width: int, height: int, fmt: str, pixels: InBuffer, options: dict[str, Any] | None = None,
                 hints: HintMap | None = None, long_side: int = P.PREVIEW_SIDE, progress: ProgressFn | None = None,
-                should_cancel: CancelFn | None = None, draft: bool = False) -> ColorizeResult:
+                should_cancel: CancelFn | None = None, draft: bool = False, job_id: str | None = None,
+                token: str | None = None) -> ColorizeResult:
         """The result of ``colorize`` with the same options and hints on a proxy of long side <= ``long_side``
         (8-bit, no masks, not refusable). The server reuses what an earlier preview of the same pixels computed
         (``res.extra["computed"]``: network inputs run this time). Nothing is kept for ``refuse``.
+        ``job_id`` / ``token``: chosen by the caller so that another connection can cancel the preview.
 
         draft=True: a fast approximation (detector and networks on the small proxy, ~1 s instead of tens of
         seconds for a first preview on a CPU) unless the server already has this image's exact detections, in
@@ -297,8 +303,9 @@ class Client:
         more: dict[str, Any] = {"long_side": int(long_side)}
         if draft:
             more["draft"] = True        # only sent when asked, so a server without drafts is not bothered
-        res = self._send_image(P.PREVIEW, width, height, fmt, pixels, options, hints, more)
-        return self._job(res[0], res[1], progress, should_cancel)
+        header, data = self._send_image(P.PREVIEW, width, height, fmt, pixels, options, hints, more)
+        header.update(job=job_id or header["job"], token=token or header["token"])
+        return self._job(header, data, progress, should_cancel)
 
     def _send_image(self, kind: str, width: int, height: int, fmt: str, pixels: InBuffer,
                     options: dict[str, Any] | None, hints: HintMap | None, more: dict[str, Any]
@@ -337,6 +344,8 @@ class Client:
              should_cancel: CancelFn | None) -> ColorizeResult:
         self.ping()     # fail fast on a dead endpoint before queueing megabytes on the socket
         req_id, job_id, token = header["id"], header["job"], header["token"]
+        if should_cancel is not None and should_cancel():
+            raise JobCancelled(f"job {job_id} was cancelled before it was sent")
         self._remember(job_id, token)
         tracker = self._send(header, data, track=True)
         last_heard = time.monotonic()

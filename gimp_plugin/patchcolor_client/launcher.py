@@ -6,8 +6,9 @@
 Auto-start rules (one place for the plug-in and tests):
 * only for a loopback endpoint (``endpoint.is_loopback``), and only when nothing answers a ping;
 * never two: a lock file serialises concurrent plug-ins, a state file remembers a backend still loading;
-* every failure is one paragraph for a person that names the exact command to start the backend by hand and
-  ``python3 install.py --autostart`` (a login service that works whatever sandbox GIMP runs in).
+* every failure is one sentence for a person that names the exact command to start the backend by hand and
+  ``python3 install.py --autostart`` (a login service that works whatever sandbox GIMP runs in); the backend log's
+  last lines go to the log (stderr), not into the sentence.
 
 The watchdog: GIMP cancels a plug-in's progress by killing the plug-in process. ``python -m
 patchcolor_client.launcher watchdog ENDPOINT [KEY]`` holds the read end of a pipe; when the plug-in dies before
@@ -33,7 +34,7 @@ PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class LaunchError(Exception):
-    """The backend cannot be reached or started; the message is for people (one paragraph)."""
+    """The backend cannot be reached or started; the message is one sentence for people."""
 
 
 def state_paths(endpoint: str) -> tuple[str, str]:
@@ -52,11 +53,12 @@ def backend_command(cfg: dict[str, Any], endpoint: str) -> list[str]:
 
 
 def manual_hint(cfg: dict[str, Any], endpoint: str) -> str:
-    """The sentence telling how to run the backend by hand, and how to make it a login service."""
+    """The clause telling how to run the backend by hand, and how to make it a login service (it ends a
+    sentence)."""
     cmd = backend_command(cfg, endpoint) or ["patchcolor", "serve", "--endpoint", endpoint]
     auto = cfg.get("autostart_command") or "python3 install.py --autostart"
-    return (f"Start it by hand in a terminal with: {_quote(cmd)} -- or, to have it start at every login whatever "
-            f"sandbox GIMP runs in (Flatpak, Snap, macOS), run once: {auto}")
+    return (f"start it in a terminal with `{_quote(cmd)}`, or run `{auto}` once to have it start at every login "
+            f"whatever sandbox GIMP runs in")
 
 
 def _quote(cmd: list[str]) -> str:
@@ -74,10 +76,11 @@ def default_ping(server_key: Any = None) -> PingFn:
         try:
             c = Client(endpoint, timeout_s=timeout_s, server_public_key=server_key, retries=0)
         except BackendUnavailable as e:
-            raise LaunchError(f"The backend endpoint {endpoint!r} is not usable: {e}. Use e.g. "
+            raise LaunchError(f"The backend endpoint {endpoint!r} is not usable ({_clause(e)}), so write it like "
                               f"{DEFAULT_ENDPOINT}.") from None
         except (ValueError, OSError) as e:
-            raise LaunchError(f"The backend's public key is not usable: {e}") from None
+            raise LaunchError(f"The backend's public key in the plug-in's config.json is not usable: {_clause(e)}.") \
+                from None
         try:
             c.ping(timeout_s)
             return True
@@ -107,7 +110,8 @@ class FileLock:
                     os.close(self.fd)
                     self.fd = None
                     raise LaunchError("Another GIMP plug-in is still starting the colorize backend and it did not "
-                                      f"become ready in time (lock file {self.path}).") from None
+                                      f"become ready in time, so try again in a moment (lock file {self.path}).") \
+                        from None
                 if self.tick:
                     self.tick()
                 time.sleep(0.1)
@@ -202,8 +206,8 @@ def spawn_backend(cmd: list[str], log_file: str | None, cfg: dict[str, Any], end
     try:
         return subprocess.Popen(cmd, **kw)
     except OSError as e:
-        raise LaunchError(f"Could not start the colorize backend ({e.strerror or e}: {cmd[0]}); GIMP may run in a "
-                          f"sandbox that cannot see it. {manual_hint(cfg, endpoint)}") from None
+        raise LaunchError(f"Could not start the colorize backend ({e.strerror or e}: {cmd[0]}), perhaps because GIMP "
+                          f"runs in a sandbox, so {manual_hint(cfg, endpoint)}.") from None
     finally:
         if log:
             log.close()
@@ -221,16 +225,16 @@ def ensure_backend(endpoint: str, auto_start: bool, cfg: dict[str, Any], ping: P
     if ping(endpoint, ping_timeout if local else float(cfg.get("remote_ping_timeout_s", 5.0))):
         return False
     if not local:
-        raise LaunchError(f"No colorize backend answers at {endpoint}. This is not an address on this computer, so "
+        raise LaunchError(f"No colorize backend answers at {endpoint}, which is not an address on this computer, so "
                           "the plug-in does not start one: start `patchcolor serve` on that machine, or change the "
                           "backend endpoint.")
     cmd = backend_command(cfg, endpoint)
     if not auto_start:
-        raise LaunchError(f"No colorize backend answers at {endpoint} and automatic start is turned off. "
-                          f"{manual_hint(cfg, endpoint)}")
+        raise LaunchError(f"No colorize backend answers at {endpoint} and automatic start is turned off, so "
+                          f"{manual_hint(cfg, endpoint)}.")
     if not cmd:
-        raise LaunchError(f"No colorize backend answers at {endpoint} and no backend command is recorded in the "
-                          f"plug-in's config.json. {manual_hint(cfg, endpoint)}")
+        raise LaunchError(f"No colorize backend answers at {endpoint} and the plug-in's config.json records no "
+                          f"backend command, so {manual_hint(cfg, endpoint)}.")
     log_file = cfg.get("log_file")
     timeout = float(cfg.get("start_timeout_s", 180.0))
     deadline = time.monotonic() + timeout
@@ -264,14 +268,31 @@ def ensure_backend(endpoint: str, auto_start: bool, cfg: dict[str, Any], ping: P
             exited = proc.poll() is not None if proc is not None else not pid_alive(pid)
             if exited:
                 code = f" (exit code {proc.returncode})" if proc is not None else ""
-                raise LaunchError(f"The colorize backend stopped while starting{code}. See its log: "
-                                  f"{log_file or '(no log file configured)'}.{log_tail(log_file)}\n"
-                                  f"{manual_hint(cfg, endpoint)}")
+                _log(f"the backend stopped while starting{code}.{log_tail(log_file)}")
+                raise LaunchError(f"The colorize backend stopped while starting{code}, so {_see_log(log_file)}.")
             if tick:
                 tick()
             time.sleep(0.2)
-    raise LaunchError(f"The colorize backend did not answer at {endpoint} within {timeout:.0f} s of being started. "
-                      f"See its log: {log_file or '(no log file configured)'}.{log_tail(log_file)}")
+    _log(f"the backend did not answer within {timeout:.0f} s of being started.{log_tail(log_file)}")
+    raise LaunchError(f"The colorize backend did not answer at {endpoint} within {timeout:.0f} s of being started, "
+                      f"so {_see_log(log_file)}.")
+
+
+def _see_log(log_file: str | None) -> str:
+    return f"its log {log_file} says why" if log_file else "run it by hand to see why (no log file is configured)"
+
+
+def _clause(e: BaseException) -> str:
+    """An exception's text as a clause inside one sentence (no final period)."""
+    return " ".join(str(e).split()).rstrip(" .") or e.__class__.__name__
+
+
+def _log(text: str) -> None:
+    """Details for the log (GIMP's terminal): the backend log's tail when a start fails."""
+    try:
+        sys.stderr.write(f"colorize-patch: {text}\n")
+    except (OSError, ValueError):
+        pass
 
 
 class Watchdog:

@@ -10,7 +10,12 @@ already read from GIMP (GIMP's PDB may only be called there); the backend calls 
 result is handed back through ``deliver`` (``GLib.idle_add`` in the plug-in) and the callbacks run on the main
 thread. Each request gets a new generation number: an older generation's calls are cancelled through their
 ``should_cancel`` and whatever they still return is dropped, so the picture always shows the newest request. After
-:meth:`PreviewFlow.close` (the dialog's OK/Cancel) no callback runs any more and nothing waits for a thread.
+:meth:`PreviewFlow.close` (the dialog's OK/Cancel) no callback runs any more and nothing waits for a thread; it
+returns the job of the request still running on the backend (each attempt's job id and token are made here), so the
+dialog cancels it there at once instead of leaving the backend computing a preview nobody will see.
+
+:func:`fetch_preview` is the backend call a fetch makes (no GIMP: safe in the worker thread); :func:`preview_call`
+is the same request for the Preview procedure.
 """
 from __future__ import annotations
 
@@ -18,6 +23,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
+
+from .jobs import JobIds, PluginError, run_job
+from .messages import BAD_PREVIEW
+from .protocol import PREVIEW_SIDE
 
 AUTO_PREVIEW_S = 2.0        # option changes refresh by themselves while the first answer came this fast
 
@@ -48,13 +57,15 @@ class PreviewJob:
 
 @dataclass(frozen=True)
 class Attempt:
-    """What a fetch is given (in the worker thread): which preview to ask for, whether to give up, and a way to
-    show a short status text (e.g. "Starting the backend...") on the main thread."""
+    """What a fetch is given (in the worker thread): which preview to ask for, the job id and token to send it
+    with, whether to give up, and a way to show a short status text (e.g. "Starting the backend...") on the main
+    thread."""
 
     generation: int
     draft: bool
     should_cancel: Callable[[], bool]
     note: Callable[[str], None]
+    ids: JobIds = field(default_factory=JobIds.new)
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,9 @@ class PreviewFlow:
         self._answered = True       # the newest generation has shown something (or failed)
         self._in_flight = False     # the newest generation has not ended yet (main thread's view)
         self._outdated = False      # an option changed while the newest generation ran, not fast
+        self._running: Optional[Attempt] = None     # the attempt a worker is fetching now
+        self._idle = threading.Event()
+        self._idle.set()
         self.fast = False           # the newest answered generation's first answer came within auto_s
 
     # ---- main thread ---------------------------------------------------------------------------------------------
@@ -178,17 +192,27 @@ class PreviewFlow:
             self._outdated = True
         return False
 
-    def cancel(self) -> None:
-        """Drop and cancel what is in flight (no new request)."""
+    def cancel(self) -> Optional[JobIds]:
+        """Drop and cancel what is in flight (no new request). Returns the job a worker may still be running on
+        the backend (cancel it there), or None."""
         with self._lock:
             self._generation += 1
+            running = self._running
         self._in_flight = self._outdated = False
+        return running.ids if running is not None else None
 
-    def close(self) -> None:
-        """The dialog is closing: cancel what is in flight; no callback runs after this returns. Never waits."""
+    def close(self) -> Optional[JobIds]:
+        """The dialog is closing: cancel what is in flight; no callback runs after this returns. Never waits.
+        Returns the job a worker may still be running on the backend (cancel it there), or None."""
         with self._lock:
             self._closed = True
             self._generation += 1
+            running = self._running
+        return running.ids if running is not None else None
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until no worker is inside a fetch; True when none is."""
+        return self._idle.wait(timeout_s)
 
     # ---- worker thread -------------------------------------------------------------------------------------------
     def _stale(self, gen: int) -> bool:
@@ -204,14 +228,14 @@ class PreviewFlow:
 
         try:
             if self._draft:
-                res, n = self._fetch(job, Attempt(gen, True, stale, note))
+                res, n = self._attempt(job, Attempt(gen, True, stale, note))
                 if stale():
                     return
                 draft = is_draft(res)
                 self._post(gen, self._shown(PreviewUpdate(gen, res, n, draft, not draft, self._clock() - t0)))
                 if not draft:
                     return          # the backend had the exact analysis: that was the exact preview
-            res, n = self._fetch(job, Attempt(gen, False, stale, note))
+            res, n = self._attempt(job, Attempt(gen, False, stale, note))
             if stale():
                 return
             self._post(gen, self._shown(PreviewUpdate(gen, res, n, False, True, self._clock() - t0)))
@@ -219,6 +243,21 @@ class PreviewFlow:
             if not stale():
                 msg = str(e) or e.__class__.__name__
                 self._post(gen, self._failed(PreviewFailure(gen, msg, self._clock() - t0)))
+
+    def _attempt(self, job: Any, attempt: Attempt) -> "tuple[Any, int]":
+        """One fetch, known to :meth:`close` / :meth:`cancel` while it runs."""
+        with self._lock:
+            if attempt.should_cancel():
+                raise RuntimeError("superseded")        # dropped: the generation is stale
+            self._running = attempt
+            self._idle.clear()
+        try:
+            return self._fetch(job, attempt)
+        finally:
+            with self._lock:
+                if self._running is attempt:
+                    self._running = None
+                    self._idle.set()
 
     def _shown(self, update: PreviewUpdate) -> Callable[[], None]:
         def run() -> None:
@@ -252,3 +291,26 @@ class PreviewFlow:
                 fn()
             return False
         self._deliver(on_main)
+
+
+
+def preview_call(inp: PreviewInputs, options: dict, ids: JobIds, long_side: int = PREVIEW_SIDE,
+                 draft: bool = False, progress: Any = None, should_cancel: Any = None) -> Callable[[Any], Any]:
+    """call(client) asking for the preview of ``inp`` as job ``ids``: the client's ColorizeResult with the 8-bit
+    proxy (``extra["draft"]``: a draft was rendered). PluginError when the backend sends anything but 8 bit."""
+    def call(client: Any) -> Any:
+        res = client.preview(inp.width, inp.height, inp.fmt, inp.pixels, options, hints=inp.hints,
+                             long_side=long_side, progress=progress, should_cancel=should_cancel, draft=draft,
+                             job_id=ids.job_id, token=ids.token)
+        if res.fmt not in ("rgb8", "rgba8"):
+            raise PluginError(BAD_PREVIEW.format(fmt=res.fmt))
+        return res
+    return call
+
+
+def fetch_preview(inp: PreviewInputs, options: dict, endpoint: str, cfg: Any, attempt: Attempt) -> Any:
+    """The dialog's backend call for ``attempt`` (its draft flag, job ids and cancel test) at ``endpoint``
+    (``cfg``: the plug-in's PluginConfig). No GIMP call: safe in the worker thread. Raises PluginError (one
+    sentence) or JobCancelled. No watchdog: the dialog cancels its preview itself when it closes."""
+    return run_job(endpoint, cfg, preview_call(inp, options, attempt.ids, draft=attempt.draft,
+                                               should_cancel=attempt.should_cancel))
