@@ -30,7 +30,10 @@ def add_colorize_parser(sub) -> argparse.ArgumentParser:
                        f"{m.name}: {m.label}" for m in models.models if m.kind == "colorizer") + ")")
     p.add_argument("--detector", choices=models.choices("detector"),
                    help="object detector (default r101; none: whole image only)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    from .device import DEVICES, device_arg
+
+    p.add_argument("--device", default="auto", type=device_arg, metavar="{" + ",".join(DEVICES) + "}",
+                   help="auto (default: an NVIDIA/AMD GPU, else an Apple GPU, else the CPU), cpu, cuda[:N] or mps")
     p.add_argument("--precision", choices=["fp32", "fast", "bf16", "fp16"],
                    help="fp32 (default, the seed's arithmetic); fast: bf16 where this CPU/GPU runs it natively "
                         "(AVX512-BF16/AMX, ~3.5x faster), else fp32 with a note; check it on your photos with "
@@ -75,7 +78,7 @@ def _overlap(args: argparse.Namespace) -> bool:
 
     if getattr(args, "remote", None) or getattr(args, "ray", None):
         return batch.auto_overlap(networks_on_cpu=False)
-    from .pipeline import resolve_device
+    from .device import resolve_device
 
     return batch.auto_overlap(networks_on_cpu=resolve_device(args.device).type == "cpu")
 
@@ -84,7 +87,7 @@ def _precision(args: argparse.Namespace) -> str | None:
     """--precision, with "fast" resolved for this machine (one line said when it falls back to fp32)."""
     if getattr(args, "precision", None) != "fast":
         return getattr(args, "precision", None)
-    from .pipeline import resolve_device
+    from .device import resolve_device
     from .precision import resolve_fast
 
     precision, note = resolve_fast(resolve_device(getattr(args, "device", "auto")),
@@ -228,7 +231,10 @@ def add_check_precision_parser(sub) -> argparse.ArgumentParser:
                                    "figures hold, the timings are not bf16's.")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    from .device import DEVICES, device_arg
+
+    p.add_argument("--device", default="auto", type=device_arg, metavar="{" + ",".join(DEVICES) + "}",
+                   help="auto (default), cpu, cuda[:N] or mps")
     p.add_argument("--max-side", type=int, help="long side of the working copy (default 1280)")
     p.add_argument("--max-instances", type=int, help="at most this many objects (default 100)")
     p.add_argument("--max-pixels", type=float, default=250e6, help="refuse larger images (default 250e6)")
@@ -245,7 +251,8 @@ def cmd_check_precision(args: argparse.Namespace) -> int:
     import math
 
     from . import batch, winograd
-    from .pipeline import Pipeline, resolve_device
+    from .device import device_line, resolve_device
+    from .pipeline import Pipeline
     from .precision import compare_precision, cpu_report, fast_precision, modules_of, simulate_bf16
 
     opts = make_options(args.preset, max_side=args.max_side, max_instances=args.max_instances, precision="fp32")
@@ -263,7 +270,7 @@ def cmd_check_precision(args: argparse.Namespace) -> int:
         print(cpu_report().line() + f"; device {device}; comparing Winograd 3x3 convolutions (NNPACK) with direct "
               "ones (oneDNN), fp32")
     else:
-        print(cpu_report().line() + f"; device {device}; comparing {label} with fp32"
+        print(device_line(device) + f"; comparing {label} with fp32"
               + (" (bf16 simulated: fp32 kernels with bf16 rounding; timings are not bf16's)" if simulate else ""))
     def pipeline() -> Pipeline:
         return Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels))

@@ -85,12 +85,12 @@ def connect(settings: RaySettings) -> bool:
 
 
 def pool_size(settings: RaySettings, device: str = "auto") -> tuple[int, bool]:
-    """(number of colorizing actors, whether they use GPUs) from the cluster's resources; ``device`` "cpu" keeps
-    the actors off the GPUs."""
+    """(number of colorizing actors, whether they use GPUs) from the cluster's resources; ``device`` "cpu" (or
+    "mps", which Ray does not count as a GPU) keeps the actors off Ray's GPUs."""
     import ray
 
     res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0)) if device != "cpu" else 0
+    gpus = int(res.get("GPU", 0)) if device == "auto" or device.startswith("cuda") else 0   # Ray's GPUs: CUDA
     if settings.workers:
         return settings.workers, gpus > 0
     if gpus:

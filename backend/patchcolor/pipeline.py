@@ -20,7 +20,8 @@ from PIL import Image
 
 from . import lab
 from .colorize import NET_SIZE, load_colorizer, predict_ab
-from .errors import Cancelled, DeviceUnavailable
+from .device import resolve_device
+from .errors import Cancelled
 from .finish import finish
 from .hints import Hints, HintTensors, extract_hints
 from .fuse import fuse_state
@@ -49,17 +50,6 @@ class Reuse(Protocol):
     def network_ab(self, opts: Options, box: tuple[int, int, int, int] | None, hint_tensors) -> np.ndarray | None:
         """The (2, h, w) float32 a/b the colorizer gave for the full image (box None) or a crop box with these
         hint tensors (None: none)."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU. Asking for CUDA without one raises DeviceUnavailable."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceUnavailable("CUDA was asked for (--device cuda) but no CUDA GPU is available; use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise DeviceUnavailable(f"unknown device {device!r} (auto, cpu, cuda)")
-    return torch.device(device)
 
 
 def crop_box(box: tuple[float, float, float, float], width: int, height: int, context: float,
@@ -114,7 +104,8 @@ class Pipeline:
     """Loads each model once (on first use) and runs jobs.
 
     models_dir: folder with the weight files (default: $PATCHCOLOR_MODELS or the repo's ``models/``).
-    device:     "auto" | "cpu" | "cuda" (DeviceUnavailable if cuda is asked for and absent).
+    device:     "auto" | "cpu" | "cuda" | "cuda:N" | "mps" (:mod:`patchcolor.device`; DeviceUnavailable if the
+                device asked for is absent).
     max_pixels: inputs with more pixels raise ImageTooLarge.
     """
 

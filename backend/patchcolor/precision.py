@@ -1,6 +1,8 @@
 """Reduced-precision inference: which precision really runs on a device, and its autocast context.
 
-Autocast in bf16/fp16 pays off only where the hardware computes in it: a CUDA GPU, or a CPU whose oneDNN
+Autocast in bf16/fp16 pays off only where the hardware computes in it: a CUDA GPU (NVIDIA, or AMD through ROCm:
+bf16 where ``torch.cuda.is_bf16_supported()``, else fp16), an Apple GPU (MPS: fp16, which Apple GPUs run natively;
+a bf16 request runs fp16 there), or a CPU whose oneDNN
 kernels are native (AVX512-BF16 / AMX for bf16, AVX512-FP16 / AMX-FP16 for fp16). Elsewhere torch falls back
 to reference kernels that are two orders of magnitude slower than fp32 (measured on an AVX2 EPYC: a 3×3
 convolution at 0.3 GFLOP/s in bf16 against 133 GFLOP/s in fp32, see bench/bench_pipeline.py). A colorize job
@@ -71,8 +73,23 @@ class CpuReport:
         return asdict(self)
 
 
+def _mac_cpu_model() -> str:
+    """``Apple M2`` etc. on macOS (``sysctl machdep.cpu.brand_string``), "" elsewhere or when it fails."""
+    if platform.system() != "Darwin":
+        return ""
+    import subprocess
+
+    try:
+        r = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                           timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return r.stdout.strip()
+
+
 def _cpu_model_and_flags() -> tuple[str, tuple[str, ...]]:
-    """The CPU's name and its bf16/fp16 flags from /proc/cpuinfo (Linux); platform.processor() elsewhere."""
+    """The CPU's name and its bf16/fp16 flags from /proc/cpuinfo (Linux); sysctl on macOS, platform.processor()
+    elsewhere."""
     try:
         text = CPUINFO.read_text(errors="replace")
     except OSError:
@@ -86,7 +103,7 @@ def _cpu_model_and_flags() -> tuple[str, tuple[str, ...]]:
         elif key in ("flags", "Features") and not flags:
             flags = set(value.split())
     wanted = tuple(f for f in _BF16_FLAGS + _FP16_FLAGS if f in flags)
-    return model or platform.processor() or platform.machine() or "unknown CPU", wanted
+    return model or _mac_cpu_model() or platform.processor() or platform.machine() or "unknown CPU", wanted
 
 
 def cpu_report() -> CpuReport:
@@ -107,6 +124,8 @@ def fast_precision(device: torch.device) -> str | None:
     the default everywhere (it is the seed's arithmetic)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
     return "bf16" if _cpu_native("bf16") else None
 
 
@@ -120,6 +139,10 @@ def effective_precision(device: torch.device, requested: str) -> tuple[str, str 
     if device.type == "cuda":
         if requested == "bf16" and not torch.cuda.is_bf16_supported():
             return "fp16", "this GPU has no bf16: running fp16"
+        return requested, None
+    if device.type == "mps":
+        if requested == "bf16":
+            return "fp16", "Apple GPUs run fp16 natively, not bf16: running fp16"
         return requested, None
     if _cpu_native(requested):
         return requested, None
@@ -142,7 +165,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def resolve_fast(device: torch.device, remote: bool = False) -> tuple[str, str | None]:
     """``--precision fast`` -> (precision to run, one line to tell the user or None).
 
-    bf16 (fp16 on a GPU without bf16) where it is native; fp32 elsewhere, with a line naming the CPU. For a remote
+    bf16 (fp16 on a GPU without bf16, and on Apple GPUs) where it is native; fp32 elsewhere, with a line naming the
+    CPU. For a remote
     job the server decides (it runs fp32 where bf16 is not native), so "bf16" is sent."""
     if remote:
         return "bf16", None

@@ -309,7 +309,8 @@ def _subject(name_or_file: str, reg: Registry) -> str:
 
 
 def missing_error(name_or_file: str, folder: Path, reg: Registry | None = None) -> WeightsMissing:
-    """The error for an absent weight file: names the model, file, folder and the command that fetches it."""
+    """The error for an absent weight file: one sentence (what is missing, the command that fetches it); the file,
+    folder and URL are its ``details``, for the log."""
     reg = reg or registry()
     wf = reg.file(name_or_file)
     folder = Path(folder)
