@@ -15,9 +15,14 @@
    * **peak memory**: rise of the peak RSS (``VmHWM``, reset through ``/proc/PID/clear_refs``) during one job,
      i.e. how many image-sized buffers exist at once.
 3. ``ping`` requests/s and tiny-image (16x16 rgb8) colorize jobs/s, one client and 8 client threads.
-4. Hostile traffic (issue 8): 5000 small malformed messages/s, then oversize multi-frame messages (a ``ping`` with
+4. Hostile traffic: 5000 small malformed messages/s, then oversize multi-frame messages (a ``ping`` with
    150 frames of 7.9 MB = 1.19 GB, a colorize whose pixel frame is far larger than its header says): time to the
    error reply, server RSS before / after and its peak (libzmq holds a whole message before the header is read).
+5. Budgets and fairness (a server of its own, default budgets for ``--budget-mp``): one client sends 8 valid
+   requests of a 2000x2000 image with 100 full-size instance masks (404 MB each), one after the other: how many are
+   queued, how many are ``busy`` or ``too_large``, the server's RSS and peak; then, with a stub that works
+   ``--job-s`` per job, one client keeps its share of the queue full while another sends jobs one at a time: the
+   second client's latency against its latency alone (``--budgets-only`` runs just this section).
 
 With ``--real-models DIR`` (weights in the official formats, e.g. tests' random ones) one real in-process job on
 the same image is timed (detector "none") to put the transport overhead in proportion.
@@ -69,6 +74,18 @@ def stub_pipeline(models_dir: Any, device: str, max_pixels: int) -> StubPipeline
     return StubPipeline()
 
 
+class SlowStubPipeline(StubPipeline):
+    """The stub, busy ``BENCH_JOB_S`` seconds per job (a worker that is really working)."""
+
+    def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None, instances: Any = None) -> Any:
+        time.sleep(float(os.environ.get("BENCH_JOB_S", "0.2")))
+        return super().run(src, opts, progress, cancelled, instances)
+
+
+def slow_stub_pipeline(models_dir: Any, device: str, max_pixels: int) -> StubPipeline:
+    return SlowStubPipeline()
+
+
 # ------------------------------------------------------------------------------------------------ /proc probes
 def proc_io(pid: int | str) -> tuple[int, int]:
     vals = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
@@ -110,14 +127,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(max_pixels: int, log_path: Path, ipc: bool = False) -> tuple[subprocess.Popen, str]:
+def start_server(max_pixels: int, log_path: Path, ipc: bool = False, factory: str = "stub_pipeline",
+                 args: tuple[str, ...] = ("--queue-size", "16"),
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     from patchcolor_client import BackendUnavailable, Client
 
     endpoint = f"ipc://{log_path.with_suffix('.sock')}" if ipc else f"tcp://127.0.0.1:{free_port()}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")]),
+           **(env or {})}
     cmd = [sys.executable, "-m", "patchcolor.service.commands", "serve", "--endpoint", endpoint,
-           "--pipeline-factory", "bench_service:stub_pipeline", "--max-pixels", str(max_pixels),
-           "--cache-mb", "0", "--queue-size", "16", "--log-level", "warning"]
+           "--pipeline-factory", f"bench_service:{factory}", "--max-pixels", str(max_pixels),
+           "--cache-mb", "0", "--log-level", "warning", *args]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
     with Client(endpoint, timeout_s=1.0) as c:
@@ -271,6 +291,116 @@ def bench_hostile(endpoint: str, pid: int) -> None:
         ctx.destroy(linger=0)   # closes sockets a failed assertion left open; term() alone would hang
 
 
+def bench_budgets(log_path: Path, max_pixels: int, job_s: float) -> None:
+    """Section 5: one client's 8 large requests against the default budgets, then a flooding client's effect
+    on another client's latency."""
+    import json
+
+    import zmq
+
+    from patchcolor.service.limits import default_budgets
+
+    proc, endpoint = start_server(max_pixels, log_path, factory="slow_stub_pipeline", args=(),
+                                  env={"BENCH_JOB_S": str(max(job_s, 2.0))})   # the big jobs stay queued
+    ctx = zmq.Context()
+    try:
+        b = default_budgets(max_pixels)
+        print(f"  server: --max-pixels {max_pixels / 1e6:g}e6 -> {b.client_bytes / 1e6:.0f} MB per client, "
+              f"{b.queue_bytes / 1e6:.0f} MB in all, {b.client_jobs} of {b.queue_jobs} waiting jobs per client")
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoint)
+        side, n = 2000, 100
+        inst = {"class_id": 0, "class_name": "person", "score": 0.9, "box": [0, 0, side, side],
+                "mask_origin": [0, 0], "mask_size": [side, side]}
+        frame = bytes(side * side)
+        before = rss(proc.pid)
+        reset_peak(proc.pid)
+        answers: list[str] = []
+        for i in range(8):
+            head = {"v": 3, "type": "colorize", "id": f"r{i}", "job": f"big{i}", "width": side, "height": side,
+                    "format": "gray8", "options": {"detector": "none"}, "instances": [inst] * n}
+            s.send_multipart([json.dumps(head).encode()] + [frame] * (n + 1), copy=False)
+            while True:
+                r = json.loads(s.recv_multipart()[0])
+                if r.get("job") == f"big{i}" and r["type"] in ("accepted", "error"):
+                    answers.append(r["type"] if r["type"] == "accepted" else r["code"])
+                    break
+        s.send_multipart([json.dumps({"v": 3, "type": "ping", "id": "after"}).encode()])
+        while json.loads(s.recv_multipart()[0]).get("id") != "after":   # the server is done with the 8
+            pass
+        each = (n + 1) * side * side
+        print(f"  8 requests of {each / 1e6:.0f} MB from one client: "
+              + ", ".join(f"{answers.count(a)} {a}" for a in dict.fromkeys(answers))
+              + f"; server RSS {before / 2**20:.0f} -> {rss(proc.pid) / 2**20:.0f} MiB, peak "
+              f"{peak_rss(proc.pid) / 2**20:.0f} MiB (8 x {each / 1e6:.0f} MB = {8 * each / 1e9:.1f} GB sent)")
+        s.close(0)
+    finally:
+        ctx.destroy(linger=0)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    proc, endpoint = start_server(max_pixels, log_path, factory="slow_stub_pipeline", args=(),
+                                  env={"BENCH_JOB_S": str(job_s)})
+    try:
+        alone = _latencies(endpoint, 6)
+        stop, flooded = threading.Event(), threading.Event()
+        flooder = threading.Thread(target=_flood, args=(endpoint, stop, flooded), daemon=True)
+        flooder.start()
+        flooded.wait(30)
+        with_flood = _latencies(endpoint, 6)
+        stop.set()
+        flooder.join(30)
+        print(f"  another client's job latency, one job {job_s:.2f} s: alone median {statistics.median(alone):.2f} s; "
+              f"while a client keeps its share of the queue full: median {statistics.median(with_flood):.2f} s, "
+              f"max {max(with_flood):.2f} s")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def _latencies(endpoint: str, n: int) -> list[float]:
+    from patchcolor_client import Client
+
+    out = []
+    with Client(endpoint, timeout_s=60) as c:
+        c.ping()
+        for _ in range(n):
+            t0 = time.perf_counter()
+            c.colorize(16, 16, "rgb8", bytes(768), {"detector": "none"})
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def _flood(endpoint: str, stop: threading.Event, flooded: threading.Event) -> None:
+    """Keep as many jobs queued as the server accepts from this client; a new one after each result."""
+    import json
+
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    n, full = 0, False
+    try:
+        while not stop.is_set():
+            if not full:
+                s.send_multipart([json.dumps({"v": 3, "type": "colorize", "id": f"f{n}", "job": f"f{n}",
+                                              "width": 16, "height": 16, "format": "rgb8",
+                                              "options": {"detector": "none"}}).encode(), bytes(768)])
+                n += 1
+            if s.poll(100):
+                r = json.loads(s.recv_multipart()[0])
+                if r["type"] == "error" and r.get("code") == "busy":
+                    full = True
+                    flooded.set()
+                elif r["type"] == "result":
+                    full = False
+    finally:
+        s.close(0)
+        ctx.destroy(linger=0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mp", type=float, default=24.0, help="image size in megapixels (3:2), default 24")
@@ -278,14 +408,26 @@ def main() -> None:
     ap.add_argument("--rate-seconds", type=float, default=3.0)
     ap.add_argument("--real-models", type=Path, help="also time one real in-process job on the same image")
     ap.add_argument("--ipc", action="store_true", help="use an ipc:// (Unix socket) endpoint instead of TCP")
+    ap.add_argument("--budget-mp", type=float, default=100.0,
+                    help="--max-pixels (MP) of the budgets section's server, default 100 (serve's default)")
+    ap.add_argument("--job-s", type=float, default=0.2, help="work per job in the fairness case, default 0.2 s")
+    ap.add_argument("--budgets-only", action="store_true", help="run only section 5")
     args = ap.parse_args()
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_service_{os.getpid()}.log"
+    if args.budgets_only:
+        from patchcolor.precision import cpu_report
+
+        print(f"machine: {cpu_report().line()}; load {os.getloadavg()[0]:.2f}")
+        print("budgets and fairness:")
+        bench_budgets(log_path, int(args.budget_mp * 1e6), args.job_s)
+        log_path.unlink(missing_ok=True)
+        return
 
     w = int(round((args.mp * 1e6 * 1.5) ** 0.5))
     h = int(round(args.mp * 1e6 / w))
     rng = np.random.default_rng(0)
     img = rng.integers(0, 65536, (h, w, 3), dtype=np.uint16)
     mb = img.nbytes / 1e6
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_service_{os.getpid()}.log"
     proc, endpoint = start_server(w * h + 1, log_path, args.ipc)
     try:
         from patchcolor.precision import cpu_report
@@ -328,6 +470,8 @@ def main() -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    print("\nbudgets and fairness:")
+    bench_budgets(log_path, int(args.budget_mp * 1e6), args.job_s)
     log_path.unlink(missing_ok=True)      # kept (and shown by start_server) only when the server failed
     log_path.with_suffix(".sock").unlink(missing_ok=True)
 

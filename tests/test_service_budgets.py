@@ -111,6 +111,8 @@ def test_a_client_holding_8_large_requests_stays_within_its_budget(tmp_path):
             head.update(job=f"big-{i}", id=f"r-big-{i}")
             s.send_multipart([json.dumps(head).encode(), *frames[1:]], copy=False)
             answers.append(replies.answer(f"big-{i}"))
+        s.send_multipart([json.dumps({"v": 3, "type": "ping", "id": "p1"}).encode()])
+        replies.wait(lambda r: r["type"] == "pong")       # the server is done with the 8 requests
         rss = _vm(srv.proc.pid, "VmRSS")
         peak = _vm(srv.proc.pid, "VmHWM")
         accepted = [a for a in answers if a["type"] == "accepted"]
@@ -190,6 +192,13 @@ def test_round_robin_order_and_positions():
     assert q.take().client == "b"
     q.offer(J("b", 1))
     assert [q.take().client for _ in range(3)] == ["a", "b", "a"]
+    q = JobQueue(10, 4)              # a lane that emptied is still remembered as just served
+    q.offer(J("a", 0))
+    assert q.take().n == 0           # a's lane is empty now
+    for i in range(1, 4):
+        q.offer(J("a", i))
+    q.offer(J("b", 0))
+    assert [f"{j.client}{j.n}" for j in (q.take(), q.take())] == ["b0", "a1"]
 
 
 def test_a_flooding_client_does_not_starve_another(tmp_path):

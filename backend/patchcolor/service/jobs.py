@@ -65,6 +65,10 @@ class JobQueue:
     job goes ahead of its second. ``offer`` never blocks: it refuses (None) when ``capacity`` jobs wait in all or
     ``client_capacity`` for that client. A job's lane is its ``client`` attribute (None when it has none)."""
 
+    #: Clients whose last turn is remembered after their lane has emptied (a returning client that was served
+    #: recently must not count as new); the ones served longest ago are forgotten first.
+    REMEMBERED = 1024
+
     def __init__(self, capacity: int, client_capacity: int | None = None):
         self.capacity = max(1, int(capacity))
         self.client_capacity = max(1, int(client_capacity or capacity))
@@ -121,9 +125,9 @@ class JobQueue:
             client = order[0]
             job = self._pop(client)
             self._turns[client] = next(self._taken)
-            oldest = min((self._turns.get(c, 0) for c in self._lanes), default=None)
-            for c in [c for c in self._turns if c not in self._lanes]:   # no advantage left to remember
-                if oldest is None or self._turns[c] < oldest:
+            if len(self._turns) > self.REMEMBERED:     # forget those served longest ago: they would go first anyway
+                idle = sorted((c for c in self._turns if c not in self._lanes), key=self._turns.__getitem__)
+                for c in idle[:len(self._turns) - self.REMEMBERED]:
                     del self._turns[c]
             job.state = "running"
             self.running += 1

@@ -56,7 +56,7 @@ from .jobs import Job, JobQueue, JobRecord, check_refuse
 from .limits import Budgets, HeldBytes, RemoteLimits, available_memory, check_job, default_budgets
 from .peers import Connections, Peer
 from .preview_cache import PreviewSessions
-from .receive import Incoming, receive_message
+from .receive import TRIM_AFTER_BYTES, Incoming, receive_message
 from .worker import Worker, make_record, remote_message
 
 log = logging.getLogger("patchcolor.service")
@@ -462,10 +462,16 @@ class Server:
         peer = self._peer_of(msg)
         try:
             self._dispatch(msg.envelope, msg.request, peer)
+            return
         except P.ProtocolError as e:
             self._rejected_log("rejected request from %s: %s: %s", peer.label, e.code, _redact(e.message, msg.header))
             message = remote_message(e.code, e.message) if peer.remote else e.message
             self._reply(msg.envelope, P.error_header(e.code, message, e.req_id, e.job, msg.version))
+        refused = sum(len(f) for f in msg.data)    # a refused job's frames go now (the error's traceback is gone)
+        msg.data.clear()
+        msg.request = None
+        if refused > TRIM_AFTER_BYTES:
+            release_memory()
 
     def _dispatch(self, envelope: list[bytes], req: P.Request, peer: Peer) -> None:
         if isinstance(req, P.PingRequest):
