@@ -55,6 +55,10 @@ def add_colorize_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--max-pixels", type=float, default=250e6, help="refuse larger images (default 250e6)")
     p.add_argument("--models", type=Path, help="weights folder (default: models/ or $PATCHCOLOR_MODELS)")
+    p.add_argument("--colorizer-weights", type=Path, metavar="PATH",
+                   help="read the --colorizer's weights from PATH instead of the weights folder: a file or a model "
+                        "folder (DDColor: a Hugging Face folder with model.safetensors or pytorch_model.bin and "
+                        "config.json, or ModelScope's pytorch_model.pt); local runs only")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run on Ray (pip install 'patchcolor[ray]'): auto (the running cluster), ray://HOST:10001, "
                         "or nothing (a local Ray for this run); OUT and the inputs must be on storage every node sees")
@@ -144,6 +148,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     from .heap import keep_freed_memory
     from .hint_files import hint_options, hint_runner
 
+    colorizer_weights(args)
     keep_freed_memory()     # one image's freed feature maps are reused for the next (bench/bench_heap.py)
     if getattr(args, "ray", None):
         if getattr(args, "hints", None) is not None:
@@ -198,8 +203,26 @@ def _runner(args: argparse.Namespace):
                                                            timeout_s=args.remote_timeout, **kw)   # kw: hints
     from .pipeline import Pipeline
 
-    pipe = Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels))
+    pipe = Pipeline(args.models, device=args.device, max_pixels=int(args.max_pixels),
+                    colorizer_weights=colorizer_weights(args))
     return pipe.run
+
+
+def colorizer_weights(args: argparse.Namespace) -> dict[str, Path]:
+    """{colorizer: path} of ``--colorizer-weights`` (BadOptions: no --colorizer, no such path, or a run that is
+    not local)."""
+    path = getattr(args, "colorizer_weights", None)
+    if path is None:
+        return {}
+    if not args.colorizer:
+        raise BadOptions("--colorizer-weights needs --colorizer to say which network the file is for "
+                         "(e.g. --colorizer ddcolor).")
+    if getattr(args, "remote", None) or getattr(args, "ray", None):
+        raise BadOptions("--colorizer-weights is read by a local run only: put the file in the backend's weights "
+                         "folder under its model-zoo name instead.")
+    if not path.exists():
+        raise BadOptions(f"--colorizer-weights {path} does not exist.")
+    return {args.colorizer: path}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .weights import add_weights_parser
 
     add_weights_parser(sub)
+    from .evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     return parser
 
 
