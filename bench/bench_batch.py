@@ -9,10 +9,13 @@ Rows, each headed by the CPU line (model, cores, ISA, native bf16):
 * per stage seconds per image: read (decode), prepare, segment, colorize, fuse, finish, other (inside run, outside
   the stages), masks, encode, marker, and the wall time per image; the ratio batch-ovl / pipeline;
 * ``--png-levels``: PNG encode time and size of one output at compress levels 0, 1, 3, 6, 9 (how
-  batch.PNG_COMPRESS_LEVEL was chosen);
+  io.PNG_COMPRESS_LEVEL was chosen);
 * ``--service``: the same image as a GIMP job (gray8 pixels + options) through ``patchcolor serve`` on loopback:
   server-side stage seconds and the transport/queue overhead (wall − stages);
-* ``--cli``: the real ``patchcolor colorize`` as a subprocess on 1 and on N copies: (t_N − t_1)/(N − 1) per image.
+* ``--cli``: the real ``patchcolor colorize`` as a subprocess on 1 and on N copies: (t_N − t_1)/(N − 1) per image;
+* ``--plan N``: the batch's own bookkeeping for N inputs, no pixels: planning a fresh batch, each input's lock +
+  lock record + done-marker (batch.take, outputs.write_marker), planning it again once all are recorded; also with
+  OUT = the input folder (``--suffix``), where planning reads OUT's records to tell outputs from inputs.
 Both presets by default (``--presets seed default``): the seed row is the baseline the default is compared with.
 
     .venv/bin/python bench/bench_batch.py --n 4 --png-levels --service
@@ -79,9 +82,10 @@ def fmt_stages(d: dict[str, float]) -> str:
 
 def bench_preset(pipe, opts, inputs: Path, out_root: Path, n: int, masks: bool, cpu: str) -> dict:
     from patchcolor import batch
+    from patchcolor.io import load_image
 
     preset = opts.preset
-    src = batch.read_item(next(inputs.iterdir()), 10**9)
+    src = load_image(next(inputs.iterdir()), 10**9)
     pipe.run(src, opts)                                  # warm-up: models, first-call shapes
     times, stages = [], []
     for _ in range(n):
@@ -112,10 +116,10 @@ def bench_png_levels(pipe, inputs: Path, cpu: str, max_instances: int) -> None:
 
     from PIL import Image
 
-    from patchcolor import batch
+    from patchcolor.io import load_image
     from patchcolor.options import make_options
 
-    r = pipe.run(batch.read_item(next(inputs.iterdir()), 10**9), make_options("default", max_instances=max_instances))
+    r = pipe.run(load_image(next(inputs.iterdir()), 10**9), make_options("default", max_instances=max_instances))
     h, w = r.image.shape[:2]
     mask = r.instances[0].full_mask(w, h) if r.instances else None
     for level in (0, 1, 3, 6, 9):
@@ -138,10 +142,10 @@ def bench_service(models: Path, inputs: Path, n: int, cpu: str, tmp: Path, max_i
     from patchcolor_client import Client
     from service_support import start_server
 
-    from patchcolor import batch
+    from patchcolor.io import load_image
     from patchcolor.options import make_options
 
-    src = batch.read_item(next(inputs.iterdir()), 10**9)
+    src = load_image(next(inputs.iterdir()), 10**9)
     srv = start_server(tmp, "--log-level", "warning", models_dir=models)
     try:
         with Client(srv.endpoint, timeout_s=120) as c:
@@ -163,6 +167,32 @@ def bench_service(models: Path, inputs: Path, n: int, cpu: str, tmp: Path, max_i
                       + f"  transport+queue {wall - inside:.3f}", flush=True)
     finally:
         srv.stop()
+
+
+def bench_plan(n: int, tmp: Path, cpu: str) -> None:
+    from patchcolor import batch
+    from patchcolor.batch import outputs
+
+    folder = tmp / "plan-in"
+    folder.mkdir()
+    for k in range(n):
+        (folder / f"photo_{k:05d}.jpg").write_bytes(b"x")         # planning never reads the pixels
+    for label, out, suffix in (("OUT apart", tmp / "plan-out", ""), ("OUT = input folder", folder, "_c")):
+        t0 = time.perf_counter()
+        plan = batch.plan_batch([folder], out, suffix=suffix)
+        t1 = time.perf_counter()
+        for item in plan.items:
+            c = batch.take(item)
+            assert isinstance(c, batch.Claim), c
+            outputs.write_marker(item, 0)
+            c.release()
+        t2 = time.perf_counter()
+        again = batch.plan_batch([folder], out, suffix=suffix)
+        t3 = time.perf_counter()
+        assert len(again.items) == n                               # no image written, so none is done
+        print(f"[{cpu}] plan {n} inputs, {label}: fresh {(t1 - t0) / n * 1e6:.0f} us/input, lock + record + marker "
+              f"{(t2 - t1) / n * 1e6:.0f} us/input, again with {n} records {(t3 - t2) / n * 1e6:.0f} us/input",
+              flush=True)
 
 
 def bench_cli(models: Path, inputs: Path, n: int, cpu: str, tmp: Path, preset: str, detector: str) -> None:
@@ -199,6 +229,7 @@ def main() -> None:
     ap.add_argument("--png-levels", action="store_true")
     ap.add_argument("--service", action="store_true")
     ap.add_argument("--cli", action="store_true")
+    ap.add_argument("--plan", type=int, default=0, metavar="N", help="time the batch bookkeeping for N inputs")
     args = ap.parse_args()
 
     import torch
@@ -232,6 +263,8 @@ def main() -> None:
     if args.cli:
         for p in args.presets:
             bench_cli(models, inputs, args.n, cpu, tmp, p, args.detector)
+    if args.plan:
+        bench_plan(args.plan, tmp, cpu)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def child(policy: str, n: int, width: int, max_instances: int) -> None:
     from bench_batch import fake_models, make_photo
     from PIL import Image
 
-    from patchcolor import batch
+    from patchcolor.io import load_image
     from patchcolor.options import make_options
     from patchcolor.pipeline import Pipeline
 
@@ -58,7 +58,7 @@ def child(policy: str, n: int, width: int, max_instances: int) -> None:
     with tempfile.TemporaryDirectory(prefix="pc-bench-heap-") as tmp:
         p = Path(tmp) / "coffee.png"
         Image.fromarray(make_photo(width)).save(p)
-        src = batch.read_item(p, 10**9)
+        src = load_image(p, 10**9)
     pipe = Pipeline(models, device="cpu")
     opts = make_options("seed", max_instances=max_instances)
     pipe.run(src, opts)                          # warm-up: models loaded, first-run allocations done

@@ -61,12 +61,13 @@ def bench_local(inputs: Path, out: Path, opts, models: Path, threads: int) -> fl
     import torch
 
     from patchcolor import batch
+    from patchcolor.io import load_image
     from patchcolor.pipeline import Pipeline
 
     torch.set_num_threads(threads)
     pipe = Pipeline(models, device="cpu")
     plan = batch.plan_batch([inputs], out)
-    pipe.run(batch.read_item(plan.items[0], 250_000_000), opts)    # models loaded, kernels warm
+    pipe.run(load_image(plan.items[0].src, 250_000_000), opts)    # models loaded, kernels warm
     t0 = time.perf_counter()
     s = batch.run_batch(plan, lambda src: pipe.run(src, opts), max_pixels=250_000_000, overlap=False)
     wall = time.perf_counter() - t0

@@ -239,7 +239,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from patchcolor import batch
+    from patchcolor.io import load_image
     from patchcolor.options import make_options
     from patchcolor.pipeline import Pipeline
     from patchcolor.precision import cpu_report
@@ -262,7 +262,7 @@ def main() -> None:
     seed = SeedReenactment(models, args.max_instances, args.seed_fast_detector)
     pipe = Pipeline(models, device="cpu")
     opts = make_options("seed", max_instances=args.max_instances)
-    src = batch.read_item(paths[0], 10**9)
+    src = load_image(paths[0], 10**9)
     pipe.run(src, opts)                                                  # warm-up: models, first-call shapes
     (tmp / "seed-out").mkdir()
     seed_times, seed_stages, pipe_times, pipe_stages = [], [], [], []

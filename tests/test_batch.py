@@ -1,5 +1,6 @@
-"""Batch planning, reading, writing and running (patchcolor.batch), with a fake colorizer where the networks do not
-matter: bad inputs, collisions, resume after kill -9, SIGTERM, disk full, concurrent runs, overlap = sequential."""
+"""Batch planning, reading, writing and running (patchcolor.batch, patchcolor.io, patchcolor.atomic), with a fake
+colorizer where the networks do not matter: bad inputs, names and collisions, files never replaced, resume after
+kill -9, SIGTERM, full and read-only disks, concurrent runs, overlap = sequential."""
 from __future__ import annotations
 
 import errno
@@ -9,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -19,6 +21,7 @@ from PIL import Image
 
 from patchcolor import batch
 from patchcolor.errors import BadOptions, ImageTooLarge, ImageUnreadable, PatchColorError
+from patchcolor.io import load_image
 
 TESTS = Path(__file__).resolve().parent
 
@@ -78,7 +81,7 @@ def test_one_pixel_image_is_refused_in_one_sentence_and_the_batch_goes_on(tmp_pa
     tiny = photo(tmp_path / "in" / "tiny.png", 1, 1, mode=mode)
     photo(tmp_path / "in" / "ok.png")
     with pytest.raises(ImageUnreadable, match="1x1 pixels: too small"):
-        batch.read_item(tiny, int(250e6))
+        load_image(tiny, int(250e6))
     s = run(batch.plan_batch([tmp_path / "in"], tmp_path / "out"))
     assert (s.count("done"), s.count("failed")) == (1, 1) and not s.ok
     assert (tmp_path / "out" / "ok.png").exists() and not (tmp_path / "out" / "tiny.png").exists()
@@ -87,21 +90,21 @@ def test_one_pixel_image_is_refused_in_one_sentence_and_the_batch_goes_on(tmp_pa
 def test_bomb_png_is_refused_and_pil_limit_follows_max_pixels(tmp_path):
     bomb = png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
     with pytest.raises(ImageTooLarge, match="over the limit"):
-        batch.read_item(bomb, int(250e6))
+        load_image(bomb, int(250e6))
     # 195 MP is above PIL's own default bomb limit (179 MP) but under --max-pixels 250e6: PIL must let it through
     # to the decoder (which then finds the file truncated), not refuse it as a bomb
     big = png_header_only(tmp_path / "big.png", 15_000, 13_000)
     with pytest.raises(ImageUnreadable):
-        batch.read_item(big, int(250e6))
+        load_image(big, int(250e6))
     with pytest.raises(ImageTooLarge, match="max-pixels"):
-        batch.read_item(big, int(100e6))
+        load_image(big, int(100e6))
 
 
 def test_truncated_file_is_one_sentence(tmp_path):
     p = photo(tmp_path / "t.png", 300, 200, mode="RGB")
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     with pytest.raises(ImageUnreadable, match="t.png"):
-        batch.read_item(p, int(250e6))
+        load_image(p, int(250e6))
 
 
 def test_names_that_would_start_with_a_dot_are_made_visible(tmp_path):
@@ -140,16 +143,16 @@ def test_read_only_output_folder(tmp_path, monkeypatch):
         ro.chmod(0o555)
         with pytest.raises(BadOptions, match="cannot write to the output folder"):
             batch.plan_batch([tmp_path / "in"], ro)
-    real = batch.tempfile.mkstemp
+    real = tempfile.mkstemp
 
     def refuse(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
-    monkeypatch.setattr(batch.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(BadOptions, match="Read-only file system"):
         batch.plan_batch([tmp_path / "in"], tmp_path / "out")
-    monkeypatch.setattr(batch.tempfile, "mkstemp", real)
+    monkeypatch.setattr(tempfile, "mkstemp", real)
     plan = batch.plan_batch([tmp_path / "in"], tmp_path / "out")
-    monkeypatch.setattr(batch.tempfile, "mkstemp", refuse)     # becomes read-only during the run
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)     # becomes read-only during the run
     s = run(plan, overlap=False)
     assert (s.count("failed"), s.count("not_attempted")) == (1, 1) and "Read-only" in s.stopped
 
@@ -252,7 +255,7 @@ def test_a_254_character_name_among_good_files(tmp_path, monkeypatch):
         if len(os.path.basename(path)) > 100:
             raise OSError(errno.ENAMETOOLONG, "File name too long", str(path))
         return real_open(path, *a, **k)
-    monkeypatch.setattr(batch.os, "open", short_names)
+    monkeypatch.setattr(os, "open", short_names)
     s = run(batch.plan_batch([tmp_path / "in"], tmp_path / "o2", masks=True))
     assert (s.count("done"), s.count("failed"), s.count("not_attempted")) == (3, 2, 0), s.line(tmp_path / "o2")
     failed = [o.message for o in s.outcomes if o.status == "failed"]
@@ -404,7 +407,7 @@ def test_kill9_between_image_and_marker_is_redone_with_masks(tmp_path):
     photo(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
     body = (f"import os, signal\nfrom pathlib import Path\nfrom patchcolor import batch\nfrom test_batch import fake_run\n"
-            f"batch._write_marker = lambda item, rec: os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"batch.outputs.write_marker = lambda item, n: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"plan = batch.plan_batch([Path({str(tmp_path / 'in')!r})], Path({str(out)!r}), masks=True)\n"
             f"batch.run_batch(plan, fake_run, max_pixels=10**8)\n")
     r = subprocess.run(script(body), capture_output=True, text=True, timeout=120)
@@ -538,8 +541,8 @@ def test_auto_overlap_only_where_a_core_is_free(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(batch.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert batch.auto_overlap(networks_on_cpu=True) is False      # 2 cores, 2 torch threads: sequential
     assert batch.auto_overlap(networks_on_cpu=False) is True      # GPU / remote: the CPU is free
-    monkeypatch.setattr(batch.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert batch.auto_overlap(networks_on_cpu=True) is True

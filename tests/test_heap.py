@@ -131,7 +131,7 @@ def _counter(result: bool = False):
 
 
 def test_cli_colorize_keeps_freed_memory(monkeypatch, models_dir, photo_gray, tmp_path):
-    from patchcolor import cli, cluster
+    from patchcolor import cli
 
     keep, calls = _counter()
     monkeypatch.setattr(heap, "keep_freed_memory", keep)   # cmd_colorize imports it when it runs
@@ -142,7 +142,7 @@ def test_cli_colorize_keeps_freed_memory(monkeypatch, models_dir, photo_gray, tm
     assert rc == 0 and (tmp_path / "out" / "a.png").exists()
     assert len(calls) == 1
     # --ray: the driver too (the actors call it in ColorizeWorker.__init__)
-    monkeypatch.setattr(cluster, "cmd_colorize_ray", lambda args: 0)
+    monkeypatch.setattr(cli, "cmd_colorize_ray", lambda args: 0)
     assert cli.main(["colorize", str(src), "-o", str(tmp_path / "out"), "--ray"]) == 0
     assert len(calls) == 2
 

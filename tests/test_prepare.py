@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from patchcolor.errors import ImageTooLarge, ImageUnreadable
-from patchcolor.prepare import SourceImage, load_image, working_copy, working_size
+from patchcolor.io import load_image
+from patchcolor.prepare import SourceImage, working_copy, working_size
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)

@@ -101,9 +101,6 @@ def _precision(args: argparse.Namespace) -> str | None:
     return precision
 
 
-def _options(args: argparse.Namespace):
-    overrides = dict(colorizer=args.colorizer, detector=args.detector, precision=_precision(args),
-                     max_side=args.max_side, saturation=args.saturation, score_thresh=args.score_thresh,
 # the numeric options make_options does not check: (lowest, highest); NaN and infinities are refused as well
 NUMBER_RANGES = {"max_pixels": (64, 1e12), "ray_cpus_per_worker": (0.01, 1024), "remote_timeout": (0.1, 86400)}
 
@@ -116,6 +113,9 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise ValueError(f"--{dest.replace('_', '-')} must be a number from {lo:g} to {hi:g} (got {v:g})")
 
 
+def _options(args: argparse.Namespace):
+    overrides = dict(colorizer=args.colorizer, detector=args.detector, precision=_precision(args),
+                     max_side=args.max_side, saturation=args.saturation, score_thresh=args.score_thresh,
                      max_instances=args.max_instances)
     if args.feather is not None:
         overrides.update(feather=args.feather, fusion="feather" if args.feather > 0 else "seed")
@@ -148,14 +148,12 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     from .heap import keep_freed_memory
     from .hint_files import hint_options, hint_runner
 
+    check_numbers(args)
     colorizer_weights(args)
     keep_freed_memory()     # one image's freed feature maps are reused for the next (bench/bench_heap.py)
     if getattr(args, "ray", None):
         if getattr(args, "hints", None) is not None:
-    check_numbers(args)
             raise BadOptions("--hints is not supported with --ray yet: run without --ray")
-        from .cluster import cmd_colorize_ray
-
         return cmd_colorize_ray(args)
     opts = hint_options(_options(args), args)
     plan = plan_from_args(args)
@@ -176,19 +174,40 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     def on_outcome(o: batch.ItemOutcome) -> None:
         bar.update(1)
         bar.set_postfix_str(o.item.src.name[-30:])
-        if o.status == "failed":
-            tqdm.write(f"error: {o.item.src}: {o.message}", file=sys.stderr)
+        if o.line():
+            tqdm.write(o.line(), file=sys.stderr)
 
     try:
         summary = batch.run_batch(plan, run, max_pixels=int(args.max_pixels), overlap=_overlap(args),
-        elif o.note:
-            tqdm.write(f"note: {o.item.src}: {o.note}", file=sys.stderr)
                                   on_outcome=on_outcome, pass_item=True)
     except SystemExit:
         bar.close()
         print("terminated: temporary files removed; run again to resume", file=sys.stderr)
         raise
     bar.close()
+    print(summary.line(plan.out_dir), file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+def cmd_colorize_ray(args: argparse.Namespace) -> int:
+    """``colorize ... --ray [ADDRESS]``: plan as locally, run on Ray (cluster.py), print the local summary line."""
+    from . import cluster
+
+    if getattr(args, "remote", None):
+        raise BadOptions("--ray and --remote cannot be combined: the Ray workers run the models themselves")
+    opts = _options(args)
+    settings = cluster.RaySettings(None if args.ray in ("", "local") else args.ray,
+                                   float(getattr(args, "ray_cpus_per_worker", None) or 1.0),
+                                   getattr(args, "ray_workers", None))
+    plan = plan_from_args(args)
+    if plan is None:
+        return 1
+
+    def say(o) -> None:
+        if o.line():
+            print(o.line(), file=sys.stderr, flush=True)
+    summary = cluster.colorize_on_ray(plan, opts, settings, models=args.models, device=args.device,
+                                      max_pixels=int(args.max_pixels), on_outcome=say)
     print(summary.line(plan.out_dir), file=sys.stderr)
     return 0 if summary.ok else 1
 
@@ -276,11 +295,13 @@ def add_check_precision_parser(sub) -> argparse.ArgumentParser:
 def cmd_check_precision(args: argparse.Namespace) -> int:
     import math
 
-    from . import batch, winograd
+    from . import winograd
     from .device import device_line, resolve_device
+    from .io import load_image
     from .pipeline import Pipeline
     from .precision import compare_precision, cpu_report, fast_precision, modules_of, simulate_bf16
 
+    check_numbers(args)
     opts = make_options(args.preset, max_side=args.max_side, max_instances=args.max_instances, precision="fp32")
     device = resolve_device(args.device)
     fast = fast_precision(device)
@@ -291,7 +312,6 @@ def cmd_check_precision(args: argparse.Namespace) -> int:
             print(f"error: --winograd compares CPU convolutions and needs NNPACK in torch; device {device}, NNPACK "
                   f"{'available' if winograd.nnpack_available() else 'not available'}.", file=sys.stderr)
             return 2
-    check_numbers(args)
         label, ref_label = "winograd", "direct"
         print(cpu_report().line() + f"; device {device}; comparing Winograd 3x3 convolutions (NNPACK) with direct "
               "ones (oneDNN), fp32")
@@ -323,7 +343,7 @@ def cmd_check_precision(args: argparse.Namespace) -> int:
     rows, failed = [], 0
     for path in args.images:
         try:
-            src = batch.read_item(path, int(args.max_pixels))
+            src = load_image(path, int(args.max_pixels))
             c = compare_precision(path.name, lambda s: ref.run(s, opts), lambda s: other.run(s, fast_opts), src)
         except PatchColorError as e:
             print(f"error: {path}: {e.message}", file=sys.stderr)

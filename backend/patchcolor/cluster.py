@@ -1,11 +1,11 @@
 """Batch colorization on a Ray cluster (``patchcolor colorize IN... -o OUT --ray [ADDRESS]``), with Ray Data.
 
-The same plan, outputs, names and resume semantics as the local batch (:mod:`patchcolor.batch`): the driver plans
-with :func:`~patchcolor.batch.plan_batch` (what is done, what collides, what to skip), then streams the items
-through a Ray Data pipeline::
+The same plan, outputs, names and resume semantics as the local batch (:mod:`patchcolor.batch`): the CLI plans
+with :func:`~patchcolor.batch.plan_batch` (what is done, what collides, what to skip) and hands the plan and the
+options to :func:`colorize_on_ray`, which streams the items through a Ray Data pipeline::
 
-    from_items(plan rows) -> map_batches(read: batch.read_item, Ray tasks)
-                          -> map_batches(ColorizeWorker: one Pipeline per actor; claim, run, batch.write_item)
+    from_items(plan rows) -> map_batches(read: io.load_image, Ray tasks)
+                          -> map_batches(ColorizeWorker: one Pipeline per actor; batch.take, run, batch.write_item)
                           -> driver: one ItemOutcome per item -> BatchSummary (the local summary line)
 
 Every output is written by the worker itself, atomically, into OUT, which therefore must be a folder every node
@@ -18,13 +18,11 @@ processes); measured in bench/bench_ray.py.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import pickle
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,9 +30,10 @@ from pathlib import Path
 from typing import Callable
 
 from .batch import (FATAL_CODES, PNG_COMPRESS_LEVEL, STATE_DIR, BatchItem, BatchPlan, BatchSummary, ItemOutcome,
-                    describe_os_error, frames_note, read_item, take, write_item)
+                    describe_os_error, frames_note, take, write_item)
 from .errors import BadOptions, PatchColorError
 from .heap import keep_freed_memory
+from .io import load_image
 
 log = logging.getLogger("patchcolor")
 
@@ -181,7 +180,7 @@ def read_stage(batch: dict, max_pixels: int) -> object:
             if item.is_done():
                 status = "skipped"
             else:
-                image = read_item(item, max_pixels)
+                image = load_image(item.src, max_pixels)
                 note = frames_note(image)
                 src = pickle.dumps(image, protocol=5)
         except PatchColorError as e:
@@ -252,6 +251,8 @@ class ColorizeWorker:
                 return "failed", err.message, err.code
             except PatchColorError as e:
                 return "failed", e.message, e.code
+            except Exception as e:   # noqa: BLE001 - e.g. a codec refusing the array: say it, go on
+                return "failed", f"cannot write {item.out}: {_one_line(e)}", "error"
             secs["end_epoch"] = time.time()
             secs["pid"] = os.getpid()
             return "done", "", ""
@@ -324,34 +325,14 @@ def run_ray_batch(plan: BatchPlan, opts, settings: RaySettings, *, models: Path 
     return BatchSummary(final, stopped)
 
 
-def cmd_colorize_ray(args: argparse.Namespace) -> int:
-    """``patchcolor colorize ... --ray [ADDRESS]``: plan as locally, run on Ray, print the local summary line."""
-    from .cli import _options, plan_from_args
-
-    if getattr(args, "remote", None):
-        raise BadOptions("--ray and --remote cannot be combined: the Ray workers run the models themselves")
-    opts = _options(args)
-    settings = RaySettings(None if args.ray in ("", "local") else args.ray,
-                           float(getattr(args, "ray_cpus_per_worker", None) or 1.0),
-                           getattr(args, "ray_workers", None))
-    plan = plan_from_args(args)
-    if plan is None:
-        return 1
+def colorize_on_ray(plan: BatchPlan, opts, settings: RaySettings, **kw) -> BatchSummary:
+    """Start or join Ray (:func:`connect`) when there is work, :func:`run_ray_batch` (``kw``: its keywords), and
+    shut down a Ray this call started."""
     started = connect(settings) if plan.items else False
-
-    def show(o: ItemOutcome) -> None:
-        if o.status == "failed":
-            print(f"error: {o.item.src}: {o.message}", file=sys.stderr, flush=True)
-        elif o.note:
-            print(f"note: {o.item.src}: {o.note}", file=sys.stderr, flush=True)
-
     try:
-        summary = run_ray_batch(plan, opts, settings, models=args.models, device=args.device,
-                                max_pixels=int(args.max_pixels), on_outcome=show)
+        return run_ray_batch(plan, opts, settings, **kw)
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    print(summary.line(plan.out_dir), file=sys.stderr)
-    return 0 if summary.ok else 1

@@ -20,7 +20,8 @@ from typing import Callable
 from .errors import BadOptions, ImageUnreadable
 from .hints import DEFAULT_SPREAD, MAX_SPREAD
 from .options import Options
-from .prepare import SourceImage, load_image
+from .io import load_image
+from .prepare import SourceImage
 
 log = logging.getLogger("patchcolor")
 

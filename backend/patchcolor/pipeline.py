@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from . import lab
-from .colorize import NET_SIZE, load_colorizer, predict_ab
+from .colorize import NET_SIZE, input_spec, load_colorizer, predict_ab
+from .colorize.inputs import LIGHTNESS, InputSpec
 from .device import resolve_device
 from .errors import Cancelled
 from .finish import finish
@@ -77,12 +78,12 @@ def crop_box(box: tuple[float, float, float, float], width: int, height: int, co
     return ix0, iy0, max(ix0 + 1, min(ix1, width)), max(iy0 + 1, min(iy1, height))
 
 
-def net_input(work: np.ndarray, box: tuple[int, int, int, int] | None = None, size: int = NET_SIZE) -> np.ndarray:
-    """The seed's network input: (box crop of) the working RGB, PIL BICUBIC stretch to size² (256), skimage L*.
-    Returns (size, size) float32 in [0, 100]."""
-    img = work if box is None else work[box[1]:box[3], box[0]:box[2]]
-    small = np.asarray(Image.fromarray(img).resize((size, size), resample=Image.BICUBIC))
-    return lab.lightness(small)
+def net_input(work: np.ndarray, box: tuple[int, int, int, int] | None = None, size: int = NET_SIZE,
+              spec: InputSpec = LIGHTNESS) -> np.ndarray:
+    """A colorizer's network input for (the box crop of) the working RGB, as its ``spec`` prepares it at the side
+    it gives for ``size`` (the options' net_size). LIGHTNESS (ECCV16, SIGGRAPH17): the seed's PIL BICUBIC stretch
+    to size² and skimage L*, (1, size, size) float32 in [0, 100]; see :mod:`patchcolor.colorize.inputs`."""
+    return spec.make(work, box, size)
 
 
 def scale_instance(inst: Instance, sx: float, sy: float, width: int, height: int) -> InstanceResult:
@@ -107,10 +108,14 @@ class Pipeline:
     device:     "auto" | "cpu" | "cuda" | "cuda:N" | "mps" (:mod:`patchcolor.device`; DeviceUnavailable if the
                 device asked for is absent).
     max_pixels: inputs with more pixels raise ImageTooLarge.
+    colorizer_weights: {colorizer name: weight file or model folder} read instead of the registry's file in
+                models_dir (e.g. a DDColor Hugging Face folder, ``--colorizer-weights``).
     """
 
-    def __init__(self, models_dir: Path | None = None, device: str = "auto", max_pixels: int = 250_000_000):
+    def __init__(self, models_dir: Path | None = None, device: str = "auto", max_pixels: int = 250_000_000,
+                 colorizer_weights: dict[str, Path] | None = None):
         self.models_dir = Path(models_dir) if models_dir else default_models_dir()
+        self.colorizer_weights = {k: Path(v) for k, v in (colorizer_weights or {}).items()}
         self.device = resolve_device(device)
         self.max_pixels = max_pixels
         self._models: dict[str, object] = {}
@@ -130,7 +135,8 @@ class Pipeline:
     def colorizer(self, name: str) -> torch.nn.Module:
         with self._lock:
             if name not in self._models:
-                self._models[name] = load_colorizer(name, weight_path(name, self.models_dir), self.device)
+                path = self.colorizer_weights.get(name) or weight_path(name, self.models_dir)
+                self._models[name] = load_colorizer(name, path, self.device)
             return self._models[name]  # type: ignore[return-value]
 
     def detector(self, name: str):
@@ -212,8 +218,8 @@ class Pipeline:
             kept.append(new), boxes.append(new_box), abs_.append(ab)
         if redo:
             job.stage("colorize", 0.0)
-            n = job.opts.net_size
-            new_ab = predict_ab(self.colorizer(job.opts.colorizer), [net_input(work, boxes[i], n) for i in redo],
+            n, spec = job.opts.net_size, input_spec(job.opts.colorizer)
+            new_ab = predict_ab(self.colorizer(job.opts.colorizer), [net_input(work, boxes[i], n, spec) for i in redo],
                                 [(boxes[i][3] - boxes[i][1], boxes[i][2] - boxes[i][0]) for i in redo],
                                 job.opts.precision, opts.batch_size,
                                 hints=[job.hint_input(state.hints, boxes[i]) for i in redo])
@@ -376,8 +382,8 @@ class _Job:
         todo = [i for i, ab in enumerate(abs_) if ab is None]
         if todo:
             model = self.pipe.colorizer(self.opts.colorizer)
-            n = self.opts.net_size
-            new = predict_ab(model, [net_input(work, targets[i], n) for i in todo],
+            n, spec = self.opts.net_size, input_spec(self.opts.colorizer)
+            new = predict_ab(model, [net_input(work, targets[i], n, spec) for i in todo],
                              [work.shape[:2] if targets[i] is None else
                               (targets[i][3] - targets[i][1], targets[i][2] - targets[i][0]) for i in todo],
                              self.opts.precision, self.opts.batch_size,

@@ -1,16 +1,16 @@
-"""Step 1 — prepare: read any image PIL can open, keep the original, make the working copy.
+"""Step 1 — prepare: keep the original, make the working copy.
 
-The original (any of L, LA, RGB, RGBA, P, I;16, 1, CMYK; 8 or 16 bit; EXIF orientation applied) becomes a
-:class:`SourceImage` holding its colour pixels and alpha at full resolution and native bit depth. The working
-copy is the seed's 3-channel image, long side <= ``max_side`` (PIL BICUBIC, as the seed).
+The original (read from a file by ``patchcolor.io.load_image``: any of L, LA, RGB, RGBA, P, I;16, 1, CMYK; 8 or
+16 bit; EXIF orientation applied; or raw pixels from the wire) is a :class:`SourceImage` holding its colour pixels
+and alpha at full resolution and native bit depth. The working copy is the seed's 3-channel image, long side
+<= ``max_side`` (PIL BICUBIC, as the seed).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from .errors import ImageTooLarge, ImageTooSmall, ImageUnreadable
 
@@ -86,83 +86,6 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
         raise ImageTooLarge(
             f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.0f} MP "
             "(raise it with --max-pixels)")
-
-
-def _is_16bit_rgb(img: Image.Image) -> bool:
-    """PIL opens 16-bit RGB(A) PNG/TIFF as 8-bit RGB; its tile rawmode still says ';16'."""
-    return img.mode in ("RGB", "RGBA") and any(";16" in str(getattr(t, "args", t[3] if len(t) > 3 else ""))
-                                               for t in (img.tile or []))
-
-
-def load_image(path: str | Path, max_pixels: int = 250_000_000) -> SourceImage:
-    """Read an image file into a SourceImage at native bit depth, EXIF orientation applied.
-
-    Raises ImageUnreadable (not an image / damaged) or ImageTooLarge (over ``max_pixels``) before decoding.
-    """
-    path = Path(path)
-    try:
-        img = Image.open(path)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ImageUnreadable(f"cannot read {path}: {e}") from None
-    with img:
-        check_size(img.width, img.height, max_pixels)
-        try:
-            if _is_16bit_rgb(img):
-                src = _load_16bit_rgb(path, img)
-            else:
-                img.load()
-                src = from_pil(ImageOps.exif_transpose(img))
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ImageUnreadable(f"cannot decode {path}: {e}") from None
-        src.frames = int(getattr(img, "n_frames", 1) or 1)
-    return src
-
-
-def _load_16bit_rgb(path: Path, img: Image.Image) -> SourceImage:
-    import cv2  # PIL has no 16-bit RGB mode; OpenCV keeps the full depth
-
-    exif = img.getexif()
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    if arr is None or arr.dtype != np.uint16:
-        img.load()
-        return from_pil(ImageOps.exif_transpose(img))
-    arr = arr[..., ::-1] if arr.shape[2] == 3 else arr[..., [2, 1, 0, 3]]  # BGR(A) -> RGB(A)
-    arr = _apply_orientation(arr, exif.get(0x0112, 1))
-    return SourceImage(np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3]) if arr.shape[2] == 4 else None)
-
-
-def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
-    """EXIF orientation 1..8 applied to an (H, W, ...) array, the same transforms PIL's exif_transpose uses."""
-    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.swapaxes(0, 1), 6: lambda a: a.swapaxes(0, 1)[:, ::-1],
-           7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: a.swapaxes(0, 1)[::-1]}
-    return ops[orientation](arr) if orientation in ops else arr
-
-
-def from_pil(img: Image.Image) -> SourceImage:
-    """Any PIL mode -> SourceImage (gray stays 1-channel; 16-bit gray stays uint16)."""
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img)
-        if arr.dtype != np.uint16:   # mode "I" (32-bit): assume 16-bit data, clip
-            arr = np.clip(arr, 0, 65535).astype(np.uint16)
-        return SourceImage(np.ascontiguousarray(arr.astype(np.uint16, copy=False)))
-    if mode == "F":
-        arr = np.asarray(img, np.float32)
-        scale = 65535.0 if arr.max(initial=0) <= 1.0 else 1.0
-        return SourceImage(np.clip(arr * scale, 0, 65535).round().astype(np.uint16))
-    if mode in ("1", "L"):
-        return SourceImage(np.asarray(img.convert("L")))
-    if mode == "LA" or mode == "La":
-        a = np.asarray(img.convert("LA"))
-        return SourceImage(np.ascontiguousarray(a[..., 0]), np.ascontiguousarray(a[..., 1]))
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        mode = img.mode
-    if mode in ("RGBA", "RGBa", "PA"):
-        a = np.asarray(img.convert("RGBA"))
-        return SourceImage(np.ascontiguousarray(a[..., :3]), np.ascontiguousarray(a[..., 3]))
-    return SourceImage(np.asarray(img.convert("RGB")))   # RGB, CMYK, YCbCr, LAB, HSV ...
 
 
 def working_size(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable
 
 from .endpoint import is_loopback
+from .locks import lock_fd, pid_alive, unlock_fd
 from .protocol import DEFAULT_ENDPOINT
 
 STARTING_TEXT = "Starting the colorize backend\u2026"
@@ -123,53 +124,6 @@ class FileLock:
             finally:
                 os.close(self.fd)
                 self.fd = None
-
-
-def lock_fd(fd: int) -> None:
-    """Exclusive non-blocking lock on an open file (flock; msvcrt byte lock on Windows). OSError when held."""
-    if os.name == "nt":
-        import msvcrt
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    else:
-        import fcntl
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def unlock_fd(fd: int) -> None:
-    if os.name == "nt":
-        import msvcrt
-        os.lseek(fd, 0, 0)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    else:
-        import fcntl
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` runs (a zombie does not count)."""
-    if pid <= 0:
-        return False
-    if os.name == "nt":
-        import ctypes
-        k32 = ctypes.windll.kernel32                                   # type: ignore[attr-defined]
-        h = k32.OpenProcess(0x1000, False, pid)                        # PROCESS_QUERY_LIMITED_INFORMATION
-        if not h:
-            return False
-        code = ctypes.c_ulong()
-        k32.GetExitCodeProcess(h, ctypes.byref(code))
-        k32.CloseHandle(h)
-        return code.value == 259                                       # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def log_tail(path: str | None, n: int = 6) -> str:
