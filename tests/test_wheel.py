@@ -81,6 +81,8 @@ def test_wheel_ships_the_model_registry_and_declares_ranges(wheel: Path) -> None
         catalog = json.loads(z.read("patchcolor/catalog.json"))
     assert catalog["schema"] == 2 and {m["name"] for m in catalog["models"]} >= {"eccv16", "r101"}
     assert "patchcolor_client/__init__.py" in names and "patchcolor/segment/d2_pickle.py" in names
+    for pkg in (ROOT / "backend").rglob("__init__.py"):                # every sub-package of the source ships
+        assert pkg.relative_to(ROOT / "backend").as_posix() in names, f"{pkg.parent.name} missing from the wheel"
     requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
     core = [r for r in requires if "extra ==" not in r]
     assert any(r.startswith("numpy") and ">=2" in r for r in core), core
