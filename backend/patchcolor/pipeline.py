@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -22,7 +22,6 @@ from . import lab
 from .colorize import NET_SIZE, input_spec, load_colorizer, predict_ab
 from .colorize.inputs import LIGHTNESS, InputSpec
 from .device import resolve_device
-from .errors import Cancelled
 from .finish import finish
 from .hints import Hints, HintTensors, extract_hints
 from .fuse import fuse_state
@@ -30,12 +29,11 @@ from .models import models_dir as default_models_dir
 from .models import weight_path
 from .options import Options
 from .precision import effective_precision
-from .prepare import SourceImage, check_size, working_copy
+from .prepare import SourceImage, check_size, working_copy, working_size
+from .progress import CancelFn, JobProgress, ProgressFn, StageRates  # noqa: F401 (ProgressFn, CancelFn re-exported)
 from .result import FusionState, InstanceResult, Result
 from .segment.base import DetectorSettings, Instance
 
-ProgressFn = Callable[[str, float], None]   # (stage name, fraction 0..1 within the stage)
-CancelFn = Callable[[], bool]               # True -> stop at the next stage/batch boundary (raises Cancelled)
 
 log = logging.getLogger("patchcolor")
 
@@ -122,6 +120,10 @@ class Pipeline:
         self._lock = threading.Lock()
         self._precision_said: set[str] = set()
         self._hint_switch_said = False
+        #: each stage's seconds per unit of work in the last finished job (the remaining-time estimate)
+        self.rates = StageRates()
+        #: the clock progress events and the remaining-time estimate read
+        self.clock = time.perf_counter
 
     def precision(self, requested: str) -> str:
         """The precision that runs on this device for ``requested``; the first fallback of each kind is logged."""
@@ -171,6 +173,7 @@ class Pipeline:
             if found is None:
                 found = job.segment(work)
             else:
+                job.events.work("segment", 0)
                 log.info("reusing the preview's %d detection(s)", len(found))
             boxes = [crop_box(i.box, work.shape[1], work.shape[0], opts.context, opts.square_crops) for i in found]
         else:
@@ -216,12 +219,15 @@ class Pipeline:
             if new_box != box:      # the mask left its crop box: colorize it again on the new one
                 redo.append(len(kept))
             kept.append(new), boxes.append(new_box), abs_.append(ab)
+        job.events.work("segment", 0)
+        job.events.work("colorize", len(redo), job.colorizer_kind())
         if redo:
             job.stage("colorize", 0.0)
             n, spec = job.opts.net_size, input_spec(job.opts.colorizer)
-            new_ab = predict_ab(self.colorizer(job.opts.colorizer), [net_input(work, boxes[i], n, spec) for i in redo],
+            new_ab = predict_ab(job.load_colorizer(), [net_input(work, boxes[i], n, spec) for i in redo],
                                 [(boxes[i][3] - boxes[i][1], boxes[i][2] - boxes[i][0]) for i in redo],
                                 job.opts.precision, opts.batch_size,
+                                on_batch=lambda done, total: job.colorize_progress(done, total, f"{total} objects"),
                                 hints=[job.hint_input(state.hints, boxes[i]) for i in redo])
             for i, ab in zip(redo, new_ab):
                 abs_[i] = ab
@@ -230,22 +236,56 @@ class Pipeline:
 
 
 class _Job:
-    """One run: holds the per-job inputs and reports progress/cancellation at stage boundaries."""
+    """One run: holds the per-job inputs and reports progress (stage boundaries, sub-steps inside the detector and
+    each colorizer batch, :mod:`patchcolor.progress`); every progress call is a cancellation point."""
 
     def __init__(self, pipe: Pipeline, src: SourceImage, opts: Options, progress: ProgressFn | None,
                  cancelled: CancelFn | None):
         self.pipe, self.src = pipe, src
         self.opts = replace(opts, precision=pipe.precision(opts.precision))
-        self._progress, self._cancelled = progress, cancelled
         self.timings: dict[str, float] = {}
         self._t = time.perf_counter()
         check_size(src.width, src.height, pipe.max_pixels)
+        self.events = JobProgress(progress, cancelled, pipe.rates, pipe.clock)
+        out_w, out_h = ((src.width, src.height) if self.opts.full_resolution
+                        else working_size(src.width, src.height, self.opts.max_side))
+        detects = self.opts.detector != "none" and self.opts.max_instances > 0
+        # pixel-bound stages count megapixels, at least 1 (below that their time is mostly fixed costs)
+        self.events.work("prepare", max(1.0, src.width * src.height / 1e6))
+        self.events.work("segment", 1 if detects else 0, (self.opts.detector, None, None))
+        self.events.work("colorize", None, self.colorizer_kind())
+        self.events.work("fuse", max(1.0, out_w * out_h / 1e6))
+        self.events.work("finish", max(1.0, out_w * out_h / 1e6))
 
-    def stage(self, name: str, fraction: float) -> None:
-        if self._cancelled is not None and self._cancelled():
-            raise Cancelled("the job was cancelled")
-        if self._progress is not None:
-            self._progress(name, fraction)
+    def stage(self, name: str, fraction: float, text: str | None = None) -> None:
+        """A progress event (always sent); raises Cancelled when the job was cancelled."""
+        self.events.stage(name, fraction, text)
+
+    def step(self, name: str, fraction: float, text: str | None = None) -> None:
+        """A sub-step event (not sent when the last event is very recent); raises Cancelled when cancelled."""
+        self.events.step(name, fraction, text)
+
+    def colorizer_kind(self) -> tuple:
+        """What one network input's time depends on (for the remaining-time estimate)."""
+        return self.opts.colorizer, self.opts.net_size, self.opts.precision
+
+    def load_colorizer(self) -> torch.nn.Module:
+        """The job's colorizer (loaded on first use: said, and not counted in the colorize rate)."""
+        if self.opts.colorizer in self.pipe._models:
+            return self.pipe.colorizer(self.opts.colorizer)
+        self.stage("colorize", 0.0, "Loading the colorizer")
+        t = self.pipe.clock()
+        model = self.pipe.colorizer(self.opts.colorizer)
+        self.events.exclude(self.pipe.clock() - t)
+        return model
+
+    def colorize_progress(self, done: float, total: int, what: str) -> None:
+        """predict_ab's ``on_batch``: ``done`` of ``total`` network inputs (fractional inside a batch's forward)."""
+        text = f"Colorizing {what}: {int(done)} of {total} done"
+        if isinstance(done, int):
+            self.stage("colorize", done / total, text)
+        else:
+            self.step("colorize", done / total, text)
 
     def _lap(self, name: str) -> None:
         now = time.perf_counter()
@@ -273,12 +313,21 @@ class _Job:
             return []
         from .segment import filter_instances
 
-        det = self.pipe.detector(self.opts.detector)
+        self.events.work("segment", 1, (self.opts.detector, min_size, proposals))
+        if "detector:" + self.opts.detector not in self.pipe._models:
+            self.stage("segment", 0.0, "Loading the detector")
+            t = self.pipe.clock()
+            det = self.pipe.detector(self.opts.detector)
+            self.events.exclude(self.pipe.clock() - t)
+            self.stage("segment", 0.0, "Detecting objects")
+        else:
+            det = self.pipe.detector(self.opts.detector)
         gray = lab.neutral_gray(lab.lightness(work[..., 0] if self.src.is_gray else work))
         settings = DetectorSettings(self.opts.score_thresh, self.opts.nms_thresh, detections, self.opts.precision,
                                     min_size=min_size, proposals=proposals,
                                     keep=(self.opts.min_area_frac, self.opts.max_instances),
-                                    progress=lambda f: self.stage("segment", 0.99 * f))
+                                    progress=lambda f, what: self.step("segment", 0.99 * f,
+                                                                       f"Detecting objects: {what}" if what else None))
         found = det.detect(np.repeat(gray[..., None], 3, axis=2), settings)
         kept = filter_instances(found, work.shape[1], work.shape[0], self.opts.min_area_frac, self.opts.max_instances)
         self._lap("segment")
@@ -289,7 +338,8 @@ class _Job:
               ) -> tuple[list[Instance], list[tuple[int, int, int, int]]]:
         """Caller-supplied instances (output pixels) -> working-resolution instances and their crop boxes,
         in the given order; instances whose mask is empty are dropped."""
-        self.stage("segment", 0.0)
+        self.events.work("segment", 0)
+        self.stage("segment", 0.0, "Reading the given masks")
         wh, ww = work.shape[:2]
         out_w, out_h = self.out_size
         sx, sy = out_w / ww, out_h / wh
@@ -380,14 +430,18 @@ class _Job:
             hints = [self.hint_input(points, b) for b in targets]
         abs_ = [reuse.network_ab(self.opts, b, h) if reuse is not None else None for b, h in zip(targets, hints)]
         todo = [i for i, ab in enumerate(abs_) if ab is None]
+        self.events.work("colorize", len(todo), self.colorizer_kind())
         if todo:
-            model = self.pipe.colorizer(self.opts.colorizer)
+            model = self.load_colorizer()
             n, spec = self.opts.net_size, input_spec(self.opts.colorizer)
+            objects = f"{len(todo) - (todo[0] == 0)} objects"
+            what = ("the whole image" if todo == [0] else f"the whole image and {objects}" if todo[0] == 0
+                    else objects)
             new = predict_ab(model, [net_input(work, targets[i], n, spec) for i in todo],
                              [work.shape[:2] if targets[i] is None else
                               (targets[i][3] - targets[i][1], targets[i][2] - targets[i][0]) for i in todo],
                              self.opts.precision, self.opts.batch_size,
-                             on_batch=lambda done, total: self.stage("colorize", done / total),
+                             on_batch=lambda done, total: self.colorize_progress(done, total, what),
                              hints=None if points is None else [hints[i] for i in todo])
             for i, ab in zip(todo, new):
                 abs_[i] = ab
@@ -414,6 +468,7 @@ class _Job:
         sx, sy = out_w / ww, out_h / wh
         results = [scale_instance(i, sx, sy, out_w, out_h) for i in state.instances]
         self._lap("finish")
+        self.events.finished()
         return Result(image, results, state, dict(self.timings))
 
 

@@ -72,9 +72,10 @@ class DetectorSettings:
     #: can (R101), so masks are computed only for the detections that will be kept. None: masks for all.
     #: The returned list is then already filtered; applying filter_instances again changes nothing.
     keep: tuple[float, int] | None = None
-    #: Called with the fraction (0..1) of the detector's forward done after each sub-stage (backbone levels,
-    #: FPN, RPN, box and mask heads); it may raise (e.g. Cancelled) to stop the forward. Optional per detector.
-    progress: Callable[[float], None] | None = field(default=None, compare=False)
+    #: Called with (fraction 0..1 of the detector's forward done, label of the step starting, e.g. "backbone 12/34")
+    #: at the start of each step (backbone blocks, FPN, RPN, box and mask heads: :mod:`patchcolor.progress`); it
+    #: may raise (e.g. Cancelled) to stop the forward. Optional per detector.
+    progress: Callable[[float, str], None] | None = field(default=None, compare=False)
 
 
 class Detector(Protocol):

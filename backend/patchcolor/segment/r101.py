@@ -28,12 +28,11 @@ back to float32 (forward hooks), so anchors, box decoding, NMS and mask pasting 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -49,6 +48,7 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, boxes as box_
 
 from ..errors import BadOptions, WeightsCorrupt
 from ..precision import autocast
+from ..progress import forward_progress
 from ..winograd import use_winograd, winograd_enabled
 from .base import DetectorSettings, Instance
 from .d2_pickle import VERIFY_HINT, convert_to_torchvision, read_d2_pickle
@@ -278,27 +278,21 @@ def fold_frozen_bn(body: nn.Module) -> int:
     return folded
 
 
-#: (sub-module, fraction of the forward done when it returns): roughly each part's share of the R101-FPN FLOPs
-#: at 800x1067 (layer3's 23 blocks dominate), so a progress bar moves evenly through the ~10 s a CPU needs.
-PROGRESS_POINTS = (("backbone.body.layer1", 0.12), ("backbone.body.layer2", 0.25), ("backbone.body.layer3", 0.72),
-                   ("backbone.body.layer4", 0.82), ("backbone.fpn", 0.88), ("rpn", 0.91),
-                   ("roi_heads.box_head", 0.95), ("roi_heads.mask_head", 1.0))
-
-
-@contextlib.contextmanager
-def _progress_hooks(model: MaskRCNN, progress: Callable[[float], None] | None) -> Iterator[None]:
-    """Report sub-stage progress through forward hooks on PROGRESS_POINTS for one forward (removed after).
-    An exception raised by ``progress`` (a cancel) stops the forward there."""
-    if progress is None:
-        yield
-        return
-    handles = [model.get_submodule(name).register_forward_hook(lambda *_, f=frac: progress(f))
-               for name, frac in PROGRESS_POINTS]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+def progress_blocks() -> list[tuple[str, str]]:
+    """(sub-module, label) of each step of the R101-FPN forward whose start is reported (:mod:`patchcolor.progress`):
+    the stem and each of the 33 bottlenecks, each FPN convolution, the RPN head on each level and its proposal
+    filtering, the box head and the mask head's four convolutions — so no step holds more than ~4 % of the
+    forward's FLOPs at 800x1199."""
+    blocks = [("transform", "backbone 0/34"), ("backbone.body.conv1", "backbone 1/34")]
+    names = [f"backbone.body.layer{i + 1}.{j}" for i, n in enumerate((3, 4, 23, 3)) for j in range(n)]
+    blocks += [(name, f"backbone {k}/34") for k, name in enumerate(names, 2)]
+    blocks += [(f"backbone.fpn.{kind}.{i}", "feature pyramid") for i in range(4) for kind in ("inner_blocks",
+                                                                                            "layer_blocks")]
+    blocks += [("rpn.head.conv", "region proposals"), ("rpn.anchor_generator", "region proposals")]
+    blocks += [(f"roi_heads.{name}", "object boxes") for name in ("box_roi_pool", "box_head", "box_predictor")]
+    blocks += [(f"roi_heads.{name}", "object masks") for name in ("mask_roi_pool", "mask_head.0", "mask_head.1",
+                                                                  "mask_head.2", "mask_head.3", "mask_predictor")]
+    return blocks
 
 
 def build_r101_fpn(num_classes: int = 81) -> MaskRCNN:
@@ -487,7 +481,8 @@ class R101Detector:
         heads, rpn = self.model.roi_heads, self.model.rpn
         if settings.proposals is not None and (type(settings.proposals) is not int or settings.proposals < 1):
             raise BadOptions(f"The detector's proposal count must be a positive integer, got {settings.proposals!r}.")
-        with self._lock, autocast(self.device, settings.precision), _progress_hooks(self.model, settings.progress):
+        with self._lock, autocast(self.device, settings.precision), \
+                forward_progress(self.model, settings.progress, progress_blocks()):
             heads.score_thresh, heads.nms_thresh = settings.score_thresh, settings.nms_thresh
             heads.detections_per_img = settings.detections_per_image
             post = rpn._post_nms_top_n["testing"]

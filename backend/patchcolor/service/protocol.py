@@ -502,9 +502,15 @@ def error_header(code: str, message: str, req_id: str | None = None, job: str | 
 
 
 def progress_header(req_id: str, job: str, stage: str, fraction: float, overall: float,
-                    v: int = PROTOCOL_VERSION) -> dict[str, Any]:
-    return {"v": v, "type": PROGRESS, "id": req_id, "job": job, "stage": stage,
-            "fraction": round(float(fraction), 4), "overall": round(float(overall), 4)}
+                    v: int = PROTOCOL_VERSION, text: str | None = None, eta: float | None = None) -> dict[str, Any]:
+    """A ``progress`` event; ``text`` (what runs now) and ``eta`` (estimated seconds left) are sent when known."""
+    h: dict[str, Any] = {"v": v, "type": PROGRESS, "id": req_id, "job": job, "stage": stage,
+                         "fraction": round(float(fraction), 4), "overall": round(float(overall), 4)}
+    if text:
+        h["text"] = str(text)
+    if eta is not None:
+        h["eta"] = round(float(eta), 1)
+    return h
 
 
 def image_to_wire(image: np.ndarray) -> tuple[str, np.ndarray]:

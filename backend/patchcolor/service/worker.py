@@ -91,7 +91,8 @@ class Worker:
             overall[0] = max(overall[0], P.overall_fraction(str(stage), float(fraction)))
             next(n_events)
             try:
-                emit(P.progress_header(job.req_id, job.job_id, str(stage), float(fraction), overall[0], job.v))
+                emit(P.progress_header(job.req_id, job.job_id, str(stage), float(fraction), overall[0], job.v,
+                                       getattr(stage, "text", None), getattr(stage, "eta_s", None)))
             except zmq.ZMQError as e:   # a lost progress event must not fail the job
                 log.warning("job #%d: progress event not sent: %s", job.seq, e)
 
