@@ -4,11 +4,9 @@ remote option limits and memory estimate, key files. Servers use ``service_suppo
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import stat
-import threading
 import time
 
 import numpy as np
