@@ -218,6 +218,36 @@ def test_a_real_full_disk_stops_the_batch_once_with_the_summary(tmp_path, small_
     assert all(o.item.is_done() for o in s.outcomes if o.status == "done")
 
 
+def test_a_full_disk_met_by_two_threads_is_said_once(tmp_path, monkeypatch):
+    """Overlapped: the writer is writing p0 when the reader, running ahead, cannot make p1's lock file (disk full);
+    the writer then fails the same way. One error, the stop reason once; p0 counts as not attempted."""
+    import threading
+
+    from patchcolor.batch import outputs
+
+    photo(tmp_path / "in" / "p0.png")
+    photo(tmp_path / "in" / "p1.png", seed=1)
+    plan = batch.plan_batch([tmp_path / "in"], tmp_path / "out")
+    writing, reader_failed = threading.Event(), threading.Event()
+    real_open = os.open
+
+    def full_for_p1_lock(path, *a, **k):
+        if str(path).endswith("p1.png.lock"):
+            assert writing.wait(30)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *a, **k)
+
+    def save_when_full(path, image, level):
+        writing.set()
+        assert reader_failed.wait(30)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "open", full_for_p1_lock)
+    monkeypatch.setattr(outputs, "save_image", save_when_full)
+    s = run(plan, overlap=True, on_outcome=lambda o: o.status == "failed" and reader_failed.set())
+    assert [(o.item.src.name, o.status) for o in s.outcomes] == [("p0.png", "not_attempted"), ("p1.png", "failed")]
+    assert s.stopped.endswith("No space left on device; stopping (nothing already written is lost)")
+
+
 def test_a_folder_made_read_only_mid_batch_stops_it_once(tmp_path, small_fs):
     for k in range(4):
         photo(tmp_path / "in" / f"p{k}.png", seed=k)
