@@ -41,6 +41,12 @@ class Options:
         return asdict(self)
 
 
+#: The options a user chooses (CLI flags, the GIMP dialog, ``patchcolor.colorize(**options)``). The other fields
+#: are the presets' internal knobs (fusion, crop geometry, filters, network size, batching): a preset sets them.
+USER_OPTIONS: tuple[str, ...] = ("colorizer", "detector", "saturation", "feather", "score_thresh", "max_instances",
+                                 "precision", "hint_spread", "max_side")
+
+
 SEED = Options(
     preset="seed", full_resolution=False, fusion="seed", order="score", seed_desaturate=True,
     finish="seed", context=0.0, square_crops=False, saturation=1.0, precision="fp32",
