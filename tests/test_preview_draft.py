@@ -10,7 +10,7 @@ from PIL import Image
 from patchcolor.errors import BadOptions
 from patchcolor.options import make_options
 from patchcolor.prepare import SourceImage
-from patchcolor.preview import DRAFT_DETECTIONS, DRAFT_NET_SIZE, PreviewSession
+from patchcolor.preview import DRAFT_NET_SIZE, DRAFT_OBJECTS, PreviewSession
 from patchcolor.segment.base import DetectorSettings
 from patchcolor.service.hints_wire import parse_draft
 from patchcolor_client.protocol import ProtocolError
@@ -50,7 +50,7 @@ def test_draft_then_exact_is_bit_equal_to_a_fresh_exact_preview(pipe, src):
     s = PreviewSession(pipe, src, long_side=120)
     d = s.render(opts, draft=True)
     assert d.draft and d.image.shape == (80, 120, 3) and d.image.dtype == np.uint8
-    assert 1 <= d.instances <= min(DRAFT_DETECTIONS, OBJ["max_instances"]) and d.computed == d.instances + 1
+    assert 1 <= d.instances <= min(DRAFT_OBJECTS, OBJ["max_instances"]) and d.computed == d.instances + 1
     assert ("draft", OBJ["max_side"]) in s._work and s._work[("draft", OBJ["max_side"])].shape == (80, 120, 3)
     assert all(k[0] == "draft" for k in s._ab) and len(s._found) == 1     # nothing exact computed by the draft
     assert {k[2] for k in s._ab} == {min(OBJ["net_size"], DRAFT_NET_SIZE)}
@@ -67,9 +67,64 @@ def test_draft_then_exact_is_bit_equal_to_a_fresh_exact_preview(pipe, src):
     assert not cached.draft and cached.computed == 0 and np.array_equal(cached.image, fresh.image)
     sat = s.render(make_options("default", **OBJ, saturation=1.4), draft=True)
     assert not sat.draft and sat.computed == 0
-    # a hint would make the exact preview run networks: a draft again (on the draft's cached detections)
+    # a hint would make the exact preview run networks: a draft again, showing the exact preview's objects; only the
+    # inputs holding the hint run (at the draft's size), the others are the exact preview's outputs
+    assert d.objects != exact.objects                       # the first draft's own detections differ (see report)
     hinted = s.render(opts, hints=hint_map(120, 80), draft=True)
-    assert hinted.draft and hinted.hints == 1 and hinted.computed >= 1 and "segment" not in hinted.timings
+    assert hinted.draft and hinted.hints == 1 and "segment" not in hinted.timings
+    assert hinted.objects == exact.objects and 1 <= hinted.computed < exact.instances + 1
+    assert any(k[0] == "draft-on-exact" and k[2] == min(OBJ["net_size"], DRAFT_NET_SIZE) for k in s._ab)
+    exact_hinted = s.render(opts, hints=hint_map(120, 80))
+    assert not exact_hinted.draft and exact_hinted.objects == exact.objects
+    assert np.array_equal(exact_hinted.image, PreviewSession(pipe, src, long_side=120).render(
+        opts, hints=hint_map(120, 80)).image)              # the draft's outputs did not leak into the exact one
+
+
+class RelativeBoxes:
+    """A stand-in detector whose detections do not depend on the input's scale: fixed boxes in fractions of the
+    image, each with its score, handled in R101's order — score order, the top ``detections_per_image``, then
+    (``settings.keep``) the seed's small-box filter and the instance cap. Records each call's test size."""
+
+    name = "r101"
+
+    def __init__(self, boxes: list[tuple[float, tuple[float, float, float, float]]]):
+        self.boxes = sorted(boxes, key=lambda b: -b[0])
+        self.sizes: list[int | None] = []
+
+    def detect(self, image, settings: DetectorSettings):
+        from patchcolor.segment import filter_instances
+        from patchcolor.segment.base import Instance
+
+        self.sizes.append(settings.min_size)
+        h, w = image.shape[:2]
+        found = []
+        for score, (x0, y0, x1, y1) in self.boxes[:settings.detections_per_image]:
+            box = (x0 * w, y0 * h, x1 * w, y1 * h)
+            mask = np.ones((max(1, int(box[3]) - int(box[1])), max(1, int(box[2]) - int(box[0]))), bool)
+            found.append(Instance(0, score, box, mask, (int(box[0]), int(box[1]))))
+        if settings.keep is not None:
+            found = filter_instances(found, w, h, *settings.keep)
+        return found
+
+
+def test_first_draft_reports_the_objects_the_exact_preview_will(models_dir, src):
+    """Twelve high-scoring specks (under the seed's 0.1 % area filter) and four objects: the exact preview shows the
+    four; so must the first draft (its object cap counts objects that pass the filter, as the exact's does)."""
+    from patchcolor.pipeline import Pipeline
+
+    specks = [(0.99 - 0.001 * i, (0.05 * i, 0.02, 0.05 * i + 0.01, 0.03)) for i in range(12)]
+    objects = [(0.9, (0.1, 0.3, 0.4, 0.9)), (0.8, (0.5, 0.2, 0.7, 0.6)), (0.7, (0.72, 0.5, 0.95, 0.95)),
+               (0.6, (0.3, 0.1, 0.5, 0.3))]
+    p = Pipeline(models_dir, device="cpu")
+    p._models["detector:r101"] = det = RelativeBoxes(specks + objects)
+    opts = make_options("default", colorizer="eccv16", net_size=64, max_instances=10)
+    s = PreviewSession(p, src, long_side=150)
+    d = s.render(opts, draft=True)
+    e = s.render(opts)
+    assert d.draft and not e.draft and det.sizes[0] is not None and det.sizes[1] is None
+    assert e.instances == 4 and d.instances == 4
+    for (cd, sd, bd), (ce, se, be) in zip(d.objects, e.objects):
+        assert (cd, sd) == (ce, se) and np.allclose(bd, be, atol=1.0)
 
 
 def test_draft_without_detector_and_with_alpha(pipe, photo_gray):

@@ -305,14 +305,16 @@ class _Job:
         return work
 
     def segment(self, work: np.ndarray, min_size: int | None = None, proposals: int | None = None,
-                detections: int = 100) -> list[Instance]:
+                detections: int = 100, max_instances: int | None = None) -> list[Instance]:
         """Detected instances on ``work``; min_size / proposals / detections: DetectorSettings' knobs (None: the
-        detector's; detections: per image before the area filter, 100 as the seed)."""
+        detector's; detections: per image before the area filter, 100 as the seed); max_instances: the cap after
+        the area filter (None: the options')."""
         self.stage("segment", 0.0)
         if self.opts.detector == "none" or self.opts.max_instances == 0:
             return []
         from .segment import filter_instances
 
+        cap = self.opts.max_instances if max_instances is None else min(max_instances, self.opts.max_instances)
         self.events.work("segment", 1, (self.opts.detector, min_size, proposals))
         if "detector:" + self.opts.detector not in self.pipe._models:
             self.stage("segment", 0.0, "Loading the detector")
@@ -325,11 +327,11 @@ class _Job:
         gray = lab.neutral_gray(lab.lightness(work[..., 0] if self.src.is_gray else work))
         settings = DetectorSettings(self.opts.score_thresh, self.opts.nms_thresh, detections, self.opts.precision,
                                     min_size=min_size, proposals=proposals,
-                                    keep=(self.opts.min_area_frac, self.opts.max_instances),
+                                    keep=(self.opts.min_area_frac, cap),
                                     progress=lambda f, what: self.step("segment", 0.99 * f,
                                                                        f"Detecting objects: {what}" if what else None))
         found = det.detect(np.repeat(gray[..., None], 3, axis=2), settings)
-        kept = filter_instances(found, work.shape[1], work.shape[0], self.opts.min_area_frac, self.opts.max_instances)
+        kept = filter_instances(found, work.shape[1], work.shape[0], self.opts.min_area_frac, cap)
         self._lap("segment")
         self.stage("segment", 1.0)
         return kept

@@ -15,12 +15,15 @@ so a saturation / feather / fusion / preset-finish change runs fuse + finish onl
 the inputs whose hint tensors changed (the full image and the crops holding the changed hints).
 
 A **draft** (``render(..., draft=True)`` while the exact preview would still run the detector or a network) is
-the dialog's fast first look: the same pipeline on the proxy itself instead of the working copy — the detector at a
-reduced test size with fewer RPN proposals, the colorizer at a reduced network size (constants below). Its working
-copy, detections and network outputs are cached under keys of their own, never mixed with the exact ones, so an
-exact render afterwards is bit-equal to one in a fresh session. Once the exact preview needs no detector and no
-network run (its detections and network outputs cached), a draft request renders the exact preview (as fast);
-after a hint or network option change it renders a draft again (~0.1-1 s instead of seconds).
+the dialog's fast first look. Before the exact detections exist, it is the same pipeline on the proxy itself
+instead of the working copy — the detector at a reduced test size with fewer RPN proposals, at most DRAFT_OBJECTS
+objects, the colorizer at a reduced network size (constants below). Once the exact detections exist (after the
+first exact preview), a draft shows exactly the exact preview's objects: the exact working copy, detections and
+crops, each network output the exact preview has cached for these hints reused, only the others run at the draft's
+network size (so after a hint change only the inputs holding the changed hints run, small). Draft network outputs
+are cached under keys of their own, never mixed with the exact ones, so an exact render afterwards is bit-equal to
+one in a fresh session. Once the exact preview needs no detector and no network run (its detections and network
+outputs cached), a draft request renders the exact preview (as fast).
 """
 from __future__ import annotations
 
@@ -44,17 +47,20 @@ from .segment.base import Instance
 
 PROXY_SIDE = 384
 
-# Draft parameters, picked by measurement (R101 + SIGGRAPH17, proxy 384x256 of a 6000x4000 layer, 2-core AMD EPYC
-# under load; seconds per part of a first draft, see bench/bench_preview.py and the report):
+# Draft parameters of the first look (no exact detections yet), picked by measurement (R101 + SIGGRAPH17, proxy
+# 384x256 of a 6000x4000 layer, 2-core CPU; seconds per part of a first draft, see bench/bench_preview.py):
 #: detector input short side (exact: Detectron2's 800 on the <= 1280 working copy; the max side scales with it,
-#: 1333/800). 256 = the default proxy's own short side for a 3:2 image. Backbone ~0.6 s (192: ~0.4, 320: ~0.9,
-#: 800 on the working copy: ~10 s); objects under ~20 proxy pixels are missed (smallest anchor 32).
+#: 1333/800). The detector's smallest anchor is 32 px at its input, so objects much smaller than ~32/side of the
+#: image's short side are missed (800: 4 %, 384: 8 %, 256: 12.5 %). Backbone time grows with side²
+#: (256: ~0.5 s, 384: ~1.1 s, 800 on the working copy: ~3.7 s). With random test weights the draft finds the exact
+#: preview's objects only at the exact's own scale (measured: 3-4 of the top 4 at 800, 0-1 at 256-512, see the report).
 DRAFT_DETECTOR_SIDE = 256
 #: RPN post-NMS proposals (exact: 1000): box head ~0.3 s at 300 (1000: ~0.9 s, 100: ~0.1 s but more misses)
 DRAFT_PROPOSALS = 300
-#: detections per image (exact: 100) before the area filter and max_instances: the mask head, the mask paste and
-#: the colorizer run once per detection (~0.03 + 0.12 s each); a draft shows at most this many objects
-DRAFT_DETECTIONS = 10
+#: at most this many objects (after the seed's small-box filter, as the exact keeps them; the options'
+#: max_instances when smaller): the mask head, the mask paste and the colorizer run once per object
+#: (~0.03 + 0.12 s each)
+DRAFT_OBJECTS = 10
 #: colorizer input side (exact: the options' net_size, 256 by default; the smaller one is used). SIGGRAPH17 for
 #: 5 inputs: 64: ~0.6 s, 96: ~1.3 s, 128: ~2.9 s, 256: ~11 s; a/b is coarser (8x8 at the network's bottleneck)
 DRAFT_NET_SIZE = 64
@@ -63,7 +69,8 @@ DRAFT_NET_SIZE = 64
 @dataclass
 class Preview:
     """image: (h, w, 3) RGB or (h, w, 4) RGBA uint8 at proxy size.
-    computed: network inputs run for this refresh (0: fuse + finish only)."""
+    computed: network inputs run for this refresh (0: fuse + finish only).
+    objects: the objects shown, (class name, score, box (x0, y0, x1, y1) in proxy pixels), in detection order."""
 
     image: np.ndarray
     instances: int
@@ -71,6 +78,7 @@ class Preview:
     computed: int
     timings: dict[str, float] = field(default_factory=dict)
     draft: bool = False     # True: a draft was rendered (see the module docstring), False: the exact preview
+    objects: list[tuple[str, float, tuple[float, float, float, float]]] = field(default_factory=list)
 
 
 def make_proxy(src: SourceImage, long_side: int = PROXY_SIDE) -> SourceImage:
@@ -163,7 +171,8 @@ class PreviewSession:
         src:   the session's image again (needed when it was made with keep_source=False).
         draft: a draft is acceptable: rendered unless the exact preview needs neither the detector nor a
                network (its detections and network outputs for these options and hints are cached; it is then as
-               fast). ``Preview.draft`` says which one was rendered.
+               fast). ``Preview.draft`` says which one was rendered. Once the exact detections are cached, a draft
+               shows the exact preview's objects (see the module docstring).
         """
         src = src if src is not None else self.src
         if src is None:
@@ -173,16 +182,21 @@ class PreviewSession:
         with self._lock:
             t0 = time.perf_counter()
             job = _Job(self.pipe, src, opts, progress, cancelled)
+            for stage in ("fuse", "finish"):     # on the working copy and the proxy (<= ~1.6 MP), not the image
+                job.events.work(stage, 1.0)
             timings: dict[str, float] = {}
-            plan = None
+            exact = None
             if not draft or self._detection_key(job.opts) in self._found:
-                plan = self._plan(job, hints, draft=False, timings=timings)
+                exact = self._plan(job, hints, draft=False, timings=timings)
                 # a draft is still fine when the exact preview would have to run networks (a hint or option change)
-                draft = draft and any(k not in self._ab for k in plan.keys)
+                draft = draft and any(k not in self._ab for k in exact.keys)
             if draft:
                 job.opts = replace(job.opts, net_size=min(job.opts.net_size, DRAFT_NET_SIZE))
-                plan = self._plan(job, hints, draft=True, timings=timings)
-            assert plan is not None
+                plan = (self._plan(job, hints, draft=True, timings=timings) if exact is None
+                        else self._on_exact(job, exact))
+            else:
+                assert exact is not None
+                plan = exact
             work, found, points, boxes = plan.work, plan.found, plan.points, plan.boxes
             t = time.perf_counter()
             full_ab, inst_ab, computed = self._colorize(job, plan)
@@ -195,7 +209,11 @@ class PreviewSession:
             image = finish(self.proxy.color, self.proxy.alpha, fused, o, np.dtype(np.uint8))
             _lap(timings, "finish", t)
             timings["total"] = time.perf_counter() - t0
-            return Preview(image, len(found), len(points) if points is not None else 0, computed, timings, draft)
+            sx, sy = self.proxy.width / work.shape[1], self.proxy.height / work.shape[0]
+            objects = [(i.class_name, i.score, (i.box[0] * sx, i.box[1] * sy, i.box[2] * sx, i.box[3] * sy))
+                       for i in found]
+            return Preview(image, len(found), len(points) if points is not None else 0, computed, timings, draft,
+                           objects)
 
     def _plan(self, job: _Job, hints: SourceImage | None, draft: bool, timings: dict[str, float]) -> _Plan:
         """Working copy, detections, hint points, crop boxes, network-output cache keys and hint tensors of the
@@ -226,9 +244,19 @@ class PreviewSession:
         keys = [self._ab_key(kind, o, b, t) for b, t in zip(targets, tensors)]
         return _Plan(work, found, points, boxes, tensors, keys)
 
+    def _on_exact(self, job: _Job, exact: _Plan) -> _Plan:
+        """The draft on the exact preview's plan: its working copy, objects and crops; each input's exact network
+        output when cached, else the draft's (``job.opts`` has the draft's network size)."""
+        targets: list[tuple[int, int, int, int] | None] = [None, *exact.boxes]
+        tensors = [job.hint_input(exact.points, b) for b in targets]
+        keys = [k if k in self._ab else self._ab_key("draft-on-exact", job.opts, b, t)
+                for k, b, t in zip(exact.keys, targets, tensors)]
+        return replace(exact, tensors=tensors, keys=keys)
+
     @staticmethod
     def _ab_key(kind: str, o: Options, box: tuple[int, int, int, int] | None, tensors: HintTensors | None) -> tuple:
-        """What one network output depends on ("exact" / "draft", job options, crop box, hint tensors)."""
+        """What one network output depends on ("exact" / "draft" / "draft-on-exact", job options, crop box, hint
+        tensors)."""
         return kind, o.colorizer, o.net_size, o.precision, o.max_side, box, _digest(tensors)
 
     @staticmethod
@@ -239,9 +267,9 @@ class PreviewSession:
     def _detections(self, job: _Job, work: np.ndarray, draft: bool = False) -> list[Instance]:
         key = self._detection_key(job.opts)
         if draft:        # the draft's detections: their own key (another working copy, other detector knobs)
-            key = ("draft", DRAFT_DETECTOR_SIDE, DRAFT_PROPOSALS, DRAFT_DETECTIONS, *key)
+            key = ("draft", DRAFT_DETECTOR_SIDE, DRAFT_PROPOSALS, DRAFT_OBJECTS, *key)
         if key not in self._found:
-            self._found[key] = (job.segment(work, DRAFT_DETECTOR_SIDE, DRAFT_PROPOSALS, DRAFT_DETECTIONS)
+            self._found[key] = (job.segment(work, DRAFT_DETECTOR_SIDE, DRAFT_PROPOSALS, max_instances=DRAFT_OBJECTS)
                                 if draft else job.segment(work))
         return self._found[key]
 
