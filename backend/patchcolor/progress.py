@@ -64,7 +64,8 @@ class Stage(str):
 # ------------------------------------------------------------------------------------- inside a forward pass
 def network_blocks(model: nn.Module, parts: int = 24) -> list[tuple[str, nn.Module]]:
     """The blocks whose start is reported: ``model``'s children in registration order, each child holding more
-    than 1/``parts`` of the parameters replaced by its own children (recursively). Returns (path, module)."""
+    than 1/``parts`` of the parameters replaced by its own children (recursively), and so is every ModuleList /
+    ModuleDict (never called itself). Returns (path, module)."""
     total = sum(p.numel() for p in model.parameters()) or 1
 
     def split(prefix: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -72,7 +73,8 @@ def network_blocks(model: nn.Module, parts: int = 24) -> list[tuple[str, nn.Modu
         for name, child in module.named_children():
             path = f"{prefix}{name}"
             size = sum(p.numel() for p in child.parameters())
-            if size * parts > total and any(True for _ in child.children()):
+            if (size * parts > total or isinstance(child, (nn.ModuleList, nn.ModuleDict))) \
+                    and any(True for _ in child.children()):
                 out += split(path + ".", child)
             else:
                 out.append((path, child))
@@ -99,9 +101,9 @@ class NetworkSteps:
     @contextlib.contextmanager
     def report(self, fn: StepFn) -> Iterator[None]:
         """While inside: each block's start calls ``fn(share of the forward done before it, its label)`` — for
-        forwards run by this thread only. When a forward ends having entered every block, the blocks' measured
-        durations become the shares (per call: a block run k times takes 1/k of its time at each call). An
-        exception from ``fn`` (a cancel) ends the forward; the hooks are removed on leaving."""
+        forwards run by this thread only. When a forward ends, the blocks' measured
+        durations become the shares (per call: a block run k times takes 1/k of its time at each call; a block not
+        run takes none). An exception from ``fn`` (a cancel) ends the forward; the hooks are removed on leaving."""
         owner = threading.get_ident()
         n = len(self.modules)
         state = {"i": -1, "t": 0.0, "done": 0.0, "seconds": [0.0] * n, "calls": [0] * n}
@@ -126,9 +128,9 @@ class NetworkSteps:
             close_block(self.clock())
             seconds, calls = state["seconds"], state["calls"]
             total = sum(seconds)
-            if all(calls) and total > 0:      # a whole forward: each call's share of it, as measured
+            if total > 0:                     # a whole forward: each call's share of it, as measured
                 with self._lock:
-                    self.shares = [s / total / c for s, c in zip(seconds, calls)]
+                    self.shares = [s / total / c if c else 0.0 for s, c in zip(seconds, calls)]
             state.update(i=-1, done=0.0, seconds=[0.0] * n, calls=[0] * n)
 
         handles = [m.register_forward_pre_hook(lambda _m, _a, i=i: start(i)) for i, m in enumerate(self.modules)]
