@@ -12,13 +12,17 @@ finds objects), max_instances 4, CPU, fp32. Rows, in the order a dialog produces
     option    a saturation / feather / order change: fuse + finish on the proxy only (the warm case)
     hint      a colour hint painted inside one object: the full image and that crop through SIGGRAPH17
     hint-move the hint moved: the same inputs again
-    hint-drft the hint moved, draft=True: a draft (the exact preview would run networks) on the cached draft
-              detections: the full image and the crops holding the hint at the draft's net size
+    hint-drft the hint moved, draft=True: a draft (the exact preview would run networks) on the exact preview's
+              objects: the full image and the crops holding the hint at the draft's net size, the rest reused
     same      the last request again (all cached)
     digest    what the service adds per preview request to find the session (blake2b of the frame)
 
 Goal (issue 10): a preview of the 24 MP layer <= 1.5 s warm (models loaded) on this 2-core CPU. Printed for
 the first look at an image (open + draft, and open + first exact) and for the refresh ("option").
+
+Objects (issue 18 §9): how many of the exact preview's objects each draft shows (same class, IoU > 0.5 in proxy
+pixels). ``--draft-sides 256,384,...`` adds one row per detector side: the first draft's time (median of --reps
+fresh sessions) and its objects against the exact preview's.
 
     .venv/bin/python bench/bench_preview.py [--reps 3] [--side 384] [--draft-side 256 --draft-proposals 300 ...]
 """
@@ -59,6 +63,19 @@ def hint_map(w: int, h: int, box: tuple[float, float, float, float], rgb=(40, 60
     return SourceImage(np.ascontiguousarray(m[..., :3]), np.ascontiguousarray(m[..., 3]))
 
 
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def matched(draft, exact) -> str:
+    """'k of n': the exact preview's objects that the draft shows (same class, IoU > 0.5)."""
+    k = sum(1 for ce, _, be in exact.objects if any(cd == ce and iou(bd, be) > 0.5 for cd, _, bd in draft.objects))
+    return f"{k} of {len(exact.objects)}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each warm row (median printed)")
@@ -66,6 +83,8 @@ def main() -> None:
     ap.add_argument("--max-instances", type=int, default=4)
     ap.add_argument("--draft-side", type=int, help="override preview.DRAFT_DETECTOR_SIDE (to measure another)")
     ap.add_argument("--draft-proposals", type=int, help="override preview.DRAFT_PROPOSALS")
+    ap.add_argument("--draft-objects", type=int, help="override preview.DRAFT_OBJECTS")
+    ap.add_argument("--draft-sides", default="", help="comma-separated detector sides to compare (first draft)")
     ap.add_argument("--draft-net", type=int, help="override preview.DRAFT_NET_SIZE (multiple of 8, >= 64)")
     args = ap.parse_args()
 
@@ -81,11 +100,11 @@ def main() -> None:
     from patchcolor.preview import PreviewSession
 
     for name, value in (("DRAFT_DETECTOR_SIDE", args.draft_side), ("DRAFT_PROPOSALS", args.draft_proposals),
-                        ("DRAFT_NET_SIZE", args.draft_net)):
+                        ("DRAFT_OBJECTS", args.draft_objects), ("DRAFT_NET_SIZE", args.draft_net)):
         if value is not None:
             setattr(preview, name, value)
     print(f"draft: detector side {preview.DRAFT_DETECTOR_SIDE}, {preview.DRAFT_PROPOSALS} proposals, "
-          f"{preview.DRAFT_DETECTIONS} detections, net {preview.DRAFT_NET_SIZE}")
+          f"<= {preview.DRAFT_OBJECTS} objects, net {preview.DRAFT_NET_SIZE}")
 
     cpu = cpu_report()
     print(f"CPU: {cpu.model}, {cpu.cores} cores, {cpu.isa}; torch {torch.__version__}, "
@@ -123,7 +142,8 @@ def main() -> None:
         first = session.render(opts)
         rows.append(("first", first.timings["total"],
                      f"{first.instances} objects, {first.computed} network inputs; "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in first.timings.items() if k != "total")))
+                     + ", ".join(f"{k} {v:.2f}" for k, v in first.timings.items() if k != "total")
+                     + f"; the draft showed {matched(draft, first)} of its objects"))
         again = session.render(opts, draft=True)
         rows.append(("draft>ex", again.timings["total"], f"draft={again.draft}; {again.computed} network inputs"))
 
@@ -166,7 +186,7 @@ def main() -> None:
             pv = session.render(opts, hints=hint_map(pw, ph, moved(r + args.reps), colours[1]), draft=True)
             times.append(time.perf_counter() - t0)
         rows.append(("hint-drft", statistics.median(times), f"draft={pv.draft}; {pv.computed} network inputs; "
-                     "hint moved each time, draft=True"))
+                     f"hint moved each time, draft=True; {matched(pv, first)} exact objects shown"))
         timed("same", lambda r: (opts, hint_map(pw, ph, box, colours[0])))
         from patchcolor.service.hints_wire import image_digest
         frame = np.ascontiguousarray(src.color).tobytes()
@@ -174,6 +194,15 @@ def main() -> None:
         image_digest(frame, src.width, src.height, "gray8")
         rows.append(("digest", time.perf_counter() - t, "the service's per-request image digest (24 MP gray8; "
                      "x4 for rgba8)"))
+        for side in (int(v) for v in args.draft_sides.split(",") if v):
+            setattr(preview, "DRAFT_DETECTOR_SIDE", side)
+            times, pv = [], None
+            for _ in range(args.reps):
+                pv = PreviewSession(pipe, src, long_side=args.side).render(opts, draft=True)
+                times.append(pv.timings["total"])
+            rows.append((f"side {side}", statistics.median(times),
+                         f"first draft, detector side {side}: segment {pv.timings.get('segment', 0):.2f} s; "
+                         f"{pv.instances} objects, {matched(pv, first)} of the exact's shown"))
         print(f"{'row':10s} {'seconds':>8s}  notes")
         for label, s, note in rows:
             print(f"{label:10s} {s:8.3f}  {note}")
