@@ -94,30 +94,32 @@ def test_full_image_equals_the_authors_pipeline(ddpipe, ddcolor_state):
 
 
 def test_optimised_forward_equals_the_library_forward(ddcolor_state):
-    """Folded spectral norm, folded tail, cached positions: the output of spandrel's own forward within float
-    rounding, at several sizes and in a batch; each change alone too."""
+    """Folded spectral norm, folded tail, cached positions, fused attention, channels-last: the output of
+    spandrel's own forward within float rounding, at several sizes and in a batch; each change alone too."""
     ref = authors_network(ddcolor_state)
-    ours = load_weights(ddcolor_state)
+    fast, plain = load_weights(ddcolor_state), load_weights(ddcolor_state, channels_last=False)
+    flags = ("fold_tail", "cache_positions", "fast_attention")
     for side, n in ((128, 2), (64, 1)):
         x = random_gray_batch(n, side, seed=side)
         with torch.inference_mode():
             want = ref(x)
             scale = want.abs().max().item()
-            for fold_tail, cache in ((True, True), (False, True), (True, False)):
-                ours.fold_tail, ours.cache_positions = fold_tail, cache
-                got = ours(x)
-                assert got.shape == want.shape
-                assert (got - want).abs().max().item() <= 1e-4 * scale, (side, fold_tail, cache)
-            one = ours(x[:1])                            # batching does not change an input's output
+            for model, on in ((fast, flags), (plain, ()), *((plain, (f,)) for f in flags)):
+                for f in flags:
+                    setattr(model, f, f in on)
+                got = model(x)
+                assert got.shape == want.shape and got.is_contiguous()
+                assert (got - want).abs().max().item() <= 1e-4 * scale, (side, model.channels_last, on)
+            one = fast(x[:1])                            # batching does not change an input's output
             assert (one - want[:1]).abs().max().item() <= 1e-4 * scale
 
 
-def load_weights(state: dict[str, torch.Tensor]) -> DDColorColorizer:
+def load_weights(state: dict[str, torch.Tensor], **flags) -> DDColorColorizer:
     from patchcolor.colorize.ddcolor import build_network, fold_spectral_norm
 
     net = build_network(dict(state)).eval().requires_grad_(False)
     assert fold_spectral_norm(net) == 8                  # every spectral-norm layer of the decoder and refine net
-    return DDColorColorizer(net).eval()
+    return DDColorColorizer(net, **flags).eval()
 
 
 def test_random_weights_exercise_the_whole_network(ddcolor_state):

@@ -193,7 +193,8 @@ class DDColorColorizer(nn.Module):
 
     input_spec = GRAY_RGB
 
-    def __init__(self, net: nn.Module, fold_tail: bool = True, cache_positions: bool = True):
+    def __init__(self, net: nn.Module, fold_tail: bool = True, cache_positions: bool = True,
+                 fast_attention: bool = True, channels_last: bool = True):
         super().__init__()
         self.net = net
         for hook in net.encoder.hooks:
@@ -202,6 +203,10 @@ class DDColorColorizer(nn.Module):
         net.decoder.hooks = []
         self.fold_tail = fold_tail
         self.cache_positions = cache_positions
+        self.fast_attention = fast_attention
+        self.channels_last = channels_last
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
         self._positions: dict[tuple, torch.Tensor] = {}
 
     @property
@@ -253,7 +258,9 @@ class DDColorColorizer(nn.Module):
 
     def color_queries(self, scales: list[torch.Tensor]) -> torch.Tensor:
         """The colour decoder's transformer on the three scales: (N, queries, C) colour embeddings (as
-        spandrel's ``MultiScaleColorDecoder.forward`` up to its final einsum)."""
+        spandrel's ``MultiScaleColorDecoder.forward`` up to its final einsum). With ``fast_attention``, each
+        scale's attention keys (features + positions) and values are made contiguous once, not once per layer,
+        and attention runs without returning its weights (torch's fused kernel; the layers never use them)."""
         cd = self.net.decoder.color_decoder
         src, pos = [], []
         for i in range(cd.num_feature_levels):
@@ -263,13 +270,24 @@ class DDColorColorizer(nn.Module):
         bs = src[0].shape[1]
         query_embed = cd.query_embed.weight.unsqueeze(1).repeat(1, bs, 1)
         output = cd.query_feat.weight.unsqueeze(1).repeat(1, bs, 1)
+        fast = self.fast_attention and not any(
+            layer.normalize_before for layer in (*cd.transformer_cross_attention_layers,
+                                                 *cd.transformer_self_attention_layers))
+        if fast:
+            keys = [(s + p).contiguous() for s, p in zip(src, pos)]
+            values = [s.contiguous() for s in src]
         for i in range(cd.num_layers):
             level = i % cd.num_feature_levels
-            output = cd.transformer_cross_attention_layers[i](output, src[level], memory_mask=None,
-                                                              memory_key_padding_mask=None, pos=pos[level],
-                                                              query_pos=query_embed)
-            output = cd.transformer_self_attention_layers[i](output, tgt_mask=None, tgt_key_padding_mask=None,
-                                                             query_pos=query_embed)
+            cross, self_attn = cd.transformer_cross_attention_layers[i], cd.transformer_self_attention_layers[i]
+            if fast:
+                found = cross.multihead_attn(output + query_embed, keys[level], values[level], need_weights=False)[0]
+                output = cross.norm(output + found)
+                q = output + query_embed
+                output = self_attn.norm(output + self_attn.self_attn(q, q, output, need_weights=False)[0])
+            else:
+                output = cross(output, src[level], memory_mask=None, memory_key_padding_mask=None, pos=pos[level],
+                               query_pos=query_embed)
+                output = self_attn(output, tgt_mask=None, tgt_key_padding_mask=None, query_pos=query_embed)
             output = cd.transformer_ffn_layers[i](output)
         return cd.color_embed(cd.decoder_norm(output).transpose(0, 1))
 
@@ -302,10 +320,12 @@ class DDColorColorizer(nn.Module):
         net = self.net
         if x.shape[1] == 3:
             x = net.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         feats = self.encode(x)
         scales = self.decode(feats)
         out = self.tail(scales[2], self.color_queries(scales), x)
-        return net.denormalize(out) if net.do_normalize else out
+        return (net.denormalize(out) if net.do_normalize else out).contiguous()
 
 
 def random_gray_batch(n: int, side: int, seed: int = 0) -> torch.Tensor:
