@@ -281,8 +281,9 @@ def fold_frozen_bn(body: nn.Module) -> int:
 def progress_blocks() -> list[tuple[str, str]]:
     """(sub-module, label) of each step of the R101-FPN forward whose start is reported (:mod:`patchcolor.progress`):
     the stem and each of the 33 bottlenecks, each FPN convolution, the RPN head on each level and its proposal
-    filtering, the box head and the mask head's four convolutions — so no step holds more than ~4 % of the
-    forward's FLOPs at 800x1199."""
+    filtering, the box head and the mask head's four convolutions. At 800x1199 (~270 GMAC) a bottleneck is ~1.5 %
+    of the forward; the largest steps are single 3x3 convolutions on p2, the FPN's output and the RPN head's
+    (~13 % each, bench/bench_progress.py measures the seconds)."""
     blocks = [("transform", "backbone 0/34"), ("backbone.body.conv1", "backbone 1/34")]
     names = [f"backbone.body.layer{i + 1}.{j}" for i, n in enumerate((3, 4, 23, 3)) for j in range(n)]
     blocks += [(name, f"backbone {k}/34") for k, name in enumerate(names, 2)]
