@@ -114,8 +114,8 @@ def main() -> None:
                     rows.append((preset, "coarse", run_job(pipe, src, opts)))
             for preset_, kind, r in rows[-(2 if args.no_coarse else 3):]:
                 eta = f"; first estimate {r['eta0']:.1f} s of {r['total']:.1f} s" if r["eta0"] is not None else ""
-                print(f"{preset_:8s} {kind:7s} {r['total']:6.1f} s  {r['instances']:3d} objects  {r['events']:4d} events"
-                      f"  longest gap {r['gap']:5.2f} s  p95 {r['p95']:4.2f} s{eta}\n{'':17s}gap: {r['where']}",
+                print(f"{preset_:8s} {kind:7s} {r['total']:6.1f} s  {r['instances']:3d} objects  "
+                      f"{r['events']:4d} events  longest gap {r['gap']:5.2f} s  p95 {r['p95']:4.2f} s{eta}\n{'':17s}gap: {r['where']}",
                       flush=True)
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
           f"(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; other processes share the CPU)")
