@@ -51,9 +51,10 @@ PROXY_SIDE = 384
 # 384x256 of a 6000x4000 layer, 2-core CPU; seconds per part of a first draft, see bench/bench_preview.py):
 #: detector input short side (exact: Detectron2's 800 on the <= 1280 working copy; the max side scales with it,
 #: 1333/800). The detector's smallest anchor is 32 px at its input, so objects much smaller than ~32/side of the
-#: image's short side are missed (800: 4 %, 384: 8 %, 256: 12.5 %). Backbone time grows with side²
-#: (256: ~0.5 s, 384: ~1.1 s, 800 on the working copy: ~3.7 s). With random test weights the draft finds the exact
-#: preview's objects only at the exact's own scale (measured: 3-4 of the top 4 at 800, 0-1 at 256-512, see the report).
+#: image's short side are missed (800: 4 %, 384: 8 %, 256: 12.5 %). Detector time, one run under load 4-5:
+#: 256: 0.6 s, 320: 1.2 s, 384: 1.5 s, 512: 2.6 s, 800: 5.8 s (bench_preview.py --draft-sides). With random test
+#: weights no side shows the exact preview's objects (0 of 4 from 256 to 800: random detections agree only on the
+#: same input, and the proxy is blurrier than the working copy), so the fastest is kept.
 DRAFT_DETECTOR_SIDE = 256
 #: RPN post-NMS proposals (exact: 1000): box head ~0.3 s at 300 (1000: ~0.9 s, 100: ~0.1 s but more misses)
 DRAFT_PROPOSALS = 300
