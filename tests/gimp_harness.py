@@ -172,7 +172,7 @@ GUI_TOOLS = ("Xvfb", "xdotool", "import")       # packages xvfb, xdotool, imagem
 def gui_missing(gimp: Gimp3) -> str | None:
     """Why the GUI tests cannot run with this GIMP (a missing X tool), or None."""
     base = gimp.root if gimp.mode == "chroot" else Path("/")
-    missing = [t for t in GUI_TOOLS if not (base / "usr/bin" / t).exists()]
+    missing = [t for t in GUI_TOOLS if not os.path.lexists(base / "usr/bin" / t)]     # absolute links: chroot's
     if missing:
         return (f"{', '.join(missing)} missing {'in the chroot ' + str(gimp.root) if gimp.root else ''} (install "
                 "xvfb xdotool imagemagick there, e.g. GIMP3_EXTRA_PKGS='xvfb xdotool imagemagick' when setting up)")
@@ -293,6 +293,11 @@ class GuiSession:
     def geometry(self, wid: str) -> dict[str, int]:
         out = self.x("xdotool", "getwindowgeometry", "--shell", wid).stdout
         return {k: int(v) for k, v in (ln.split("=", 1) for ln in out.split() if "=" in ln) if v.lstrip("-").isdigit()}
+
+    def key(self, wid: str, keys: str) -> None:
+        """Give ``wid`` the keyboard focus and type ``keys`` (xdotool syntax, e.g. "alt+o", "Escape")."""
+        self.x("xdotool", "windowfocus", "--sync", wid)
+        self.x("xdotool", "key", keys)
 
     def click(self, wid: str, x: int, y: int) -> None:
         self.x("xdotool", "mousemove", "--window", wid, str(x), str(y), "click", "1")

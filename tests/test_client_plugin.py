@@ -333,3 +333,31 @@ def test_one_sentence_checker_can_fail():
         assert messages.is_one_sentence(text), text
     assert messages.first_sentence("First part. Second part.") == "First part"
     assert messages.first_sentence("Only `a. B` here.") == "Only `a. B` here"
+
+
+def test_a_job_cancelled_before_it_is_sent_is_never_sent(monkeypatch):
+    """A dialog closing while its preview's worker is still pinging: the preview request is never sent (the
+    backend would otherwise compute it after the plug-in is gone)."""
+    from patchcolor_client.client import Client, JobCancelled
+    c = Client(f"tcp://127.0.0.1:{_free_port()}", timeout_s=0.5)
+    sent = []
+    monkeypatch.setattr(c, "ping", lambda *a: 0.0)
+    monkeypatch.setattr(c, "_send", lambda header, data=(), track=False: sent.append(header))
+    try:
+        with pytest.raises(JobCancelled):
+            c.preview(2, 2, "gray8", bytes(4), {}, should_cancel=lambda: True, job_id="a" * 32, token="t" * 32)
+    finally:
+        c.close()
+    assert sent == []
+
+
+def test_progress_text_says_what_runs_and_the_time_left():
+    from patchcolor_client.client import Stage
+    s = Stage("segment", "Detecting objects: backbone 2/4", 12.4)
+    assert s == "segment" and s.text.endswith("2/4") and s.eta == 12.4
+    assert jobs.progress_text(s, s.text, s.eta) == "Detecting objects: backbone 2/4\u2026 about 12 s left"
+    assert jobs.progress_text("colorize") == "Colorizing\u2026"
+    assert jobs.progress_text("finish", None, 200.0) == "Finishing\u2026 about 3 min left"
+    assert jobs.progress_text("new_stage") == "New stage\u2026"
+    bare = Stage("fuse", None, "x")
+    assert bare.text is None and bare.eta is None

@@ -269,3 +269,38 @@ def test_an_option_changed_during_a_slow_request_asks_for_one_refresh_when_it_en
     flow2.request("cached")
     loop.run_pending()
     assert flow2.fast and flow2.option_changed() is True and outdated == [g]
+
+
+def test_close_returns_the_job_still_running_on_the_backend():
+    """The dialog cancels that job on the backend when it closes (OK or Cancel): close() names it (ids made by
+    the flow and given to the fetch), wait_idle() tells when no fetch runs any more."""
+    loop = MainLoop()
+    in_fetch, release = threading.Event(), threading.Event()
+    seen = []
+
+    def fetch(job, att):
+        seen.append(att.ids)
+        in_fetch.set()
+        release.wait(5)
+        return FakeResult(4, 4, {"draft": att.draft}), 0
+
+    flow, rec = make_flow(fetch, loop)
+    assert flow.cancel() is None and flow.wait_idle(0)          # nothing running
+    flow.request("x")
+    assert in_fetch.wait(5)
+    assert not flow.wait_idle(0)
+    ids = flow.close()
+    assert ids is not None and ids == seen[0] and ids.job_id and ids.token
+    release.set()
+    assert flow.wait_idle(5)
+    loop.run_pending(wait=0.1)
+    assert rec.updates == [] and len(seen) == 1                  # the exact preview was never asked for
+
+
+def test_a_request_closed_before_its_worker_starts_is_never_fetched():
+    started = []
+    flow, rec = make_flow(lambda job, att: pytest.fail("fetched after close"), start=started.append)
+    flow.request("x")
+    assert flow.close() is None                                  # no fetch is running yet
+    started[0]()                                                 # the worker thread starts late
+    assert rec.updates == [] and rec.failures == [] and flow.wait_idle(0)

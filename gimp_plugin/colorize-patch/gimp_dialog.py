@@ -22,7 +22,7 @@ import gimp_layers as layers  # noqa: E402
 from patchcolor_client import dialogspec as ds  # noqa: E402
 from patchcolor_client import hintmap, previewflow  # noqa: E402
 from patchcolor_client.config import PluginConfig  # noqa: E402
-from patchcolor_client.jobs import PluginError, cancel_job, ensure_backend  # noqa: E402
+from patchcolor_client.jobs import PluginError, cancel_job, ensure_backend, progress_text  # noqa: E402
 from patchcolor_client.protocol import PREVIEW_SIDE  # noqa: E402
 
 RW = GObject.ParamFlags.READWRITE
@@ -87,28 +87,25 @@ def device_of(config: Any) -> str | None:
 # ---- progress ------------------------------------------------------------------------------------------------------
 
 class Progress:
-    """Backend stage events -> GIMP's progress bar and its text."""
-
-    STAGES = {"accepted": "Waiting for the colorize backend", "queued": "Waiting in the backend's queue",
-              "prepare": "Preparing the image", "segment": "Detecting objects", "detect": "Detecting objects",
-              "colorize": "Colorizing", "fuse": "Fusing instance colours", "finish": "Finishing",
-              "refuse": "Re-fusing masks"}
+    """Backend progress events -> GIMP's progress bar and its text (what runs, and the time left once the
+    backend can tell)."""
 
     def __init__(self, title: str):
         Gimp.progress_init(title)
-        self.stage: str | None = None
+        self.shown: str | None = None
         self.events = 0
 
     def text(self, text: str) -> None:
         Gimp.progress_set_text(text)
 
     def __call__(self, stage: str, fraction: float | None = None, overall: float | None = None) -> None:
-        """The client's progress callback: (stage, fraction within the stage, overall fraction)."""
+        """The client's progress callback: (client.Stage, fraction within the stage, overall fraction)."""
         self.events += 1
         frac = overall if overall is not None else fraction
-        if stage and stage != self.stage:
-            self.stage = stage
-            Gimp.progress_set_text(self.STAGES.get(str(stage), str(stage).replace("_", " ").capitalize()) + "\u2026")
+        text = progress_text(stage, getattr(stage, "text", None), getattr(stage, "eta", None)) if stage else None
+        if text and text != self.shown:
+            self.shown = text
+            Gimp.progress_set_text(text)
         if isinstance(frac, (int, float)):
             Gimp.progress_update(max(0.0, min(1.0, float(frac))))
         else:
@@ -180,6 +177,14 @@ def _preview_pixbuf(res: Any) -> Any:
                                            res.width, res.height, res.width * ch)
 
 
+def _holds_dialog_buttons(widget: Any) -> bool:
+    """True for the dialog's own button rows (OK, Cancel, Save Settings...), found by their labels."""
+    from gi.repository import Gtk
+    if isinstance(widget, Gtk.Button):
+        return (widget.get_label() or "") in ds.DIALOG_BUTTONS[:-1]
+    return isinstance(widget, Gtk.Container) and any(_holds_dialog_buttons(c) for c in widget.get_children())
+
+
 class PreviewPanel:
     """The column beside the options: what the colour hints do, a Preview button, the preview and its status.
 
@@ -212,7 +217,8 @@ class PreviewPanel:
         self.button = Gtk.Button.new_with_mnemonic(ds.DIALOG_BUTTONS[-1])
         self.status = self._label()
         self.picture = Gtk.Image()
-        self.picture.set_size_request(PREVIEW_SIDE, PREVIEW_SIDE)
+        self.picture.set_size_request(PREVIEW_SIDE, PREVIEW_SIDE)      # the largest preview: no resize later
+        self.picture.set_property("yalign", 0.0)
         column = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6)
         for widget in (self.hint_label, self.button, self.picture, self.status):
             column.pack_start(widget, False, False, 0)
@@ -240,8 +246,8 @@ class PreviewPanel:
         row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
         left = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=0)
         for child in area.get_children():
-            if child is self.dialog.get_action_area():
-                continue
+            if _holds_dialog_buttons(child):
+                continue                                # the dialog's buttons stay below, full width
             area.remove(child)
             left.pack_start(child, True, True, 0)
         row.pack_start(left, True, True, 0)

@@ -26,17 +26,31 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
 
-from . import protocol as P
-from . import transport as T
+from . import protocol
+from . import transport
 
 BufferLike = Union[bytes, bytearray, memoryview]
 #: What may be sent: bytes, bytearray, memoryview or any C-contiguous buffer object (e.g. a numpy array).
 InBuffer = Any
-ProgressFn = Callable[[str, float, float], None]   # (stage, fraction within the stage, overall fraction 0..1)
+ProgressFn = Callable[[str, float, float], None]   # (Stage, fraction within the stage, overall fraction 0..1)
 CancelFn = Callable[[], bool]
 
 #: Time slice of the wait loop: ``should_cancel`` is polled (and a UI can pulse) this often.
 POLL_S = 0.1
+
+
+class Stage(str):
+    """A progress event's stage name (it is the str), with what runs now (``text``, e.g. "Detecting objects:
+    backbone 3/4") and the estimated seconds left (``eta``) when the server sends them (else None)."""
+
+    text: str | None
+    eta: float | None
+
+    def __new__(cls, name: str, text: Any = None, eta: Any = None) -> "Stage":
+        s = super().__new__(cls, name)
+        s.text = str(text) if text else None
+        s.eta = float(eta) if isinstance(eta, (int, float)) and not isinstance(eta, bool) else None
+        return s
 
 
 class BackendError(Exception):
@@ -125,7 +139,7 @@ def load_public_key(key: str | bytes | os.PathLike[str]) -> bytes:
     if isinstance(key, str) and len(key) == 40 and not os.path.exists(key):
         return key.encode("ascii")
     path = os.fsdecode(key)
-    public, _ = T.load_certificate(path)
+    public, _ = transport.load_certificate(path)
     if not public:
         raise ValueError(f"{path}: no public key in this file")
     return public
@@ -152,18 +166,18 @@ class Client:
         self._client_keys: tuple[bytes, bytes] | None = None
         self._tokens: dict[str, str] = {}    # job id -> token of the jobs this Client started (newest 256)
         if client_secret_key is not None:
-            pub, sec = T.load_certificate(os.fspath(client_secret_key))
+            pub, sec = transport.load_certificate(os.fspath(client_secret_key))
             if not sec:
                 raise ValueError(f"{client_secret_key}: not a secret key file")
             self._client_keys = (pub, sec)
-        self._sock: T.Dealer | None = None
+        self._sock: transport.Dealer | None = None
         self._open()
 
     # ---------------------------------------------------------------------------------------------- socket
     def _open(self) -> None:
         try:     # pyzmq when importable, else the standard-library ZMTP dealer (transport.py)
-            self._sock = T.open_dealer(self.endpoint, self._server_key, self._client_keys)
-        except T.TransportError as e:
+            self._sock = transport.open_dealer(self.endpoint, self._server_key, self._client_keys)
+        except transport.TransportError as e:
             raise ConnectError(str(e)) from None
 
     def _reset(self) -> None:
@@ -186,7 +200,7 @@ class Client:
 
     def _send(self, header: dict[str, Any], data: Sequence[Any] = (), track: bool = False) -> Any:
         assert self._sock is not None, "client is closed"
-        return self._sock.send([P.encode_header(header), *data], track=track)
+        return self._sock.send([protocol.encode_header(header), *data], track=track)
 
     def _recv(self, timeout_s: float) -> tuple[dict[str, Any], list[Any]] | None:
         """One reply (header, data frames) or None after ``timeout_s``. A malformed reply is BackendError."""
@@ -195,10 +209,10 @@ class Client:
         if frames is None:
             return None
         try:
-            header = P.decode_header(frames[0])
-        except P.ProtocolError as e:
+            header = protocol.decode_header(frames[0])
+        except protocol.ProtocolError as e:
             raise BackendError("bad_reply", f"the server sent a malformed reply: {e.message}") from None
-        if header.get("v") not in P.SUPPORTED_VERSIONS or header.get("type") not in P.REPLY_TYPES:
+        if header.get("v") not in protocol.SUPPORTED_VERSIONS or header.get("type") not in protocol.REPLY_TYPES:
             raise BackendError("bad_reply", f"unexpected reply (v={header.get('v')!r}, "
                                             f"type={str(header.get('type'))[:32]!r})")
         return header, frames[1:]
@@ -218,7 +232,7 @@ class Client:
                 reply, _ = msg
                 if reply.get("id") != header["id"]:
                     continue     # late event of an abandoned job: not ours
-                if reply["type"] == P.ERROR:
+                if reply["type"] == protocol.ERROR:
                     raise BackendError(str(reply.get("code")), str(reply.get("message")))
                 return reply
             self._reset()
@@ -230,18 +244,19 @@ class Client:
     def ping(self, deadline_s: float | None = None) -> float:
         """Round-trip time in seconds; BackendUnavailable if no pong within ``deadline_s`` (default timeout_s)."""
         t0 = time.monotonic()
-        self._request({"type": P.PING, "id": P.new_id()}, self.timeout_s if deadline_s is None else deadline_s, 0)
+        self._request({"type": protocol.PING, "id": protocol.new_id()},
+                      self.timeout_s if deadline_s is None else deadline_s, 0)
         return time.monotonic() - t0
 
     def info(self) -> dict[str, Any]:
         """Server description: protocol and package versions, devices, colorizers/detectors and their weights."""
-        return self._request({"type": P.INFO, "id": P.new_id()}, self.timeout_s, self.retries)
+        return self._request({"type": protocol.INFO, "id": protocol.new_id()}, self.timeout_s, self.retries)
 
     def cancel(self, job_id: str, token: str | None = None) -> str:
         """Cancel a job: any connection that has its ``token`` (default: the one this Client got for it).
         Returns "cancelled" (was queued) or "cancelling" (stops at the next stage boundary).
         BackendError("unknown_job") if it is not queued or running, or the token is missing or wrong."""
-        header = {"type": P.CANCEL, "id": P.new_id(), "job": job_id}
+        header = {"type": protocol.CANCEL, "id": protocol.new_id(), "job": job_id}
         token = token or self._tokens.get(job_id)
         if token:
             header["token"] = token
@@ -265,15 +280,8 @@ class Client:
         ``token``: the job's secret (default: a fresh one; pass your own to cancel from another process).
         ``hints``: a colour-hint map (SIGGRAPH17 follows the painted colours; ``res.extra["hints"]`` says how many).
         Raises BackendError, BackendUnavailable, JobCancelled."""
-        if fmt not in P.PIXEL_FORMATS:
-            raise ValueError(f"unknown pixel format {fmt!r} (one of {', '.join(P.PIXEL_FORMATS)})")
-        need = P.frame_size(fmt, width, height)
-        if memoryview(pixels).nbytes != need:
-            raise ValueError(f"{fmt} {width}x{height} needs {need} bytes, got {memoryview(pixels).nbytes}")
-        job_id = job_id or P.new_id()
-        header = {"type": P.COLORIZE, "id": P.new_id(), "job": job_id, "width": int(width), "height": int(height),
-                  "format": fmt, "options": dict(options or {}), "token": token or P.new_token()}
-        data = [pixels]
+        header, data = self._image_request(protocol.COLORIZE, width, height, fmt, pixels, options, None, {},
+                                           job_id, token)
         if instances is not None:
             header["instances"] = []
             for i in instances:
@@ -289,7 +297,8 @@ class Client:
         return self._job(header, data, progress, should_cancel)
 
     def preview(self, width: int, height: int, fmt: str, pixels: InBuffer, options: dict[str, Any] | None = None,
-                hints: HintMap | None = None, long_side: int = P.PREVIEW_SIDE, progress: ProgressFn | None = None,
+                hints: HintMap | None = None, long_side: int = protocol.PREVIEW_SIDE,
+                progress: ProgressFn | None = None,
                 should_cancel: CancelFn | None = None, draft: bool = False, job_id: str | None = None,
                 token: str | None = None) -> ColorizeResult:
         """The result of ``colorize`` with the same options and hints on a proxy of long side <= ``long_side``
@@ -303,22 +312,24 @@ class Client:
         more: dict[str, Any] = {"long_side": int(long_side)}
         if draft:
             more["draft"] = True        # only sent when asked, so a server without drafts is not bothered
-        header, data = self._send_image(P.PREVIEW, width, height, fmt, pixels, options, hints, more)
-        header.update(job=job_id or header["job"], token=token or header["token"])
+        header, data = self._image_request(protocol.PREVIEW, width, height, fmt, pixels, options, hints, more,
+                                           job_id, token)
         return self._job(header, data, progress, should_cancel)
 
-    def _send_image(self, kind: str, width: int, height: int, fmt: str, pixels: InBuffer,
-                    options: dict[str, Any] | None, hints: HintMap | None, more: dict[str, Any]
-                    ) -> tuple[dict[str, Any], list[Any]]:
-        if fmt not in P.PIXEL_FORMATS:
-            raise ValueError(f"unknown pixel format {fmt!r} (one of {', '.join(P.PIXEL_FORMATS)})")
-        need = P.frame_size(fmt, width, height)
+    def _image_request(self, kind: str, width: int, height: int, fmt: str, pixels: InBuffer,
+                       options: dict[str, Any] | None, hints: HintMap | None, more: dict[str, Any],
+                       job_id: str | None = None, token: str | None = None) -> tuple[dict[str, Any], list[Any]]:
+        """The header and data frames of a request carrying an image (and its optional hint map)."""
+        if fmt not in protocol.PIXEL_FORMATS:
+            raise ValueError(f"unknown pixel format {fmt!r} (one of {', '.join(protocol.PIXEL_FORMATS)})")
+        need = protocol.frame_size(fmt, width, height)
         if memoryview(pixels).nbytes != need:
             raise ValueError(f"{fmt} {width}x{height} needs {need} bytes, got {memoryview(pixels).nbytes}")
-        header = {"type": kind, "id": P.new_id(), "job": P.new_id(), "width": int(width), "height": int(height),
-                  "format": fmt, "options": dict(options or {}), "token": P.new_token(), **more}
+        header = {"type": kind, "id": protocol.new_id(), "job": job_id or protocol.new_id(), "width": int(width),
+                  "height": int(height), "format": fmt, "options": dict(options or {}),
+                  "token": token or protocol.new_token(), **more}
         data: list[Any] = [pixels]
-        _add_hints(header, data, hints)
+        _add_hints(header, data, hints)         # the hints frame goes last: a colorize adds masks before it
         return header, data
 
     def refuse(self, job_id: str, masks: Sequence[InBuffer], options: dict[str, Any] | None = None,
@@ -330,8 +341,9 @@ class Client:
         ``options`` (optional) overrides the earlier job's options. ``token``: the earlier job's (default: the one
         this Client got for it; without the right one the server answers unknown_job). Returns a new job (its own
         ``job_id`` and ``token``)."""
-        header: dict[str, Any] = {"type": P.REFUSE, "id": P.new_id(), "job": P.new_id(), "base_job": job_id,
-                                  "token": P.new_token()}
+        header: dict[str, Any] = {"type": protocol.REFUSE, "id": protocol.new_id(), "job": protocol.new_id(),
+                                  "base_job": job_id,
+                                  "token": protocol.new_token()}
         base_token = token or self._tokens.get(job_id)
         if base_token:
             header["base_token"] = base_token
@@ -357,8 +369,8 @@ class Client:
         try:
             while True:
                 if should_cancel is not None and cancel_id is None and should_cancel():
-                    cancel_id = P.new_id()
-                    self._send({"type": P.CANCEL, "id": cancel_id, "job": job_id, "token": token})
+                    cancel_id = protocol.new_id()
+                    self._send({"type": protocol.CANCEL, "id": cancel_id, "job": job_id, "token": token})
                 msg = self._recv(POLL_S)
                 now = time.monotonic()
                 if msg is None:
@@ -368,13 +380,13 @@ class Client:
                         self._reset()
                         raise BackendUnavailable(f"{self.endpoint} stopped answering during job {job_id}")
                     elif ping_id is None and now - last_heard > self.timeout_s:
-                        ping_id, ping_sent = P.new_id(), now
-                        self._send({"type": P.PING, "id": ping_id, "job": job_id, "token": token})
+                        ping_id, ping_sent = protocol.new_id(), now
+                        self._send({"type": protocol.PING, "id": ping_id, "job": job_id, "token": token})
                     continue
                 last_heard = now
                 reply, frames = msg
                 kind, rid = reply["type"], reply.get("id")
-                if kind == P.PONG:
+                if kind == protocol.PONG:
                     if rid == ping_id:
                         ping_id = None
                         if reply.get("job_state") == "unknown":   # e.g. the server restarted meanwhile
@@ -385,24 +397,24 @@ class Client:
                     continue          # ack, or unknown_job when the job had just ended: its final reply follows
                 if rid != req_id:
                     continue          # not this job (late events of an abandoned one)
-                if kind == P.PROGRESS:
+                if kind == protocol.PROGRESS:
                     if progress is not None:
-                        progress(str(reply.get("stage")), float(reply.get("fraction", 0.0)),
-                                 float(reply.get("overall", 0.0)))
-                elif kind == P.RESULT:
+                        progress(Stage(str(reply.get("stage")), reply.get("text"), reply.get("eta")),
+                                 float(reply.get("fraction", 0.0)), float(reply.get("overall", 0.0)))
+                elif kind == protocol.RESULT:
                     if cancel_id is not None:
                         raise JobCancelled(f"job {job_id} was cancelled")
                     res = _decode_result(reply, frames)
                     res.token = token
                     return res
-                elif kind == P.CANCELLED:
+                elif kind == protocol.CANCELLED:
                     raise JobCancelled(str(reply.get("reason") or f"job {job_id} was cancelled"))
-                elif kind == P.ERROR:
+                elif kind == protocol.ERROR:
                     raise BackendError(str(reply.get("code")), str(reply.get("message")))
         except KeyboardInterrupt:
             if cancel_id is None and self._sock is not None:
                 try:
-                    self._send({"type": P.CANCEL, "id": P.new_id(), "job": job_id, "token": token})
+                    self._send({"type": protocol.CANCEL, "id": protocol.new_id(), "job": job_id, "token": token})
                 except (OSError, ValueError):
                     pass
             raise
@@ -412,9 +424,9 @@ def _add_hints(header: dict[str, Any], data: list[Any], hints: HintMap | None) -
     """The optional hints frame: announced in the header, sent last."""
     if hints is None:
         return
-    if hints.fmt not in P.PIXEL_FORMATS:
+    if hints.fmt not in protocol.PIXEL_FORMATS:
         raise ValueError(f"unknown hint pixel format {hints.fmt!r}")
-    need = P.frame_size(hints.fmt, hints.width, hints.height)
+    need = protocol.frame_size(hints.fmt, hints.width, hints.height)
     if memoryview(hints.pixels).nbytes != need:
         raise ValueError(f"hints: {hints.fmt} {hints.width}x{hints.height} needs {need} bytes, "
                          f"got {memoryview(hints.pixels).nbytes}")
@@ -426,12 +438,12 @@ def _decode_result(h: dict[str, Any], frames: list[Any]) -> ColorizeResult:
     """Check a ``result`` reply's frame sizes against its header before handing anything out."""
     try:
         job_id, width, height, fmt = str(h["job"]), int(h["width"]), int(h["height"]), str(h["format"])
-        if fmt not in P.PIXEL_FORMATS or width <= 0 or height <= 0:
+        if fmt not in protocol.PIXEL_FORMATS or width <= 0 or height <= 0:
             raise ValueError(f"bad size or format {width}x{height} {fmt!r}")
         metas = list(h.get("instances") or [])
         if len(frames) != 1 + len(metas):
             raise ValueError(f"{len(frames)} data frames for {len(metas)} instance(s)")
-        if len(frames[0]) != P.frame_size(fmt, width, height):
+        if len(frames[0]) != protocol.frame_size(fmt, width, height):
             raise ValueError("pixel frame size does not match the header")
         instances = []
         for meta, fr in zip(metas, frames[1:]):

@@ -35,8 +35,8 @@ LABELS = {
     "none": ("None (whole image only)", "No objects: the whole image is colorized in one piece"),
 }
 
-#: dialog field -> (label with its mnemonic, tooltip). Mnemonics are unique within the dialog and avoid the
-#: dialog buttons' (_Reset, _Cancel, _OK, _Help) and the preview button's (DIALOG_BUTTONS).
+#: dialog field -> (label with its mnemonic, tooltip). Mnemonics are unique within the dialog and avoid those of
+#: GIMP's procedure dialog buttons and of the preview button (DIALOG_BUTTONS).
 FIELD_TEXT: dict[str, tuple[str, str]] = {
     "preset": ("_Preset", "Default: full-resolution, feathered result. Seed (as published): the paper's method "
                "exactly (256-px working size, hard edges), for comparisons"),
@@ -50,20 +50,20 @@ FIELD_TEXT: dict[str, tuple[str, str]] = {
     "saturation": ("Satur_ation", "Multiplies the colour strength: 1 = as predicted, 0 = gray"),
     "feather": ("_Feathering (% of object size)", "Width of the soft edge where an object's colour blends into "
                 "the rest, in percent of the object's box diagonal"),
-    "precision": ("_Speed", "Exact: fp32, as published (default). Fast: bf16 where the backend's CPU "
+    "precision": ("Sp_eed", "Exact: fp32, as published (default). Fast: bf16 where the backend's CPU "
                   "(AVX512-BF16/AMX) or GPU runs it natively, about 3.5x faster, colours very slightly different; "
                   "elsewhere it runs exact fp32"),
     "device": ("De_vice of a started backend", "Where a backend this plug-in starts runs the networks; a backend "
                "that is already running keeps its own device"),
     "use-hints": ("Use colour hi_nts", "Use the 'Colour hints' layer (painted dabs; Filters > Colorize (Patch): "
                   "Add Hint Layer) when there is a visible one; hints make SIGGRAPH17 run"),
-    "endpoint": ("Backend _endpoint", "ZeroMQ address of `patchcolor serve`. Empty: the one in the plug-in's "
+    "endpoint": ("Bac_kend endpoint", "ZeroMQ address of `patchcolor serve`. Empty: the one in the plug-in's "
                  "config.json (python3 install.py --endpoint ...)"),
     "auto-start": ("Start the _backend if needed", "Start the local backend recorded by install.py when nothing "
                    "answers (never for a remote endpoint); `python3 install.py --autostart` starts it at login "
                    "instead"),
 }
-DIALOG_BUTTONS = ("_Reset", "_Cancel", "_OK", "_Help", "Previe_w")
+DIALOG_BUTTONS = ("_Load Saved Settings", "_Save Settings", "_Reset", "_Cancel", "_OK", "_Help", "Previe_w")
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,24 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:] if text[:1].isupper() and text[1:2].islower() else text
 
 
+#: a stage's words when the server sends no text of its own
+STAGE_TEXT = {"accepted": "Waiting for the colorize backend", "queued": "Waiting in the backend's queue",
+              "prepare": "Preparing the image", "segment": "Detecting objects", "detect": "Detecting objects",
+              "colorize": "Colorizing", "fuse": "Fusing instance colours", "finish": "Finishing",
+              "refuse": "Re-fusing masks"}
+
+
+def progress_text(stage: str, text: str | None = None, eta: float | None = None) -> str:
+    """The progress bar's text for an event: what runs (the server's text, else the stage's words) and, once the
+    server can estimate it, the time left ("Colorizing 2/4\u2026 about 12 s left")."""
+    what = text or STAGE_TEXT.get(str(stage), str(stage).replace("_", " ").capitalize())
+    line = what.rstrip(".\u2026") + "\u2026"
+    if eta is not None and eta >= 0.5:
+        left = f"{eta:.0f} s" if eta < 90 else f"{eta / 60:.0f} min"
+        line += f" about {left} left"
+    return line
+
+
 def check_result(res: Any, w: int, h: int, fmt: str) -> None:
     """PluginError unless the backend's result ``res`` is ``w`` x ``h`` pixels in wire format ``fmt``."""
     if res.fmt != fmt or res.width != w or res.height != h:
