@@ -1444,3 +1444,41 @@ def test_installer_pyzmq_probe_with_and_without_zmq(tmp_path):
     finally:
         gimp_install.gimp_python = real
     assert gimp_install.probe_python([sys.executable, "-c", "raise SystemExit(3)", "--"], tmp_path) is None
+
+
+BROKEN_BATCH = r'''
+import json
+from gi.repository import Gimp
+pdb = Gimp.get_pdb()
+GIMP_CALL
+img = Gimp.Image.new(16, 12, Gimp.ImageBaseType.RGB)
+layer = Gimp.Layer.new(img, "Photo", 16, 12, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+img.insert_layer(layer, None, 0)
+R = {"registered": pdb.procedure_exists("plug-in-colorize-patch")}
+R["status"], _, R["error"] = call("plug-in-colorize-patch", img, [layer])
+R["layers"] = len(img.get_layers())
+json.dump(R, open(OUT + "/result.json", "w"))
+img.delete()
+'''
+
+
+@needs_gimp
+def test_a_plugin_without_its_client_package_registers_and_says_why():
+    """A plug-in folder copied without patchcolor_client: the procedures still exist, and a run says in one
+    sentence what is wrong and how to fix it, adding nothing to the image."""
+    from patchcolor_client.messages import is_one_sentence
+    work = GIMP.workdir("broken")
+    try:
+        dest = GIMP.install_plugin(work, backend_cmd=None, endpoint="tcp://127.0.0.1:5555")
+        import shutil
+        shutil.rmtree(dest / "patchcolor_client")
+        (work.host / "batch.py").write_text(BROKEN_BATCH.replace("GIMP_CALL", GIMP_CALL)
+                                            .replace("OUT", repr(work.inner_path("out"))))
+        proc = GIMP.run_batch(work, "batch.py", timeout=300)
+        assert (work.host / "out" / "result.json").exists(), proc.stderr[-3000:]
+        r = json.loads((work.host / "out" / "result.json").read_text())
+        assert r["registered"] and r["status"] == "execution-error" and r["layers"] == 1, r
+        assert "client package is missing" in r["error"] and "install.py" in r["error"], r["error"]
+        assert is_one_sentence(r["error"]), r["error"]
+    finally:
+        GIMP.cleanup(work)

@@ -39,9 +39,10 @@ try:
     from patchcolor_client.jobs import CallingError, JobIds, PluginError, check_result, ensure_backend, run_job
     from patchcolor_client.protocol import PREVIEW_SIDE, RESULT_FORMATS
     CLIENT_ERROR = None
-except ImportError as _e:          # registered anyway; each run says what is wrong
+except ImportError as _e:          # registered anyway (without options); each run says what is wrong
     CLIENT_ERROR = str(_e)
-    PREVIEW_SIDE = 384
+    PluginError, CallingError, JobCancelled = (type(n, (Exception,), {}) for n in ("PluginError", "CallingError",
+                                                                                  "JobCancelled"))
 
 PROC_COLORIZE = "plug-in-colorize-patch"
 PROC_REFUSE = "plug-in-colorize-patch-refuse"
@@ -236,85 +237,89 @@ RW = GObject.ParamFlags.READWRITE
 SPEC = None             # the dialog's choices and ranges (dialog.json), read when GIMP registers the procedures
 
 
-def _new(plugin: Any, name: str, run: Callable[..., Any], label: str | None, blurb: str, text: str,
-         types: str = "RGB*, GRAY*") -> Any:
-    p = Gimp.ImageProcedure.new(plugin, name, Gimp.PDBProcType.PLUGIN, run, None)
-    p.set_image_types(types)
+@dataclass(frozen=True)
+class Procedure:
+    """What GIMP is told about one procedure: handler, menu label (None: no menu entry), blurb and help text,
+    image types, whether it takes the colorize options, and its return values (kind, name, nick, blurb)."""
+
+    body: Callable[[Run], tuple[Any, Any, int]]
+    what: str
+    label: str | None
+    blurb: str
+    text: str
+    returns: tuple[tuple[str, str, str, str], ...]
+    options: bool = False
+    types: str = "RGB*, GRAY*"
+
+
+PROCEDURES = {
+    PROC_COLORIZE: Procedure(
+        colorize, "Colorize (Patch)", "Colorize (Patch)...", "Colorize a black-and-white photo, object by object",
+        "Sends the selected layer to the Patch Colorization backend and adds a layer group above it: a 'Colorized' "
+        "layer and, above it, a 'Masks' group with one hidden mask layer per detected object (turn its eye on to "
+        "highlight the object; white = object). Paint on the masks and run 'Colorize (Patch): Re-fuse Masks' to "
+        "update the colours without detecting again. Outside a selection the photo stays unchanged.",
+        (("group", "group", "Group", "The new 'Colorize (Patch)' layer group"),
+         ("int", "n-instances", "Instances", "Number of detected objects (mask layers)")), options=True),
+    PROC_REFUSE: Procedure(
+        refuse, "Re-fusing", "Colorize (Patch): Re-fuse Masks",
+        "Update a Colorize (Patch) result from its edited mask layers",
+        "Select the 'Colorize (Patch)' group or one of its layers. The edited mask layers (white = object) are sent "
+        "to the backend, which re-fuses the colours it kept from that run, or, when it no longer has them (it was "
+        "restarted, the XCF was reopened), colorizes only the objects again from the photo layer. The 'Colorized' "
+        "layer is updated in place (one undo step). A deleted or all-black mask layer removes its object.",
+        (("layer", "colorized", "Colorized", "The updated 'Colorized' layer"),
+         ("int", "n-instances", "Instances", "Objects still present after re-fusing")), types="RGB*"),
+    PROC_ADD_HINTS: Procedure(
+        add_hints, "Add Hint Layer", "Colorize (Patch): Add Hint Layer",
+        "Add a transparent 'Colour hints' layer above the photo",
+        "Creates an empty transparent layer named 'Colour hints' above the selected photo layer (a grayscale image "
+        "is converted to RGB so colours can be painted) and selects the paintbrush. Paint a few separate dabs, each "
+        "in the colour that part of the photo should have; Colorize (Patch) and Re-fuse Masks then make SIGGRAPH17 "
+        "follow them on the whole image and inside every object.",
+        (("layer", "hint-layer", "Hint layer", "The 'Colour hints' layer"),
+         ("int", "n-hints", "Hints", "Always 0 (the layer is empty when made)"))),
+    PROC_PREVIEW: Procedure(
+        preview, "Preview", None, "The Colorize (Patch) dialog's preview, as a new image",
+        "Colorizes a small copy (long side 'long-side') of the selected layer with the given options and the hint "
+        "layer, exactly as the dialog's preview does, and returns it as a new image that is not displayed. The "
+        "photo's image, its layers and its undo history are not touched. With 'draft' on, the backend answers with "
+        "an approximate preview (layer 'Preview (draft)') in about a second while it has not analysed this image "
+        "exactly yet, else with the exact one (layer 'Preview').",
+        (("image", "preview", "Preview", "A new image with the preview"),
+         ("int", "n-hints", "Hints", "Colour hints used")), options=True),
+}
+
+
+def _make(plugin: Any, name: str, d: Procedure) -> Any:
+    p = Gimp.ImageProcedure.new(plugin, name, Gimp.PDBProcType.PLUGIN, _procedure(d.what, d.body), None)
+    p.set_image_types(d.types)
     p.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-    if label:
-        p.set_menu_label(label)
+    if d.label:
+        p.set_menu_label(d.label)
         p.add_menu_path("<Image>/Filters")
-    p.set_documentation(blurb, text + GUIDE, name)
+    p.set_documentation(d.blurb, d.text + GUIDE, name)
     p.set_attribution("Patch Colorization contributors", "MIT", "2025")
-    return p
-
-
-def _options(p: Any) -> None:
-    if SPEC is not None:
+    if d.options and SPEC is not None:      # without the client package: no options (every run says why)
         ui.add_option_arguments(p, SPEC)
         ui.add_use_hints_argument(p)
-
-
-def _colorize_procedure(plugin: Any, name: str) -> Any:
-    p = _new(plugin, name, _procedure("Colorize (Patch)", colorize), "Colorize (Patch)...",
-             "Colorize a black-and-white photo, object by object",
-             "Sends the selected layer to the Patch Colorization backend and adds a layer group above it: a "
-             "'Colorized' layer and, above it, a 'Masks' group with one hidden mask layer per detected object (turn "
-             "its eye on to highlight the object; white = object). Paint on the masks and run 'Colorize (Patch): "
-             "Re-fuse Masks' to update the colours without detecting again. Outside a selection the photo stays "
-             "unchanged.")
-    _options(p)
-    p.add_group_layer_return_value("group", "Group", "The new 'Colorize (Patch)' layer group", True, RW)
-    p.add_int_return_value("n-instances", "Instances", "Number of detected objects (mask layers)", 0, 100000, 0, RW)
+        if name == PROC_PREVIEW:
+            p.add_int_argument("long-side", "_Long side", "The preview's long side in pixels", 64, 1024,
+                               PREVIEW_SIDE, RW)
+            p.add_boolean_argument("draft", "_Draft", "Accept an approximate preview (smaller detector and network "
+                                   "sizes, about a second) while the backend has not analysed this image exactly "
+                                   "yet; the layer is then named 'Preview (draft)'. Off: always the exact preview",
+                                   False, RW)
+    if name == PROC_REFUSE:
+        p.add_string_argument("endpoint", "Backend _endpoint", "Empty: the endpoint that made the group", "", RW)
+    for kind, rname, nick, blurb in d.returns:
+        if kind == "int":
+            p.add_int_return_value(rname, nick, blurb, 0, 100000, 0, RW)
+        else:
+            add = {"group": p.add_group_layer_return_value, "layer": p.add_layer_return_value,
+                   "image": p.add_image_return_value}[kind]
+            add(rname, nick, blurb, kind != "image", RW)
     return p
-
-
-def _refuse_procedure(plugin: Any, name: str) -> Any:
-    p = _new(plugin, name, _procedure("Re-fusing", refuse), "Colorize (Patch): Re-fuse Masks",
-             "Update a Colorize (Patch) result from its edited mask layers",
-             "Select the 'Colorize (Patch)' group or one of its layers. The edited mask layers (white = object) are "
-             "sent to the backend, which re-fuses the colours it kept from that run, or, when it no longer has them "
-             "(it was restarted, the XCF was reopened), colorizes only the objects again from the photo layer. The "
-             "'Colorized' layer is updated in place (one undo step). A deleted or all-black mask layer removes its "
-             "object.", "RGB*")
-    p.add_string_argument("endpoint", "Backend _endpoint", "Empty: the endpoint that made the group", "", RW)
-    p.add_layer_return_value("colorized", "Colorized", "The updated 'Colorized' layer", True, RW)
-    p.add_int_return_value("n-instances", "Instances", "Objects still present after re-fusing", 0, 100000, 0, RW)
-    return p
-
-
-def _add_hints_procedure(plugin: Any, name: str) -> Any:
-    p = _new(plugin, name, _procedure("Add Hint Layer", add_hints), "Colorize (Patch): Add Hint Layer",
-             "Add a transparent 'Colour hints' layer above the photo",
-             "Creates an empty transparent layer named 'Colour hints' above the selected photo layer (a grayscale "
-             "image is converted to RGB so colours can be painted) and selects the paintbrush. Paint a few separate "
-             "dabs, each in the colour that part of the photo should have; Colorize (Patch) and Re-fuse Masks then "
-             "make SIGGRAPH17 follow them on the whole image and inside every object.")
-    p.add_layer_return_value("hint-layer", "Hint layer", "The 'Colour hints' layer", True, RW)
-    p.add_int_return_value("n-hints", "Hints", "Always 0 (the layer is empty when made)", 0, 100000, 0, RW)
-    return p
-
-
-def _preview_procedure(plugin: Any, name: str) -> Any:
-    p = _new(plugin, name, _procedure("Preview", preview), None,
-             "The Colorize (Patch) dialog's preview, as a new image",
-             "Colorizes a small copy (long side 'long-side') of the selected layer with the given options and the "
-             "hint layer, exactly as the dialog's preview does, and returns it as a new image that is not displayed. "
-             "The photo's image, its layers and its undo history are not touched. With 'draft' on, the backend "
-             "answers with an approximate preview (layer 'Preview (draft)') in about a second while it has not "
-             "analysed this image exactly yet, else with the exact one (layer 'Preview').")
-    _options(p)
-    p.add_int_argument("long-side", "_Long side", "The preview's long side in pixels", 64, 1024, PREVIEW_SIDE, RW)
-    p.add_boolean_argument("draft", "_Draft", "Accept an approximate preview (smaller detector and network sizes, "
-                           "about a second) while the backend has not analysed this image exactly yet; the layer "
-                           "is then named 'Preview (draft)'. Off: always the exact preview", False, RW)
-    p.add_image_return_value("preview", "Preview", "A new image with the preview", False, RW)
-    p.add_int_return_value("n-hints", "Hints", "Colour hints used", 0, 100000, 0, RW)
-    return p
-
-
-PROCEDURES = {PROC_COLORIZE: _colorize_procedure, PROC_REFUSE: _refuse_procedure,
-              PROC_ADD_HINTS: _add_hints_procedure, PROC_PREVIEW: _preview_procedure}
 
 
 class ColorizePatch(Gimp.PlugIn):
@@ -334,8 +339,7 @@ class ColorizePatch(Gimp.PlugIn):
             except ValueError as e:        # a broken dialog.json: say so, and offer the built-in choices
                 msg.log_details(f"{e}; using the built-in choices (run `python3 install.py` again)")
                 SPEC = dialogspec.parse(dialogspec.BUILTIN)
-        make = PROCEDURES.get(name)
-        return make(self, name) if make else None
+        return _make(self, name, PROCEDURES[name]) if name in PROCEDURES else None
 
 
 if __name__ == "__main__":
