@@ -333,8 +333,10 @@ class PreviewPanel:
     def _changed(self, _config: Any, pspec: Any) -> None:
         if self.setting:
             return
-        if pspec.name == "colorizer" and not self.forced:
+        if pspec.name == "colorizer":        # the user's choice (or GIMP's Reset): hints keep SIGGRAPH17 shown
             self.chosen_colorizer = self.config.get_property("colorizer")
+            if self.forced:
+                self._set_colorizer(ds.effective_colorizer(self.chosen_colorizer, self.n_hints, True))
         if pspec.name == "use-hints":
             self._show_hints()
         if not self.flow.closed and self.flow.option_changed():
