@@ -50,7 +50,7 @@ OFFICIAL_KEYS = ("decoder.color_decoder.query_feat.weight", "decoder.last_shuf.c
                  "refine_net.0.0.weight_orig")
 CONFIG_FIELDS = ("encoder_name", "decoder_name", "num_output_channels", "last_norm", "num_queries", "num_scales",
                  "dec_layers", "nf")
-TAIL_CHUNK = 4096   # pixels of the decoder's last feature map per step of the folded tail (bounds its memory)
+TAIL_CHUNK = 512    # pixels of the last feature map per step of the folded tail: 8 MB of its ×16 channels
 
 
 def need_package() -> None:
@@ -299,21 +299,25 @@ class DDColorColorizer(nn.Module):
         if not self.fold_tail:
             feat = torch.einsum("bqc,bchw->bqhw", embed, shuf(last))
             return refine(torch.cat([feat, x], dim=1))
-        conv = shuf.conv[0]
-        r = shuf.shuf.upscale_factor
+        conv, r = shuf.conv[0], shuf.shuf.upscale_factor
         n, c, h, w = last.shape
-        m = torch.einsum("kq,bqc->bkc", refine.weight[:, :q, 0, 0], embed)       # (N, 2, C): queries -> a/b
-        k = m.shape[1]
-        weight = conv.weight.reshape(conv.weight.shape[0], c)                     # (C·r², C) 1×1 convolution
-        flat = last.reshape(n, c, h * w)
-        sub = last.new_empty(n, k, r * r, h * w)                                  # a/b per sub-pixel
+        m = torch.einsum("kq,bqc->bkc", refine.weight[:, :q, 0, 0], embed)       # (N, k=2, C): queries -> a/b
+        k, cout = m.shape[1], conv.weight.shape[0] // (r * r)
+        # the 1×1 convolution's outputs reordered from (channel, sub-pixel) to (sub-pixel, channel), so that one
+        # pixel's r² sub-pixels are r² consecutive rows of `cout` channels: one GEMM with m per chunk
+        weight = conv.weight.reshape(cout, r * r, c).transpose(0, 1).reshape(r * r * cout, c).t()
+        bias = conv.bias.reshape(cout, r * r).t().reshape(-1)
+        pixels = last.permute(0, 2, 3, 1).reshape(n, h * w, c)                  # a view when channels-last
+        sub = last.new_empty(n, h * w, r * r, k)                                  # a/b per pixel and sub-pixel
         for b in range(n):
+            mt = m[b].t()
             for s in range(0, h * w, TAIL_CHUNK):
                 e = min(h * w, s + TAIL_CHUNK)
-                g = torch.addmm(conv.bias[:, None], weight, flat[b, :, s:e]).relu_()   # (C·r², px)
-                sub[b, :, :, s:e] = (m[b] @ g.view(-1, r * r * (e - s))).view(k, r * r, e - s)
-        ab = shuf.blur(shuf.pad(F.pixel_shuffle(sub.view(n, k * r * r, h, w), r))) if shuf.do_blur else \
-            F.pixel_shuffle(sub.view(n, k * r * r, h, w), r)
+                g = torch.addmm(bias, pixels[b, s:e], weight).relu_()             # (px, r²·cout), cache-sized
+                sub[b, s:e] = (g.view(-1, cout) @ mt).view(e - s, r * r, k)
+        ab = sub.view(n, h, w, r, r, k).permute(0, 5, 1, 3, 2, 4).reshape(n, k, h * r, w * r)   # pixel shuffle
+        if shuf.do_blur:
+            ab = shuf.blur(shuf.pad(ab))
         return ab + F.conv2d(x, refine.weight[:, q:], refine.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
