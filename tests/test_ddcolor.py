@@ -282,3 +282,44 @@ def test_predict_ab_keeps_order_across_sizes(ddpipe):
     assert [o.shape for o in out] == [(2, 64, 64), (2, 128, 128), (2, 30, 20)]
     for a, b in zip(out, alone):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+
+
+def test_cli_colorize_with_ddcolor_masks_and_a_pointed_folder(ddcolor_models, ddcolor_state, tmp_path, capsys):
+    """``patchcolor colorize --colorizer ddcolor --masks`` end to end; a Hugging Face folder given with
+    ``--colorizer-weights`` gives the same image as the model-zoo file holding the same weights."""
+    from PIL import Image
+    from skimage import data
+
+    from patchcolor.cli import main
+
+    photo = tmp_path / "cat.png"
+    Image.fromarray(data.chelsea()[::3, ::3]).save(photo)
+    common = ["colorize", str(photo), "--models", str(ddcolor_models), "--max-side", "160"]
+    assert main(common + ["-o", str(tmp_path / "a"), "--colorizer", "ddcolor", "--masks", "--max-instances", "2"]) == 0
+    masks = sorted((tmp_path / "a" / "cat_masks").glob("*.png"))
+    assert 1 <= len(masks) <= 2 and (tmp_path / "a" / "cat.png").is_file()
+    folder = write_ddcolor(tmp_path / "hf", "hf-safetensors", state=ddcolor_state)
+    zoo = ["--detector", "none", "--colorizer", "ddcolor-tiny"]
+    assert main(common + ["-o", str(tmp_path / "b")] + zoo) == 0
+    assert main(common + ["-o", str(tmp_path / "c"), "--colorizer-weights", str(folder)] + zoo) == 0
+    b, c = (np.asarray(Image.open(tmp_path / d / "cat.png")) for d in ("b", "c"))
+    assert np.array_equal(b, c)
+    assert main(common + ["-o", str(tmp_path / "d"), "--colorizer-weights", str(tmp_path / "nope")] + zoo) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_weights_status_names_every_ddcolor_model(ddcolor_models, monkeypatch):
+    """What the service's info and the GIMP dialog read: each DDColor name with its label and status."""
+    import importlib.util
+
+    from patchcolor.models import weights_status
+
+    status = weights_status(ddcolor_models)
+    assert status["colorizers"]["ddcolor"] == status["colorizers"]["ddcolor-tiny"] == "ok"
+    assert status["colorizers"]["ddcolor-paper"] == "missing"
+    labels = {m["name"]: m["label"] for m in status["models"]}
+    assert "slow on CPU" in labels["ddcolor"] and "DDColor-T" in labels["ddcolor-tiny"]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n == "spandrel_extra_arches" else real(n, *a))
+    assert weights_status(ddcolor_models)["colorizers"]["ddcolor"] == "unavailable"
