@@ -148,7 +148,8 @@ def bench_forward(path: Path, variant: str, reps: int) -> None:
         wall = [sum(w for w, _ in s.values()) / batch for s in splits]
         cpu = [sum(c for _, c in s.values()) / batch for s in splits]
         split = ", ".join(f"{k} {min(s[k][1] for s in splits) / batch:.2f}" for k in splits[0])
-        print(f"forward {variant:5s} {side}²×{batch}: {min(wall):.2f} s/input wall (median {statistics.median(wall):.2f}),"
+        print(f"forward {variant:5s} {side}²×{batch}: {min(wall):.2f} s/input wall "
+              f"(median {statistics.median(wall):.2f}),"
               f" {min(cpu):.2f} CPU-s [{split}]; {flops:.0f} GFLOP/input: {flops / min(wall):.0f} GFLOP/s wall "
               f"(matmul {rate_wall:.0f}), {flops / min(cpu):.0f} GFLOP/CPU-s = {100 * flops / min(cpu) / rate_cpu:.0f} "
               f"% of matmul's {rate_cpu:.0f}; {load_line()}", flush=True)

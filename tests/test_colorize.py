@@ -133,7 +133,33 @@ def test_predict_ab_batches_and_resizes(tmp_path):
     out = predict_ab(model, inputs, [(64, 64), (20, 30), (64, 64)], batch_size=2,
                      on_batch=lambda d, t: calls.append((d, t)))
     assert [o.shape for o in out] == [(2, 64, 64), (2, 20, 30), (2, 64, 64)]
-    assert calls == [(2, 3), (3, 3)]
+    assert [c for c in calls if isinstance(c[0], int)] == [(2, 3), (3, 3)]     # after each chunk
+    inside = [d for d, _ in calls]                # and inside each forward (progress): never backwards, within range
+    assert inside == sorted(inside) and 0 <= inside[0] and inside[-1] == 3 and len(calls) > 2
     one = predict_ab(model, inputs[2:], [(64, 64)], batch_size=1)[0]
     np.testing.assert_allclose(out[2], one, atol=1e-4)   # batching does not change results
     assert all(o.dtype == np.float32 and np.isfinite(o).all() for o in out)
+
+
+def test_zhang_networks_keep_the_seeds_input():
+    """ECCV16 / SIGGRAPH17 inputs stay the seed's: PIL BICUBIC stretch of the crop to n², skimage L*, bit for bit;
+    DDColor's are its own (three channels, the full image at twice the crop side)."""
+    from PIL import Image
+    from skimage import data
+
+    from patchcolor import lab
+    from patchcolor.colorize import input_spec
+    from patchcolor.pipeline import net_input
+
+    work = data.astronaut()[::2, ::2].copy()
+    box = (10, 20, 150, 90)
+    for name in ("eccv16", "siggraph17"):
+        spec = input_spec(name)
+        for b in (None, box):
+            crop = work if b is None else work[b[1]:b[3], b[0]:b[2]]
+            seed = lab.lightness(np.asarray(Image.fromarray(crop).resize((128, 128), resample=Image.BICUBIC)))
+            got = net_input(work, b, 128, spec)
+            assert got.shape == (1, 128, 128) and np.array_equal(got[0], seed)
+    dd = input_spec("ddcolor")
+    assert net_input(work, None, 128, dd).shape == (3, 256, 256)
+    assert net_input(work, box, 128, dd).shape == (3, 128, 128)

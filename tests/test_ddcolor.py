@@ -207,7 +207,8 @@ def test_missing_file_and_missing_package(tmp_path, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "spandrel_extra_arches" else real(n, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n == "spandrel_extra_arches" else real(n, *a))
     with pytest.raises(PatchColorError) as ei:
         load_colorizer("ddcolor", tmp_path / DDCOLOR_FILES["ddcolor"], CPU)
     assert "patchcolor[ddcolor]" in ei.value.message and "\n" not in ei.value.message

@@ -332,7 +332,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         names = [n.strip() for n in args.colorizer.split(",") if n.strip()]
         unknown = [n for n in names if n not in reg.names("colorizer")]
         if unknown:
-            raise BadOptions(f"unknown colorizer {', '.join(unknown)}; choose from {', '.join(reg.names('colorizer'))}.")
+            raise BadOptions(f"unknown colorizer {', '.join(unknown)}; choose from "
+                             f"{', '.join(reg.names('colorizer'))}.")
     else:
         status = weights_status(args.models)["colorizers"]
         names = [n for n, s in status.items() if s == "ok"]
