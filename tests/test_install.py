@@ -136,6 +136,45 @@ def test_unconfirmed_algorithm_policy(tmp_path: Path) -> None:
     assert pm.verify_file(f, warn, recorded=pinned).status == "corrupt"    # pin beats "looks plausible"
 
 
+def test_a_name_without_hash_is_pinned_on_first_use_then_held_to_it(tmp_path: Path) -> None:
+    """DDColor's model-zoo names carry no hash: a complete file is accepted as unconfirmed and pinned; a damaged
+    one, one far from the expected size, or a later different file is refused."""
+    data = torch_like_bytes(200_000)
+    e = pm.WeightFile(id="d", file="ddcolor_paper_tiny.pth", url="https://example.invalid/d", hash_prefix=None,
+                      approx_size=len(data))
+    f = tmp_path / e.file
+    f.write_bytes(data)
+    r = pm.verify_file(f, e)
+    assert r.status == "unconfirmed" and r.usable and r.sha256 == sha256(data), r.message
+    assert pm.record_verified(tmp_path, e, r)
+    pinned = pm.load_verified(tmp_path)[e.file]
+    assert pm.verify_file(f, e, recorded=pinned).ok
+    f.write_bytes(torch_like_bytes(200_000))                    # another file of the same size and format
+    assert pm.verify_file(f, e, recorded=pinned).status == "corrupt"
+    f.write_bytes(data[:-30])                                   # cut off: no end-of-central-directory record
+    assert pm.verify_file(f, e).status == "corrupt"
+    f.write_bytes(data)
+    assert pm.verify_file(f, pm.WeightFile(id="d", file=e.file, url=e.url, hash_prefix=None,
+                                           approx_size=10 * len(data))).status == "corrupt"
+    assert pm.verify_file(f, pm.WeightFile(id="d", file=e.file, url=e.url, hash_prefix=None,
+                                           sha256=sha256(data))).ok
+
+
+def test_weights_fetch_and_verify_a_hashless_entry(tmp_path: Path) -> None:
+    data = torch_like_bytes(150_000)
+    e = pm.WeightFile(id="d", file="ddcolor_x.pth", url="https://example.invalid/d", hash_prefix=None,
+                      approx_size=len(data), required=True)
+    env = {"PATCHCOLOR_CATALOG": str(write_catalog(tmp_path / "cat.json", [e]))}
+    src, dst = tmp_path / "offline", tmp_path / "models"
+    src.mkdir()
+    (src / e.file).write_bytes(data)
+    p = run_weights("fetch", "--from", str(src), "--models-dir", str(dst), env=env)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+    assert json.loads((dst / "verified.json").read_text())["files"][e.file]["sha256"] == sha256(data)
+    p = run_weights("verify", "--models-dir", str(dst), env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
 # ----------------------------------------------------------------------------------------------- weight_path
 def test_weight_path_missing_message_is_one_sentence_with_the_fetch_command(tmp_path: Path) -> None:
     with pytest.raises(WeightsMissing) as ei:
@@ -338,7 +377,7 @@ def run_weights(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 def write_catalog(path: Path, entries: list[Any]) -> Path:
     """A schema-2 catalogue with one colorizer model per entry (optional unless the entry is required)."""
     keys = ("id", "file", "url", "size", "approx_size", "sha256", "on_prefix_mismatch")
-    files = [{**{k: getattr(e, k) for k in keys}, "hash_prefix": {
+    files = [{**{k: getattr(e, k) for k in keys}, "hash_prefix": None if e.hash_prefix is None else {
         "hex": e.hash_prefix.hex, "algorithms": list(e.hash_prefix.algorithms), "confirmed": e.hash_prefix.confirmed}}
         for e in entries]
     models = [{"name": e.id, "kind": "colorizer", "file": e.id, "optional": not e.required, "label": e.id,

@@ -153,7 +153,7 @@ def test_limits_and_devices(models_dir):
         assert e.value.code == "image_too_small"
     import torch
     if not torch.cuda.is_available():
-        with pytest.raises(DeviceUnavailable, match="no CUDA"):
+        with pytest.raises(DeviceUnavailable, match="CUDA GPU was asked for"):
             Pipeline(models_dir, device="cuda")
 
 

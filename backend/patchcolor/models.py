@@ -177,10 +177,10 @@ def verify_file(path: Path, entry: WeightFile, full: bool = True,
         res.message = "size ok (not hashed)"
         return res
 
-    algos = list(entry.hash_prefix.algorithms)
+    algos = list(entry.hash_prefix.algorithms) if entry.hash_prefix is not None else []
     digests = hash_file(path, ["sha256", *algos])
     res.hashed, res.sha256, res.md5 = True, digests["sha256"], digests.get("md5")
-    prefix = entry.hash_prefix.hex
+    prefix = entry.hash_prefix.hex if entry.hash_prefix is not None else ""
     res.prefix_algorithm = next((a for a in algos if digests[a].startswith(prefix)), None)
 
     if entry.sha256 and res.sha256 != entry.sha256.lower():
@@ -192,6 +192,8 @@ def verify_file(path: Path, entry: WeightFile, full: bool = True,
         res.status, res.message = "corrupt", (f"sha256 differs from the copy verified {when} (if you replaced "
                                               f"the file on purpose, delete its entry in {VERIFIED_NAME})")
         return res
+    if entry.hash_prefix is None:
+        return _verify_unhashed_name(res, path, entry, pinned)
     if res.prefix_algorithm:
         res.message = f"{res.prefix_algorithm} prefix {prefix} ok"
         if pinned:
@@ -203,11 +205,7 @@ def verify_file(path: Path, entry: WeightFile, full: bool = True,
         res.status, res.message = "corrupt", f"hash prefix mismatch: name says {prefix}, file has {shown}"
         return res
     # The suffix's algorithm is unknown and neither candidate matched: accept only a plausible file.
-    problem = _plausible_structure(path, size)
-    if problem is None and entry.size is None and entry.approx_size and pinned is None:
-        lo, hi = int(entry.approx_size * 0.75), int(entry.approx_size * 1.25)
-        if not lo <= size <= hi:
-            problem = f"size {size} bytes is far from the expected ~{entry.approx_size}"
+    problem = _implausible(path, size, entry, pinned)
     if problem:
         res.status, res.message = "corrupt", problem
         return res
@@ -215,6 +213,33 @@ def verify_file(path: Path, entry: WeightFile, full: bool = True,
     res.message = (f"name suffix {prefix} matches neither {' nor '.join(algos)} ({shown}); accepted because its "
                    f"algorithm is unverified and the file looks complete" +
                    (", same file as pinned" if pinned else "; sha256 pinned on first use"))
+    return res
+
+
+def _implausible(path: Path, size: int, entry: WeightFile, pinned: str | None) -> str | None:
+    """Why a file no hash confirms cannot be the catalogue's (damaged format, or a size far from the estimate
+    while nothing is pinned yet), or None when it looks complete."""
+    problem = _plausible_structure(path, size)
+    if problem is None and entry.size is None and entry.approx_size and pinned is None:
+        lo, hi = int(entry.approx_size * 0.75), int(entry.approx_size * 1.25)
+        if not lo <= size <= hi:
+            problem = f"size {size} bytes is far from the expected ~{entry.approx_size}"
+    return problem
+
+
+def _verify_unhashed_name(res: VerifyResult, path: Path, entry: WeightFile, pinned: str | None) -> VerifyResult:
+    """A file whose official name carries no hash (``hash_prefix`` None): the catalogue's sha256 or the pinned one
+    confirm it; without either it is accepted as "unconfirmed" when it looks complete, and pinned (trust on first
+    use: a later change of the file is caught)."""
+    if entry.sha256 or pinned:
+        res.message = "sha256 matches the catalogue" if entry.sha256 else "same file as pinned"
+        return res
+    problem = _implausible(path, res.size or 0, entry, pinned)
+    if problem:
+        res.status, res.message = "corrupt", problem
+        return res
+    res.status = "unconfirmed"
+    res.message = "its official name carries no hash; accepted because it looks complete, sha256 pinned on first use"
     return res
 
 

@@ -62,7 +62,7 @@ class Outcome:
 def _report(entry: WeightFile, res: M.VerifyResult) -> None:
     if res.status == "unconfirmed":
         warn(f"{entry.file}: {res.message}")
-    elif res.prefix_algorithm and not entry.hash_prefix.confirmed:
+    elif res.prefix_algorithm and entry.hash_prefix is not None and not entry.hash_prefix.confirmed:
         say(f"  {entry.file}: the name's prefix matched its {res.prefix_algorithm} digest "
             f"(catalogue declares {entry.hash_prefix.describe()}; recorded in {M.VERIFIED_NAME})")
 

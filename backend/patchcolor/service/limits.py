@@ -14,17 +14,22 @@ from typing import Hashable
 
 from patchcolor_client.protocol import PIXEL_FORMATS, ProtocolError
 
+from ..colorize import input_spec
 from ..options import Options
 from ..prepare import working_size
+from ..registry import NO_DETECTOR, registry
 
 #: Rough per-pixel peak costs (bytes), calibrated on CPU fp32 runs: issue 8 saw 5.7 GB for a batch of 64 x 512^2
 #: (~340 B per network pixel); eccv16 here, batch 8 x 512^2 on a 640x480 image, peak RSS rise 1199 MiB over the
 #: loaded models (~570 B per network pixel, AMD EPYC, torch CPU); rounded up. An upper bound for admission.
 NET_BYTES_PER_PIXEL = 640          # colorizer activations per network input pixel in one batch
+#: the same for networks with another input (InputSpec name): DDColor-L, 512² full image, peak RSS 3.0 GB over
+#: 2.4 GB loaded (bench/bench_ddcolor.py) ~ 2300 B per input pixel; rounded up
+NET_BYTES_BY_INPUT = {"gray-rgb": 2400}
 DETECTOR_BYTES_PER_PIXEL = 1200    # R101-FPN / torchvision detector activations per working pixel
 FINISH_BYTES_PER_PIXEL = 40        # float32 Lab planes and bands of the finish at output size
 HINT_BYTES_PER_PIXEL = 16          # painted mask, its comparisons and the int32 blob labels per hint-map pixel
-MODEL_BYTES = 600 << 20            # colorizer + detector weights
+MODEL_BYTES = 600 << 20            # colorizer + detector weights when the catalogue gives no file size
 BASE_BYTES = 200 << 20             # interpreter, libraries, slack
 
 
@@ -53,16 +58,27 @@ def estimate_job_bytes(width: int, height: int, fmt: str, opts: Options, frame_b
     out_px = src_px if opts.full_resolution else work_px
     n = opts.max_instances
     frames = src_px * channels * sample if frame_bytes is None else frame_bytes   # kept for refuse
-    total = BASE_BYTES + MODEL_BYTES + frames + hint_pixels * HINT_BYTES_PER_PIXEL
+    total = BASE_BYTES + model_bytes(opts) + frames + hint_pixels * HINT_BYTES_PER_PIXEL
     total += work_px * 3 * 4                                                  # working copy (float32 Lab)
     if opts.detector != "none":
         total += work_px * DETECTOR_BYTES_PER_PIXEL
-    total += opts.batch_size * opts.net_size ** 2 * NET_BYTES_PER_PIXEL       # one colorizer batch
+    spec = input_spec(opts.colorizer)
+    net_px = max(spec.side(opts.net_size, True) ** 2, opts.batch_size * spec.side(opts.net_size, False) ** 2)
+    total += net_px * NET_BYTES_BY_INPUT.get(spec.name, NET_BYTES_PER_PIXEL)  # the largest colorizer batch
     total += (1 + n) * opts.net_size ** 2 * 4 * 4                             # network inputs (L + hints)
     total += (1 + n) * work_px * 2 * 4 // 2                                   # a/b per crop (crops ~ half the image)
     total += n * work_px // 2                                                 # cropped uint8/bool masks
     total += out_px * (FINISH_BYTES_PER_PIXEL + 4 * sample)                   # finish + result image
     return int(total)
+
+
+def model_bytes(opts: Options) -> int:
+    """The job's colorizer and detector weights as held while loading (twice each file: the state dict read and
+    the network), from the catalogue's file sizes; MODEL_BYTES when it gives none."""
+    reg = registry()
+    sizes = [reg.model(name, kind).weights.size_hint
+             for kind, name in (("colorizer", opts.colorizer), ("detector", opts.detector)) if name != NO_DETECTOR]
+    return 2 * sum(sizes) if sizes and all(sizes) else MODEL_BYTES
 
 
 def available_memory() -> int | None:
