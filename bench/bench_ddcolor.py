@@ -90,7 +90,7 @@ def weights(cache: Path, variant: str) -> Path:
 
 
 def load(path: Path, **flags):
-    from patchcolor.colorize.ddcolor import DDColorColorizer, build_network, fold_spectral_norm, read_state_dict
+    from patchcolor.colorizers.ddcolor import DDColorColorizer, build_network, fold_spectral_norm, read_state_dict
 
     state, _ = read_state_dict(path)
     net = build_network(state).eval().requires_grad_(False)
@@ -102,7 +102,7 @@ def library(path: Path):
     """The library's network as published (spectral-norm and feature hooks), on the same weights."""
     from spandrel_extra_arches.architectures.DDColor import DDColorArch
 
-    from patchcolor.colorize.ddcolor import read_state_dict
+    from patchcolor.colorizers.ddcolor import read_state_dict
 
     state, _ = read_state_dict(path)
     return DDColorArch().load(state).model.eval().requires_grad_(False)
@@ -135,7 +135,7 @@ def parts(model, x: torch.Tensor) -> dict[str, tuple[float, float]]:
 def bench_forward(path: Path, variant: str, reps: int) -> None:
     """Per input: wall min (median), CPU seconds, the split (CPU s), and the network's GFLOP per CPU second
     against the matmul's GFLOP per CPU second measured just before (both threads counted in both)."""
-    from patchcolor.colorize.ddcolor import random_gray_batch
+    from patchcolor.colorizers.ddcolor import random_gray_batch
 
     model, ref = load(path), library(path)
     for side, batch in ((512, 1), (256, 1), (256, 4)):
@@ -157,7 +157,7 @@ def bench_forward(path: Path, variant: str, reps: int) -> None:
 
 
 def bench_changes(path: Path, reps: int) -> None:
-    from patchcolor.colorize.ddcolor import random_gray_batch
+    from patchcolor.colorizers.ddcolor import random_gray_batch
 
     ref = library(path)
     plain = load(path, fold_tail=False, cache_positions=False, fast_attention=False, channels_last=False)
@@ -198,7 +198,7 @@ def bench_changes(path: Path, reps: int) -> None:
 
 
 def bench_crops(path: Path, reps: int) -> None:
-    from patchcolor.colorize.ddcolor import random_gray_batch
+    from patchcolor.colorizers.ddcolor import random_gray_batch
 
     model = load(path)
     row = []
@@ -223,8 +223,8 @@ def peak_rss_mb(key: str = "VmHWM") -> float:
 
 def rss_child(path: str) -> None:
     """Child process: load one model with the real loader, run 512² and 256²×4; print JSON."""
-    from patchcolor.colorize import load_colorizer
-    from patchcolor.colorize.ddcolor import random_gray_batch
+    from patchcolor.colorizers import load_colorizer
+    from patchcolor.colorizers.ddcolor import random_gray_batch
 
     base = peak_rss_mb()
     t = time.perf_counter()
@@ -297,7 +297,7 @@ def bench_photo(cache: Path, paths: dict[str, Path], reps: int) -> None:
 def bench_bf16(paths: dict[str, Path], reps: int) -> None:
     """``--precision fast`` where the CPU runs bf16 natively: 512² per input, bf16 autocast against fp32 (time and
     max |Δab| relative to max |ab|)."""
-    from patchcolor.colorize.ddcolor import random_gray_batch
+    from patchcolor.colorizers.ddcolor import random_gray_batch
     from patchcolor.precision import autocast, fast_precision
 
     fast = fast_precision(torch.device("cpu"))

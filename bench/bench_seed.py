@@ -46,7 +46,7 @@ How it differs from the real seed code (which cannot run here: detectron2 has no
 * CPU instead of ``.cuda()``; torch's threads are the same for every row.
 * the seed's convolutions are PyTorch's default (oneDNN); ours take NNPACK's Winograd for large-map 3×3
   convolutions where patchcolor.winograd's policy turns it on (AVX2 CPUs; the CPU line says which).
-Arithmetic reused from the project where it is the seed's: patchcolor.colorize (ECCV16 + official .pth
+Arithmetic reused from the project where it is the seed's: patchcolor.colorizers (ECCV16 + official .pth
 loader), patchcolor.segment (R101 loader via the registry, ``filter_instances``), patchcolor.fuse (``seed``
 mode, one call per instance), patchcolor.finish.desaturation_weight; skimage for all colour conversions.
 
@@ -97,7 +97,7 @@ class SeedReenactment:
     def __init__(self, models: Path, max_instances: int, fast_detector: bool = False) -> None:
         import torch
 
-        from patchcolor.colorize import load_colorizer
+        from patchcolor.colorizers import load_colorizer
         from patchcolor.models import weight_path
 
         self.models, self.max_instances, self.fast_detector = models, max_instances, fast_detector

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from patchcolor.colorize import ARCHITECTURES
+from patchcolor.colorizers import ARCHITECTURES
 
 FILE_NAMES = {"eccv16": "colorization_release_v2-9b330a0b.pth", "siggraph17": "siggraph17-df00044c.pth"}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fake_colorizers import random_state_dict, write_colorizer_pth
-from patchcolor.colorize import ARCHITECTURES, load_colorizer, predict_ab
+from patchcolor.colorizers import ARCHITECTURES, load_colorizer, predict_ab
 from patchcolor.errors import WeightsCorrupt, WeightsMissing
 
 
@@ -148,7 +148,7 @@ def test_zhang_networks_keep_the_seeds_input():
     from skimage import data
 
     from patchcolor import lab
-    from patchcolor.colorize import input_spec
+    from patchcolor.colorizers import input_spec
     from patchcolor.pipeline import net_input
 
     work = data.astronaut()[::2, ::2].copy()

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 pytest.importorskip("spandrel_extra_arches")
 
 from fake_colorizers import DDCOLOR_FILES, write_ddcolor  # noqa: E402
-from patchcolor.colorize import input_spec, load_colorizer, predict_ab  # noqa: E402
-from patchcolor.colorize.ddcolor import DDColorColorizer, random_gray_batch  # noqa: E402
+from patchcolor.colorizers import input_spec, load_colorizer, predict_ab  # noqa: E402
+from patchcolor.colorizers.ddcolor import DDColorColorizer, random_gray_batch  # noqa: E402
 from patchcolor.errors import PatchColorError, WeightsCorrupt, WeightsMissing  # noqa: E402
 from patchcolor.options import make_options  # noqa: E402
 from patchcolor.pipeline import Pipeline  # noqa: E402
@@ -115,7 +115,7 @@ def test_optimised_forward_equals_the_library_forward(ddcolor_state):
 
 
 def load_weights(state: dict[str, torch.Tensor], **flags) -> DDColorColorizer:
-    from patchcolor.colorize.ddcolor import build_network, fold_spectral_norm
+    from patchcolor.colorizers.ddcolor import build_network, fold_spectral_norm
 
     net = build_network(dict(state)).eval().requires_grad_(False)
     assert fold_spectral_norm(net) == 8                  # every spectral-norm layer of the decoder and refine net

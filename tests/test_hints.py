@@ -13,7 +13,7 @@ from PIL import Image
 from skimage import color
 
 from fake_colorizers import FILE_NAMES, random_state_dict, write_colorizer_pth
-from patchcolor.colorize import load_colorizer, predict_ab
+from patchcolor.colorizers import load_colorizer, predict_ab
 from patchcolor.errors import BadOptions
 from patchcolor.hints import DEFAULT_SPREAD, extract_hints
 from patchcolor.options import make_options

@@ -381,7 +381,7 @@ def write_catalog(path: Path, entries: list[Any]) -> Path:
         "hex": e.hash_prefix.hex, "algorithms": list(e.hash_prefix.algorithms), "confirmed": e.hash_prefix.confirmed}}
         for e in entries]
     models = [{"name": e.id, "kind": "colorizer", "file": e.id, "optional": not e.required, "label": e.id,
-               "builder": "patchcolor.colorize.eccv16:ECCVGenerator"} for e in entries]
+               "builder": "patchcolor.colorizers.eccv16:ECCVGenerator"} for e in entries]
     path.write_text(json.dumps({"schema": 2, "files": files, "models": models}))
     return path
 

@@ -183,7 +183,7 @@ def test_shares_follow_the_measured_time_of_each_block():
 
 
 def test_network_blocks_split_the_heavy_children():
-    from patchcolor.colorize.eccv16 import ECCVGenerator
+    from patchcolor.colorizers.eccv16 import ECCVGenerator
 
     blocks = dict(network_blocks(ECCVGenerator()))
     assert "model1" in blocks and "model4" not in blocks and "model4.0" in blocks    # 5.9 M of 32 M parameters

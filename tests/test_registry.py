@@ -66,11 +66,11 @@ def test_registry_names_kinds_files_and_builders() -> None:
     assert reg.file("detectron2") is reg.file("r101") and reg.file("detectron2").file == "model_final_a3ec72.pkl"
     assert {m.name for m in reg.users("r101")} == {"r101", "detectron2"}
     assert reg.model("detectron2").requires == "detectron2" and reg.model("detectron2").optional
-    from patchcolor.colorize import ARCHITECTURES
-    from patchcolor.colorize.eccv16 import ECCVGenerator
-    from patchcolor.colorize.siggraph17 import SIGGRAPHGenerator
+    from patchcolor.colorizers import ARCHITECTURES
+    from patchcolor.colorizers.eccv16 import ECCVGenerator
+    from patchcolor.colorizers.siggraph17 import SIGGRAPHGenerator
 
-    from patchcolor.colorize.ddcolor import DDColorColorizer
+    from patchcolor.colorizers.ddcolor import DDColorColorizer
 
     assert ARCHITECTURES == {"eccv16": ECCVGenerator, "siggraph17": SIGGRAPHGenerator,   # built from the registry
                              **{n: DDColorColorizer for n in ("ddcolor", "ddcolor-artistic", "ddcolor-paper",
@@ -126,7 +126,7 @@ def test_every_reader_of_model_names_follows_the_registry(tmp_path: Path, monkey
     data = json.loads(R.PACKAGE_CATALOG.read_text())
     data["models"] = [m for m in data["models"] if m["name"] != "torchvision-v2" and "ddcolor" not in m["name"]]
     data["models"].append({"name": "eccv16-copy", "kind": "colorizer", "file": "eccv16", "optional": True,
-                           "label": "Copy", "builder": "patchcolor.colorize.eccv16:ECCVGenerator"})
+                           "label": "Copy", "builder": "patchcolor.colorizers.eccv16:ECCVGenerator"})
     cat = tmp_path / "cat.json"
     cat.write_text(json.dumps(data))
     monkeypatch.setenv("PATCHCOLOR_CATALOG", str(cat))
@@ -183,7 +183,7 @@ def _loader_error(kind: str, name: str, folder: Path) -> Any:
 
     with pytest.raises((WeightsMissing, WeightsCorrupt)) as ei:
         if kind == "colorizer":
-            from patchcolor.colorize import load_colorizer
+            from patchcolor.colorizers import load_colorizer
 
             load_colorizer(name, folder / R.registry().file(name).file, torch.device("cpu"))
         else:

@@ -180,7 +180,7 @@ def test_installed_wheel_lists_fetches_and_verifies_weights(venv: Path, tmp_path
         files.append({"id": fid, "file": name, "url": "", "hash_prefix": {
             "hex": name[-12:-4], "algorithms": ["sha256"], "confirmed": True}})
         models.append({"name": fid, "kind": "colorizer", "file": fid, "optional": fid == "extra", "label": fid,
-                       "builder": "patchcolor.colorize.eccv16:ECCVGenerator"})
+                       "builder": "patchcolor.colorizers.eccv16:ECCVGenerator"})
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(served)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

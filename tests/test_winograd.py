@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_colorizers import write_colorizer_pth  # noqa: E402
 from fake_r101 import write_r101_pkl  # noqa: E402
 from patchcolor import winograd as W  # noqa: E402
-from patchcolor.colorize import load_colorizer, predict_ab  # noqa: E402
+from patchcolor.colorizers import load_colorizer, predict_ab  # noqa: E402
 from patchcolor.registry import registry  # noqa: E402
 from patchcolor.segment.base import DetectorSettings  # noqa: E402
 from patchcolor.segment.r101 import R101Detector  # noqa: E402

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from . import lab
-from .colorize import NET_SIZE, input_spec, load_colorizer, predict_ab
-from .colorize.inputs import LIGHTNESS, InputSpec
+from .colorizers import NET_SIZE, input_spec, load_colorizer, predict_ab
+from .colorizers.inputs import LIGHTNESS, InputSpec
 from .device import resolve_device
 from .finish import finish
 from .hints import Hints, HintTensors, extract_hints
@@ -80,7 +80,7 @@ def net_input(work: np.ndarray, box: tuple[int, int, int, int] | None = None, si
               spec: InputSpec = LIGHTNESS) -> np.ndarray:
     """A colorizer's network input for (the box crop of) the working RGB, as its ``spec`` prepares it at the side
     it gives for ``size`` (the options' net_size). LIGHTNESS (ECCV16, SIGGRAPH17): the seed's PIL BICUBIC stretch
-    to size² and skimage L*, (1, size, size) float32 in [0, 100]; see :mod:`patchcolor.colorize.inputs`."""
+    to size² and skimage L*, (1, size, size) float32 in [0, 100]; see :mod:`patchcolor.colorizers.inputs`."""
     return spec.make(work, box, size)
 
 

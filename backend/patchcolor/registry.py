@@ -121,7 +121,7 @@ class ModelSpec:
     """One model name the user can choose.
 
     builder: ``"patchcolor.pkg.module:Attribute"``; colorizer: ``Attribute()`` -> torch.nn.Module (weights are
-    loaded by :func:`patchcolor.colorize.load_colorizer`); detector: ``Attribute(weights_path, device)`` ->
+    loaded by :func:`patchcolor.colorizers.load_colorizer`); detector: ``Attribute(weights_path, device)`` ->
     Detector. requires: an extra Python package the builder imports (one sentence if it is absent).
     """
 

@@ -14,7 +14,7 @@ from typing import Hashable
 
 from patchcolor_client.protocol import PIXEL_FORMATS, ProtocolError
 
-from ..colorize import input_spec
+from ..colorizers import input_spec
 from ..options import Options
 from ..prepare import working_size
 from ..registry import NO_DETECTOR, registry

@@ -2,7 +2,7 @@
 
 The network is spandrel-extra-arches' ``DDColor`` (the authors' architecture; MIT, the chaiNNer/ComfyUI loader),
 built from the weight file's keys (ConvNeXt-T or -L encoder, the multi-scale colour decoder). Input (N, 3, n, n)
-gray RGB in [0, 1] (see :data:`~patchcolor.colorize.inputs.GRAY_RGB`), n a multiple of 32; output (N, 2, n, n)
+gray RGB in [0, 1] (see :data:`~patchcolor.colorizers.inputs.GRAY_RGB`), n a multiple of 32; output (N, 2, n, n)
 Lab a/b in raw units.
 
 Weight files read (:func:`read_state_dict`), always strictly (every key, every shape) and safely (safetensors or
