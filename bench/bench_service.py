@@ -66,7 +66,8 @@ class StubPipeline:
         state = FusionState((src.width, src.height), np.zeros((2, 1, 1), np.float32), [], [], [])
         return Result(image, [], state, {})
 
-    def refuse(self, src: Any, state: Any, masks: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
+    def recompose(self, src: Any, state: Any, masks: Any, opts: Any, progress: Any = None,
+                  cancelled: Any = None) -> Any:
         return self.run(src, opts, progress, cancelled)
 
 

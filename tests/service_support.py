@@ -171,8 +171,9 @@ class SlowPipeline:
     def run(self, src: Any, opts: Any, progress: Any = None, cancelled: Any = None, instances: Any = None) -> Any:
         return self.inner.run(src, opts, self._slow(progress), cancelled, instances)
 
-    def refuse(self, src: Any, state: Any, masks: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
-        return self.inner.refuse(src, state, masks, opts, self._slow(progress), cancelled)
+    def recompose(self, src: Any, state: Any, masks: Any, opts: Any, progress: Any = None,
+                  cancelled: Any = None) -> Any:
+        return self.inner.recompose(src, state, masks, opts, self._slow(progress), cancelled)
 
 
 def slow_pipeline(models_dir: Path | None, device: str, max_pixels: int) -> SlowPipeline:
@@ -231,7 +232,8 @@ class EchoPipeline:
         state = FusionState(nbytes=0)
         return Result(image=image, instances=[inst], state=state, timings={"echo": 0.0})
 
-    def refuse(self, src: Any, state: Any, masks: Any, opts: Any, progress: Any = None, cancelled: Any = None) -> Any:
+    def recompose(self, src: Any, state: Any, masks: Any, opts: Any, progress: Any = None,
+                  cancelled: Any = None) -> Any:
         res = self.run(src, opts, progress, cancelled)
         keep = [np.asarray(m).any() for m in masks]
         res.instances = [i for i, k in zip(res.instances, keep) if k]

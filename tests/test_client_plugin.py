@@ -45,18 +45,18 @@ def test_endpoint_resolution(tmp_path):
     assert PluginConfig({}).auto_start(True) and not PluginConfig({}).auto_start(False)
 
 
-def test_refuse_endpoint_follows_a_moved_backend():
-    """Re-fuse goes to the backend that made the result while it answers (it may hold the job), else to the
+def test_recompose_endpoint_follows_a_moved_backend():
+    """Recompose goes to the backend that made the result while it answers (it may hold the job), else to the
     endpoint config.json names now; a typed endpoint always wins."""
     alive = set()
     ping = lambda ep, t: ep in alive           # noqa: E731
     cfg = PluginConfig({"endpoint": "tcp://127.0.0.1:6001", "ping_timeout_s": 0.1})
     old = "tcp://127.0.0.1:5555"
-    assert cfg.refuse_endpoint("", old, ping) == "tcp://127.0.0.1:6001"
+    assert cfg.recompose_endpoint("", old, ping) == "tcp://127.0.0.1:6001"
     alive.add(old)
-    assert cfg.refuse_endpoint("", old, ping) == old
-    assert cfg.refuse_endpoint("tcp://127.0.0.1:7", old, ping) == "tcp://127.0.0.1:7"
-    assert PluginConfig({}).refuse_endpoint("", None, ping) == CP.DEFAULT_ENDPOINT
+    assert cfg.recompose_endpoint("", old, ping) == old
+    assert cfg.recompose_endpoint("tcp://127.0.0.1:7", old, ping) == "tcp://127.0.0.1:7"
+    assert PluginConfig({}).recompose_endpoint("", None, ping) == CP.DEFAULT_ENDPOINT
 
 
 def test_device_reaches_the_started_backend_command():

@@ -1,5 +1,5 @@
 """DDColor as a colorizer of the pipeline: parity with the authors' inference pipeline, every published weight
-format, strict and safe loading, the random test weights, and the pipeline paths (instances, re-fuse, preview, CLI)
+format, strict and safe loading, the random test weights, and the pipeline paths (instances, recompose, preview, CLI)
 on random DDColor-T weights (conftest ``ddcolor_state`` / ``ddcolor_models``)."""
 from __future__ import annotations
 
@@ -238,7 +238,7 @@ def test_crops_are_batched_at_their_own_size(ddpipe, photo_gray):
     assert np.abs(state.inst_ab[0] - state.full_ab[:, y0:y1, x0:x1]).mean() > 1.0
 
 
-def test_refuse_recolorizes_a_moved_mask_with_ddcolor(ddpipe, photo_gray):
+def test_recompose_recolorizes_a_moved_mask_with_ddcolor(ddpipe, photo_gray):
     opts = make_options("default", colorizer="ddcolor", net_size=64, max_instances=2, max_side=256)
     src = SourceImage(photo_gray)
     first = ddpipe.run(src, opts)
@@ -250,7 +250,7 @@ def test_refuse_recolorizes_a_moved_mask_with_ddcolor(ddpipe, photo_gray):
     masks[0][2 * corner[1]:2 * corner[1] + 40, 2 * corner[0]:2 * corner[0] + 40] = True   # outside its crop box
     model = ddpipe.colorizer("ddcolor")
     with Recorder(model) as rec:
-        again = ddpipe.refuse(src, first.state, masks, opts)
+        again = ddpipe.recompose(src, first.state, masks, opts)
     assert [tuple(x.shape) for x, _ in rec.calls] == [(1, 3, 64, 64)]      # only that crop, at the crop size
     assert len(again.instances) == len(first.instances)
     assert again.state.inst_boxes[0] != first.state.inst_boxes[0]

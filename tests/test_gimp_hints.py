@@ -2,7 +2,7 @@
 
 GIMP runs: Add Hint Layer on a grayscale photo (converted to RGB, an empty transparent "Colour hints" layer above
 it), paints one dab on it, asks for the dialog's preview through its procedure (a new image; the photo's image is
-not touched), colorizes with the hints and with them switched off, and re-fuses the hinted result with one mask
+not touched), colorizes with the hints and with them switched off, and recomposes the hinted result with one mask
 cleared. This process compares each result with what a direct client call with the same pixels and hint map gets
 from the same backend. Skipped when no GIMP 3 is available (see gimp_harness.py).
 """
@@ -137,8 +137,8 @@ try:
                                    bytes(m.get_width() * m.get_height()))
                 m.update(0, 0, m.get_width(), m.get_height())
                 s2, v2, e2 = call("plug-in-colorize-patch-refuse", img, [group], endpoint="")
-                R[key]["refuse"] = {"status": s2, "error": e2}
-                dump(col, "R'G'B' u8", key + "_refused.raw")
+                R[key]["recompose"] = {"status": s2, "error": e2}
+                dump(col, "R'G'B' u8", key + "_recomposed.raw")
         save()
     R["layers_end"] = layers(img)
     # a hidden hint layer is not used (and not counted)
@@ -246,7 +246,7 @@ def test_preview_procedure_matches_the_backend_and_leaves_the_image_alone(run):
 
 
 @needs_gimp
-def test_hint_layer_changes_the_colorized_layer_near_the_hint_and_refuse_keeps_it(run):
+def test_hint_layer_changes_the_colorized_layer_near_the_hint_and_recompose_keeps_it(run):
     from patchcolor_client import Client
 
     r, out, endpoint, _ = run
@@ -262,12 +262,12 @@ def test_hint_layer_changes_the_colorized_layer_near_the_hint_and_refuse_keeps_i
         want = c.colorize(W, H, "rgb8", src.tobytes(), OPTIONS, hints=_hint_map())
         assert want.extra.get("hints") == 1
         assert np.abs(hinted - np.frombuffer(want.pixels, np.uint8).reshape(H, W, 3)).max() <= 1
-        if "refuse" in r["hinted"]:
-            assert r["hinted"]["refuse"]["status"] == "success", r["hinted"]["refuse"]["error"]
+        if "recompose" in r["hinted"]:
+            assert r["hinted"]["recompose"]["status"] == "success", r["hinted"]["recompose"]["error"]
             masks = [bytearray(i.full_mask(W, H)) for i in want.instances]
             masks[0] = bytearray(W * H)
-            again = c.refuse(want.job_id, masks)
-            got = _img(out, "hinted_refused.raw").astype(int)
+            again = c.recompose(want.job_id, masks)
+            got = _img(out, "hinted_recomposed.raw").astype(int)
             assert np.abs(got - np.frombuffer(again.pixels, np.uint8).reshape(H, W, 3)).max() <= 1
 
 

@@ -37,7 +37,7 @@ needs_gimp = pytest.mark.skipif(GIMP is None, reason=f"no GIMP 3: {WHY}")
 PATCHCOLOR = REPO / ".venv" / "bin" / "patchcolor"
 MAX_PIXELS = 500_000          # the test backend's image size limit (the "too large" case is 800 x 700)
 # With random weights ECCV16 predicts nearly the same (almost gray) colour everywhere; SIGGRAPH17 with the largest
-# saturation gain gives instance colours that differ visibly from the full-image colour, which re-fuse tests need.
+# saturation gain gives instance colours that differ visibly from the full-image colour, which recompose tests need.
 OPTIONS = {"preset": "default", "colorizer": "siggraph17", "detector": "r101", "score_thresh": 0.3,
            "max_instances": 3, "saturation": 4.0, "feather": 0.02}
 DIALOG_ARGS = {"preset": "default", "colorizer": "siggraph17", "detector": "r101", "score-threshold": 0.3,
@@ -152,7 +152,7 @@ def wire_format(image, layer):
 GIMP_CALL
 
 def parts(group):
-    """(Colorized layer, {mask index: mask layer}, Masks group) found by parasite, as re-fuse finds them."""
+    """(Colorized layer, {mask index: mask layer}, Masks group) found by parasite, as recompose finds them."""
     found = {"col": None, "masks": {}, "masks_group": None}
     def walk(g):
         for c in g.get_children():
@@ -250,24 +250,24 @@ def colorize_case(key, image, src, **props):
         dump(ml, "Y' u8", "%s_mask%d.raw" % (key, i))
     return group
 
-def refuse_case(key, image, group, k, select_layer=None):
-    """Clear mask layer k to black and re-fuse."""
+def recompose_case(key, image, group, k, select_layer=None):
+    """Clear mask layer k to black and recompose."""
     c = R["cases"][key]
     col, masks, _ = parts(group)
     ml = masks[k]
     clear(ml)
-    c["refuse_k"] = k
+    c["recompose_k"] = k
     ok, *sel_before = Gimp.Selection.bounds(image)
     status, vals, err = call("plug-in-colorize-patch-refuse", image, [select_layer or ml], endpoint="")
-    c["refuse_status"], c["refuse_error"] = status, err
+    c["recompose_status"], c["recompose_error"] = status, err
     if status == "success":
-        c["refuse_n"] = vals[1]
-        c["refuse_layer"] = vals[0].get_name()
+        c["recompose_n"] = vals[1]
+        c["recompose_layer"] = vals[0].get_name()
     ok, *sel_after = Gimp.Selection.bounds(image)
-    c["selection_before_refuse"], c["selection_after_refuse"] = sel_before, sel_after
+    c["selection_before_recompose"], c["selection_after_recompose"] = sel_before, sel_after
     rfmt = RESULT.get(c["wire_format"], c["wire_format"])
-    dump(col, BABL[rfmt], key + "_refused.raw")
-    c["tree_after_refuse"] = tree(image)
+    dump(col, BABL[rfmt], key + "_recomposed.raw")
+    c["tree_after_recompose"] = tree(image)
 
 def step(key, fn):
     import time
@@ -331,7 +331,7 @@ def errors():
     s, v, e = call("plug-in-colorize-patch", img, [l, l2], endpoint=P["endpoint"])
     c["two_layers"] = {"status": s, "error": e, "tree_same": tree(img) == before}
     s, v, e = call("plug-in-colorize-patch-refuse", img, [l], endpoint="")
-    c["refuse_outside"] = {"status": s, "error": e, "tree_same": tree(img) == before}
+    c["recompose_outside"] = {"status": s, "error": e, "tree_same": tree(img) == before}
     img.delete()
 step("errors", errors)
 
@@ -350,7 +350,7 @@ def autostart():
     img.delete()
 step("autostart", autostart)
 
-# ---- A: an 8-bit gray PNG, then re-fuse with one mask cleared
+# ---- A: an 8-bit gray PNG, then recompose with one mask cleared
 def gray8():
     img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["inputs"]["gray8_png"]))
     src = img.get_selected_layers()[0]
@@ -363,7 +363,7 @@ def gray8():
         masks[0].set_visible(True)
         visible(img, "gray8_vis_mask0.raw")
         masks[0].set_visible(False)
-        refuse_case("gray8", img, group, P["refuse_k"])
+        recompose_case("gray8", img, group, P["recompose_k"])
     try:
         import zmq
         R["gimp_python_zmq"] = zmq.__version__
@@ -372,7 +372,7 @@ def gray8():
     img.delete()
 step("gray8", gray8)
 
-# ---- re-fuse after XCF save/reopen and a backend restart == re-fuse without the restart
+# ---- recompose after XCF save/reopen and a backend restart == recompose without the restart
 def restart():
     import os, time
     c = R["cases"]["restart"] = {}
@@ -387,8 +387,8 @@ def restart():
     xcf = OUT + "/restart.xcf"
     Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(xcf), None)
     img.delete()
-    k = P["refuse_k"]
-    def reopen_and_refuse(name):
+    k = P["recompose_k"]
+    def reopen_and_recompose(name):
         im = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(xcf))
         g = find_group(im)
         col, masks, _ = parts(g)
@@ -402,7 +402,7 @@ def restart():
             dump(col, "R'G'B' u8", name + "_again.raw")
         im.delete()
         return res
-    c["before"] = reopen_and_refuse("restart_before")       # the backend still has the job
+    c["before"] = reopen_and_recompose("restart_before")       # the backend still has the job
     # two FIFOs made by the test: ask it to restart the backend, then wait (at most 240 s) until it says done
     import select
     ready = os.open(OUT + "/restarted", os.O_RDONLY | os.O_NONBLOCK)
@@ -411,10 +411,10 @@ def restart():
     os.close(req)
     c["restarted"] = bool(select.select([ready], [], [], 240)[0]) and os.read(ready, 1) == b"1"
     os.close(ready)
-    c["after"] = reopen_and_refuse("restart_after")
+    c["after"] = reopen_and_recompose("restart_after")
 step("restart", restart)
 
-# ---- a second run on the same photo: named recognisably, and re-fusing the first result still works, also when
+# ---- a second run on the same photo: named recognisably, and recomposing the first result still works, also when
 # the backend has to colorize it again from its photo layer (which both results share)
 def second_run():
     c = R["cases"]["second_run"] = {}
@@ -434,7 +434,7 @@ def second_run():
     c["n"] = len(masks1)
     if not masks1:
         return
-    # the backend does not know the stored job: re-fuse must colorize again from the photo layer
+    # the backend does not know the stored job: recompose must colorize again from the photo layer
     meta = json.loads(bytes(g1.get_parasite("colorize-patch").get_data()))
     meta["job_id"] = "0" * 32
     g1.attach_parasite(Gimp.Parasite.new("colorize-patch", Gimp.PARASITE_PERSISTENT,
@@ -443,7 +443,7 @@ def second_run():
     dump(col2, "R'G'B' u8", "second_col2_before.raw")
     clear(masks1[0])
     s, v, e = call("plug-in-colorize-patch-refuse", img, [masks1[0]], endpoint="")
-    c["refuse"] = {"status": s, "error": e}
+    c["recompose"] = {"status": s, "error": e}
     dump(col1, "R'G'B' u8", "second_col1_after.raw")
     dump(col2, "R'G'B' u8", "second_col2_after.raw")
     # a mask layer selected: Colorize says how to apply edited masks
@@ -478,7 +478,7 @@ def rgba_group():
     img.delete()
 step("rgba_group", rgba_group)
 
-# ---- D: a rectangular selection (then re-fuse while it is active)
+# ---- D: a rectangular selection (then recompose while it is active)
 def selection():
     W, H = 96, 72
     img, (src,) = new_image(W, H, Gimp.ImageBaseType.RGB, Gimp.Precision.U8_NON_LINEAR,
@@ -490,7 +490,7 @@ def selection():
     visible(img, "selection_visible_after.raw")
     c = R["cases"]["selection"]
     if group is not None and c["n"] >= 1:
-        # clear the instance with the most mask pixels outside the selection: a re-fuse clipped to the
+        # clear the instance with the most mask pixels outside the selection: a recompose clipped to the
         # selection would then show
         best, k = -1, 0
         for i in range(c["n"]):
@@ -498,7 +498,7 @@ def selection():
             outside = sum(1 for j, v in enumerate(m) if v and not (x <= j % W < x + w and y <= j // W < y + h))
             if outside > best:
                 best, k = outside, i
-        refuse_case("selection", img, group, k, select_layer=group)
+        recompose_case("selection", img, group, k, select_layer=group)
     img.delete()
 step("selection", selection)
 
@@ -664,7 +664,7 @@ def gimp_run(backend, models_dir):
         "out": work.inner_path("out"), "inputs": inner, "endpoint": backend,
         "dead_endpoint": f"tcp://127.0.0.1:{free_port()}", "remote_endpoint": "tcp://192.0.2.1:5555",
         "autostart_endpoint": f"tcp://127.0.0.1:{free_port()}", "dialog_args": DIALOG_ARGS,
-        "selection": [34, 26, 24, 18], "refuse_k": 0,
+        "selection": [34, 26, 24, 18], "recompose_k": 0,
     }
     restarter = Restarter(models_dir, work.host / "restart-serve.log", out)
     params["restart_endpoint"] = restarter.endpoint
@@ -749,10 +749,10 @@ def load_layer(out, name, fmt, size):
 def expected(gimp_run, backend):
     """What the backend says about each case, asked directly by this process.
 
-    * ``reuse``: re-fusing the plug-in's own job with the mask layers read back from GIMP. The pipeline reuses an
+    * ``reuse``: recomposing the plug-in's own job with the mask layers read back from GIMP. The pipeline reuses an
       instance exactly when its mask is unchanged, so this equals the Colorized layer only if every mask layer is
       the backend's mask, in the right order (and is cheap: no network runs again).
-    * ``refused`` / ``full_colour``: that job re-fused with mask k cleared / with every mask cleared.
+    * ``recomposed`` / ``full_colour``: that job recomposed with mask k cleared / with every mask cleared.
     * gray8 only (the detector is slow on 2 CPUs): an independent colorize of the same pixels -> pixels, masks,
       class names and scores to compare with directly.
     """
@@ -769,12 +769,12 @@ def expected(gimp_run, backend):
             job = cs["meta"]["job_id"]
             tok = {"token": cs["meta"]["token"]} if cs["meta"].get("token") else {}
             masks = [(out / f"{key}_mask{i}.raw").read_bytes() for i in range(cs["n"])]
-            e = {"reuse": bytes(c.refuse(job, masks, **tok).pixels)}
-            if "refuse_k" in cs:
+            e = {"reuse": bytes(c.recompose(job, masks, **tok).pixels)}
+            if "recompose_k" in cs:
                 cleared = list(masks)
-                cleared[cs["refuse_k"]] = bytes(w * h)
-                e["refused"] = bytes(c.refuse(job, cleared, **tok).pixels)
-                e["full_colour"] = bytes(c.refuse(job, [bytes(w * h)] * len(masks), **tok).pixels)
+                cleared[cs["recompose_k"]] = bytes(w * h)
+                e["recomposed"] = bytes(c.recompose(job, cleared, **tok).pixels)
+                e["full_colour"] = bytes(c.recompose(job, [bytes(w * h)] * len(masks), **tok).pixels)
             if key == "gray8":
                 r = c.colorize(w, h, cs["wire_format"], (out / f"{key}_src.raw").read_bytes(), OPTIONS)
                 e.update(pixels=bytes(r.pixels), masks=[bytes(i.full_mask(w, h)) for i in r.instances],
@@ -926,8 +926,8 @@ def test_errors_leave_the_image_alone(gimp_run):
     assert big["n_layers"] == 1 and big["base"] == "gray"
     assert e["group_layer"]["status"] == "calling-error" and "is a layer group" in e["group_layer"]["error"]
     assert e["two_layers"]["status"] == "calling-error" and "works on one layer but 2" in e["two_layers"]["error"]
-    assert e["refuse_outside"]["status"] == "calling-error" and "not part of a" in e["refuse_outside"]["error"]
-    for k in ("group_layer", "two_layers", "refuse_outside"):
+    assert e["recompose_outside"]["status"] == "calling-error" and "not part of a" in e["recompose_outside"]["error"]
+    for k in ("group_layer", "two_layers", "recompose_outside"):
         assert e[k]["tree_same"], k
     assert gimp_run[0]["_marker"].count("started") == 1, "remote/disabled cases must not start a backend"
 
@@ -1000,11 +1000,11 @@ def _check_pixels(out, key, cs, exp, l_tol):
     top = 65535.0 if dt != np.uint8 else 255.0
     src = load_layer(out, f"{key}_src.raw", fmt, (w, h))
     col = load_layer(out, f"{key}_colorized.raw", rfmt, (w, h))
-    # the mask layers are the backend's masks and the Colorized layer is its result: re-fusing the job with the
+    # the mask layers are the backend's masks and the Colorized layer is its result: recomposing the job with the
     # mask layers read back from GIMP reproduces the Colorized layer exactly (to rounding)
     reuse = np.frombuffer(exp["reuse"], dtype=dt).reshape(col.shape)
     worst = int(np.abs(col.astype(np.int64) - reuse.astype(np.int64)).max())
-    assert worst <= 1, f"Colorized differs from the backend's re-fuse with the mask layers by up to {worst}"
+    assert worst <= 1, f"Colorized differs from the backend's recompose with the mask layers by up to {worst}"
     if "pixels" in exp:       # an independent run of the same pixels
         want = np.frombuffer(exp["pixels"], dtype=dt).reshape(col.shape)
         worst = int(np.abs(col.astype(np.int64) - want.astype(np.int64)).max())
@@ -1065,7 +1065,7 @@ def test_gimp_python_runs_without_pyzmq(gimp_run):
 
 
 @needs_gimp
-def test_refuse_after_xcf_reopen_and_backend_restart(gimp_run):
+def test_recompose_after_xcf_reopen_and_backend_restart(gimp_run):
     result, out, params = gimp_run
     cs = case(gimp_run, "restart")
     assert result["_restart_error"] is None, result["_restart_error"]
@@ -1080,9 +1080,9 @@ def test_refuse_after_xcf_reopen_and_backend_restart(gimp_run):
     after = raw(out, "restart_after.raw", (h, w, 3)).astype(np.float64)
     mse = float(((before - after) ** 2).mean())
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-    print(f"\n[test_gimp_plugin] re-fuse after restart vs without: PSNR {psnr:.1f} dB", file=sys.stderr)
+    print(f"\n[test_gimp_plugin] recompose after restart vs without: PSNR {psnr:.1f} dB", file=sys.stderr)
     assert psnr >= 50.0, psnr
-    # and the next re-fuse (instant, on the new job, through the index map) gives the same again
+    # and the next recompose (instant, on the new job, through the index map) gives the same again
     assert a["again"]["status"] == "success", a["again"]["error"]
     again = raw(out, "restart_after_again.raw", (h, w, 3)).astype(np.int64)
     assert int(np.abs(again - after).max()) <= 1
@@ -1126,19 +1126,19 @@ def test_selection(gimp_run, expected):
     assert not np.array_equal(before[inside], after[inside]), "nothing changed inside the selection"
 
 
-def _check_refuse(out, key, cs, exp):
-    assert "refuse_status" in cs, f"no re-fuse was run ({cs.get('n')} instances)"
-    assert cs["refuse_status"] == "success", cs["refuse_error"]
+def _check_recompose(out, key, cs, exp):
+    assert "recompose_status" in cs, f"no recompose was run ({cs.get('n')} instances)"
+    assert cs["recompose_status"] == "success", cs["recompose_error"]
     w, h = cs["src_size"]
     rfmt = result_fmt(cs["wire_format"])
     dt = fmt_info(rfmt)[2]
-    k = cs["refuse_k"]
+    k = cs["recompose_k"]
     col = load_layer(out, f"{key}_colorized.raw", rfmt, (w, h)).astype(np.int64)
-    ref = load_layer(out, f"{key}_refused.raw", rfmt, (w, h)).astype(np.int64)
-    want = np.frombuffer(exp["refused"], dt).reshape(ref.shape).astype(np.int64)
+    ref = load_layer(out, f"{key}_recomposed.raw", rfmt, (w, h)).astype(np.int64)
+    want = np.frombuffer(exp["recomposed"], dt).reshape(ref.shape).astype(np.int64)
     full = np.frombuffer(exp["full_colour"], dt).reshape(ref.shape).astype(np.int64)
     worst = int(np.abs(ref - want).max())
-    assert worst <= 1, f"re-fused layer differs from the backend's re-fuse by up to {worst}"
+    assert worst <= 1, f"recomposed layer differs from the backend's recompose by up to {worst}"
     changed = np.abs(ref - col).max(axis=-1) > 1
     assert bool(changed.any()), "clearing a mask changed nothing"
     masks = [raw(out, f"{key}_mask{i}.raw", (h, w)) > 0 for i in range(cs["n"])]
@@ -1165,34 +1165,34 @@ def _check_refuse(out, key, cs, exp):
 
 
 @needs_gimp
-def test_refuse_after_clearing_one_mask(gimp_run, expected):
+def test_recompose_after_clearing_one_mask(gimp_run, expected):
     out = gimp_run[1]
     cs = case(gimp_run, "gray8", colorized=True)
-    _check_refuse(out, "gray8", cs, expected["gray8"])
-    assert cs["refuse_n"] == cs["n"] - 1 and cs["refuse_layer"] == "Colorized"
+    _check_recompose(out, "gray8", cs, expected["gray8"])
+    assert cs["recompose_n"] == cs["n"] - 1 and cs["recompose_layer"] == "Colorized"
     # nothing else changed in the layer tree (same layers, mask layers stay hidden)
-    after = cs["tree_after_refuse"][0]["children"]
+    after = cs["tree_after_recompose"][0]["children"]
     assert [c["name"] for c in after] == [c["name"] for c in cs["group"]["children"]]
     assert after[0]["name"] == "Masks" and not any(m["visible"] for m in after[0]["children"])
 
 
 @needs_gimp
-def test_refuse_with_a_selection_updates_the_whole_layer(gimp_run, expected):
+def test_recompose_with_a_selection_updates_the_whole_layer(gimp_run, expected):
     out = gimp_run[1]
     cs = case(gimp_run, "selection", colorized=True)
-    changed = _check_refuse(out, "selection", cs, expected["selection"])
+    changed = _check_recompose(out, "selection", cs, expected["selection"])
     W, H = cs["src_size"]
     x, y, w, h = gimp_run[2]["selection"]
     inside = np.zeros((H, W), bool)
     inside[y:y + h, x:x + w] = True
-    assert cs["selection_after_refuse"] == cs["selection_before_refuse"], "selection not restored"
-    # the selection is smaller than the objects the test detector finds: the re-fuse changed pixels outside it
-    assert (changed & ~inside).any(), "re-fuse was clipped to the selection"
+    assert cs["selection_after_recompose"] == cs["selection_before_recompose"], "selection not restored"
+    # the selection is smaller than the objects the test detector finds: the recompose changed pixels outside it
+    assert (changed & ~inside).any(), "recompose was clipped to the selection"
 
 
 @needs_gimp
-def test_second_run_is_named_by_its_number_and_refuse_finds_each(gimp_run):
-    """Two runs on one photo: the second result's layers are named "..., run 2" (not GIMP's " #1"); re-fusing the
+def test_second_run_is_named_by_its_number_and_recompose_finds_each(gimp_run):
+    """Two runs on one photo: the second result's layers are named "..., run 2" (not GIMP's " #1"); recomposing the
     first result (made to colorize again: the backend "lost" its job) changes only the first result, using the
     photo layer that both share."""
     out = gimp_run[1]
@@ -1207,12 +1207,12 @@ def test_second_run_is_named_by_its_number_and_refuse_finds_each(gimp_run):
     names1 = [_unique_suffix_removed(m["name"]) for m in g1["children"][0]["children"]]
     names2 = [_unique_suffix_removed(m["name"]) for m in g2["children"][0]["children"]]
     assert names1 and names2 == [n + ", run 2" for n in names1], (names1, names2)
-    assert cs["refuse"]["status"] == "success", cs["refuse"]["error"]
+    assert cs["recompose"]["status"] == "success", cs["recompose"]["error"]
     w, h = 96, 80
     col1 = [raw(out, f"second_col1_{t}.raw", (h, w, 3)).astype(int) for t in ("before", "after")]
     col2 = [raw(out, f"second_col2_{t}.raw", (h, w, 3)).astype(int) for t in ("before", "after")]
-    assert np.abs(col1[1] - col1[0]).max() > 1, "re-fusing the first result changed nothing"
-    assert np.array_equal(col2[0], col2[1]), "re-fusing the first result changed the second"
+    assert np.abs(col1[1] - col1[0]).max() > 1, "recomposing the first result changed nothing"
+    assert np.array_equal(col2[0], col2[1]), "recomposing the first result changed the second"
 
 
 @needs_gimp
@@ -1233,7 +1233,7 @@ def test_every_message_shown_is_one_sentence(gimp_run):
 
     def walk(obj):
         if isinstance(obj, dict):
-            for status, error in (("status", "error"), ("refuse_status", "refuse_error")):
+            for status, error in (("status", "error"), ("recompose_status", "recompose_error")):
                 if obj.get(status) not in (None, "success") and isinstance(obj.get(status), str):
                     seen.append(obj[error])
             if isinstance(obj.get("status"), list):

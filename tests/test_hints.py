@@ -1,4 +1,4 @@
-"""Colour hints: hint map -> blobs -> network hint inputs (geometry, colours, spread), and the pipeline, re-fuse
+"""Colour hints: hint map -> blobs -> network hint inputs (geometry, colours, spread), and the pipeline, recompose
 and preview with hints on a planted "hint-echo" SIGGRAPH17 whose output at a hinted pixel follows the hint."""
 from __future__ import annotations
 
@@ -381,13 +381,13 @@ def test_hints_switch_to_siggraph17_and_say_so_once(tmp_path, src, caplog):
     np.testing.assert_array_equal(first.image, same.image)
 
 
-def test_refuse_recolorizes_a_grown_instance_with_the_jobs_hints(echo_pipe, src, plain):
+def test_recompose_recolorizes_a_grown_instance_with_the_jobs_hints(echo_pipe, src, plain):
     opts = make_options("default", **SIG)
     res = echo_pipe.run(src, opts, hints=_rgba_map(128, 96, [HINT_IN_BOX1]))
     masks = [i.full_mask(128, 96) for i in res.instances]
     masks[0][60:92, 4:60] = 255                          # grow object 0 beyond its crop box: colorized again
-    again = echo_pipe.refuse(src, res.state, masks, opts)
-    auto = echo_pipe.refuse(src, plain.state, masks, opts)
+    again = echo_pipe.recompose(src, res.state, masks, opts)
+    auto = echo_pipe.recompose(src, plain.state, masks, opts)
     assert again.state.hints is res.state.hints and again.state.inst_boxes[0] != res.state.inst_boxes[0]
     x0, y0 = again.state.inst_boxes[0][:2]
     moved = (again.state.inst_ab[0] - auto.state.inst_ab[0])[:, 36 - y0:40 - y0, 28 - x0:32 - x0].mean(axis=(1, 2))

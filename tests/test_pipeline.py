@@ -72,15 +72,15 @@ def test_progress_covers_every_stage_in_order(runs):
     assert all(0.0 <= f <= 1.0 for _, f in events)
 
 
-def test_refuse_unchanged_masks_reproduce_and_a_cleared_mask_changes_only_its_pixels(pipeline, runs):
+def test_recompose_unchanged_masks_reproduce_and_a_cleared_mask_changes_only_its_pixels(pipeline, runs):
     src, opts, res, plain, _ = runs
     w, h = src.width, src.height
     masks = [i.full_mask(w, h) for i in res.instances]
-    same = pipeline.refuse(src, res.state, masks, opts)
+    same = pipeline.recompose(src, res.state, masks, opts)
     np.testing.assert_array_equal(same.image, res.image)
     k = len(masks) - 1
     masks[k] = np.zeros_like(masks[k])
-    edited = pipeline.refuse(src, res.state, masks, opts)
+    edited = pipeline.recompose(src, res.state, masks, opts)
     assert len(edited.instances) == len(res.instances) - 1
     only_k = (res.instances[k].full_mask(w, h) > 0) & ~_union(edited, w, h)
     changed = np.any(edited.image != res.image, axis=2)
@@ -88,13 +88,13 @@ def test_refuse_unchanged_masks_reproduce_and_a_cleared_mask_changes_only_its_pi
     np.testing.assert_array_equal(edited.image[only_k], plain.image[only_k])  # back to the full-image colour
 
 
-def test_refuse_grown_mask_recolorizes_only_that_instance(pipeline, runs):
+def test_recompose_grown_mask_recolorizes_only_that_instance(pipeline, runs):
     src, opts, res, _, _ = runs
     w, h = src.width, src.height
     masks = [i.full_mask(w, h) for i in res.instances]
     masks[0][:] = 0
     masks[0][0:40, 0:40] = 255        # a new region, outside the kept crop box
-    edited = pipeline.refuse(src, res.state, masks, opts)
+    edited = pipeline.recompose(src, res.state, masks, opts)
     assert edited.instances[0].mask_origin == (0, 0)
     assert np.any(edited.image[:40, :40] != res.image[:40, :40]) or len(res.instances[0].mask) == 0
 

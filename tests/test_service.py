@@ -107,7 +107,7 @@ DETECT = {"max_side": 64, "detector": "r101", "max_instances": 2}   # the random
 @pytest.fixture(scope="module")
 def detected_job(real_server, pipeline, models_dir, photo_gray):
     """One gray16 80x60 job (working copy 64x48, upscaled result) with the random R101, on the server and
-    in-process (at the same time). Shared by the round-trip and refuse tests: R101 on CPU is slow. 16 bits
+    in-process (at the same time). Shared by the round-trip and recompose tests: R101 on CPU is slow. 16 bits
     because the random colorizer's colours are so faint that 8-bit output hides small changes."""
     assert (models_dir / R101_FILE).exists(), "conftest should have written the random R101 weights"
     w, h = 80, 60
@@ -195,7 +195,7 @@ def test_roundtrip_every_format_equals_in_process(real_server, pipeline, detecte
     assert detected_job.remote.instances, "the biased random detector should find something"
 
 
-def test_refuse_changes_only_the_edited_instance(real_server, pipeline, detected_job):
+def test_recompose_changes_only_the_edited_instance(real_server, pipeline, detected_job):
     w, h, first, local1 = detected_job.w, detected_job.h, detected_job.remote, detected_job.local
     k = 0
     masks = [bytearray(i.full_mask(w, h)) for i in first.instances]
@@ -205,25 +205,25 @@ def test_refuse_changes_only_the_edited_instance(real_server, pipeline, detected
     masks[k] = bytearray(edited.tobytes())
     with Client(real_server.endpoint, timeout_s=60) as c:     # another Client: it needs the job's token
         with pytest.raises(BackendError) as ei:
-            c.refuse(first.job_id, masks)
+            c.recompose(first.job_id, masks)
         assert ei.value.code == "unknown_job"
-        second = c.refuse(first.job_id, masks, token=first.token)
+        second = c.recompose(first.job_id, masks, token=first.token)
         assert second.job_id != first.job_id and (second.width, second.height) == (w, h)
         with pytest.raises(BackendError) as ei:
-            c.refuse("no-such-job", masks)
+            c.recompose("no-such-job", masks)
         assert ei.value.code == "unknown_job"
         with pytest.raises(BackendError) as ei:
-            c.refuse(first.job_id, masks + masks, token=first.token)
+            c.recompose(first.job_id, masks + masks, token=first.token)
         assert ei.value.code == "bad_request"
         with pytest.raises(BackendError) as ei:
-            c.refuse(first.job_id, [m[:-1] for m in masks], token=first.token)
+            c.recompose(first.job_id, [m[:-1] for m in masks], token=first.token)
         assert ei.value.code == "bad_request"
 
     a = P.image_from_wire(first.pixels, w, h, first.fmt)
     b = P.image_from_wire(second.pixels, w, h, second.fmt)
-    # the same as the in-process refuse with the same kept state
+    # the same as the in-process recompose with the same kept state
     src = SourceImage.from_buffer(detected_job.px.tobytes(), w, h, "gray16")
-    local2 = pipeline.refuse(src, local1.state, [np.frombuffer(m, np.uint8).reshape(h, w) for m in masks],
+    local2 = pipeline.recompose(src, local1.state, [np.frombuffer(m, np.uint8).reshape(h, w) for m in masks],
                              make_options(**DETECT))
     assert np.array_equal(local2.image, b)
     _same_instances(second.instances, local2.instances)
@@ -572,11 +572,11 @@ def test_curve_authorized_clients_only(tmp_path):
         with Client(srv.endpoint, timeout_s=5, server_public_key=server_pub,
                     client_secret_key=tmp_path / "clients" / "bob.key_secret") as bob:
             with pytest.raises(BackendError) as ei:     # alice's job, alice's token, but bob's key
-                bob.refuse(res.job_id, masks, token=res.token)
+                bob.recompose(res.job_id, masks, token=res.token)
             assert ei.value.code == "unknown_job"
         with Client(srv.endpoint, timeout_s=5, server_public_key=server_pub,
                     client_secret_key=tmp_path / "clients" / "alice.key_secret") as again:   # alice reconnects
-            assert again.refuse(res.job_id, masks, token=res.token).width == 3
+            assert again.recompose(res.job_id, masks, token=res.token).width == 3
         with Client(srv.endpoint, timeout_s=1, server_public_key=server_pub) as stranger:   # unlisted key
             with pytest.raises(BackendUnavailable):
                 stranger.ping(1.0)
@@ -630,7 +630,7 @@ def test_parse_request_validation():
             P.parse_request([raw], limits)
         assert ei.value.code == code
     assert isinstance(parse({"v": 1, "type": "refuse", "id": "r", "job": "n", "base_job": "j1"}, b"a", b"b"),
-                      P.RefuseRequest)
+                      P.RecomposeRequest)
 
 
 def test_wire_conversions_and_helpers():

@@ -283,8 +283,8 @@ def test_job_ids_are_scoped_to_their_connection(tmp_path):
         assert first["type"] == "result" and first["token"] == token_a       # A's job was not touched
         b.send_multipart(_colorize("same", token=token_b))        # B reuses the finished job's id
         assert rb.final("same")["type"] == "result"
-        refuse = {"v": 3, "type": "refuse", "id": "rf", "job": "same-2", "base_job": "same", "base_token": token_a}
-        a.send_multipart([json.dumps(refuse).encode(), bytes([255]) * 16])
+        recompose = {"v": 3, "type": "refuse", "id": "rf", "job": "same-2", "base_job": "same", "base_token": token_a}
+        a.send_multipart([json.dumps(recompose).encode(), bytes([255]) * 16])
         again = ra.final("same-2")
         assert again["type"] == "result", again                  # A's record is still there
         a.close(0), b.close(0)

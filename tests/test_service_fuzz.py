@@ -78,7 +78,7 @@ def fuzz_message(rng: random.Random) -> list[bytes]:
                             "job": "j"}).encode(), *[b"x"] * rng.randint(1, 3)]
     if kind == 8:      # missing or extra frames on colorize
         return [json.dumps(good).encode()] + [bytes(size)] * rng.choice([0, 2, 3])
-    if kind == 9:      # refuse of unknown jobs, too many masks
+    if kind == 9:      # recompose (op "refuse") of unknown jobs, too many masks
         return [json.dumps({"v": 1, "type": "refuse", "id": "r", "job": "n", "base_job": rng.choice(
             ["nope", "x" * 70, 5])}).encode(), *[bytes(4)] * rng.choice([0, 1, 101])]
     if kind == 10:     # cancel of unknown jobs
@@ -193,7 +193,7 @@ def test_many_big_frames_are_drained_not_kept(big_server):
         cases = [("150 x 7.9 MB after a ping", [ping] + [blob] * 150),
                  ("150 x 7.9 MB after a colorize", [colorize, bytes(300)] + [blob] * 150),
                  ("a 7.9 MB pixel frame for a 10x10 header", [colorize, blob]),
-                 ("a refuse with 150 big masks", [json.dumps({"v": 2, "type": "refuse", "id": "r", "job": "r1",
+                 ("a recompose with 150 big masks", [json.dumps({"v": 2, "type": "refuse", "id": "r", "job": "r1",
                                                               "base_job": "nope"}).encode()] + [blob] * 150)]
         for what, frames in cases:
             sock.send_multipart(frames, copy=False)

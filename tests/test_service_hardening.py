@@ -67,21 +67,21 @@ def _wait(sock: zmq.Socket, pred, timeout_s: float = 20.0) -> dict:
 
 
 def test_jobs_are_bound_to_their_token(slow_echo):
-    """Another client cannot cancel, probe or re-fuse a job (and so cannot get its photo) without its token."""
+    """Another client cannot cancel, probe or recompose a job (and so cannot get its photo) without its token."""
     gray = np.arange(48, dtype=np.uint8).reshape(6, 8)
     with Client(slow_echo.endpoint, timeout_s=20) as owner, Client(slow_echo.endpoint, timeout_s=10) as other:
         res = owner.colorize(8, 6, "gray8", gray.tobytes(), {"detector": "none"})
         assert CP.valid_token(res.token)
         masks = [inst.full_mask(res.width, res.height) for inst in res.instances]
         with pytest.raises(BackendError) as ei:
-            other.refuse(res.job_id, masks)                         # no token
+            other.recompose(res.job_id, masks)                         # no token
         assert ei.value.code == "unknown_job"
         with pytest.raises(BackendError) as ei:
-            other.refuse(res.job_id, masks, token="0" * 32)         # wrong token
+            other.recompose(res.job_id, masks, token="0" * 32)         # wrong token
         assert ei.value.code == "unknown_job"
-        again = other.refuse(res.job_id, masks, token=res.token)    # the token is what counts (GIMP reconnects)
+        again = other.recompose(res.job_id, masks, token=res.token)    # the token is what counts (GIMP reconnects)
         assert again.width == 8 and again.token and again.token != res.token
-        assert owner.refuse(res.job_id, masks).job_id != res.job_id   # the creating Client remembers its token
+        assert owner.recompose(res.job_id, masks).job_id != res.job_id   # the creating Client remembers its token
 
     ctx = zmq.Context()
     try:
@@ -116,14 +116,14 @@ def test_protocol_1_clients_are_still_served(slow_echo):
         assert ack["type"] == "ack" and ack["v"] == 1
         final = _wait(s, lambda r: r.get("job") == "v1-a" and r["type"] in CP.FINAL_TYPES)
         assert final["type"] == "cancelled" and final["v"] == 1
-        s.send_multipart(_colorize_frames("v1-b", v=1))        # a finished v1 job: re-fused on its connection
+        s.send_multipart(_colorize_frames("v1-b", v=1))        # a finished v1 job: recomposed on its connection
         res = _wait(s, lambda r: r.get("job") == "v1-b" and r["type"] in CP.FINAL_TYPES)
         assert res["type"] == "result" and res["v"] == 1 and len(res["instances"]) == 1
-        refuse = {"v": 1, "type": "refuse", "id": "rf", "job": "v1-c", "base_job": "v1-b"}
-        s.send_multipart([json.dumps(refuse).encode(), bytes([255]) * 16])
+        recompose = {"v": 1, "type": "refuse", "id": "rf", "job": "v1-c", "base_job": "v1-b"}
+        s.send_multipart([json.dumps(recompose).encode(), bytes([255]) * 16])
         assert _wait(s, lambda r: r.get("job") == "v1-c" and r["type"] in CP.FINAL_TYPES)["type"] == "result"
         other = _dealer(ctx, slow_echo.endpoint)               # ... but not from another connection
-        other.send_multipart([json.dumps({**refuse, "job": "v1-d"}).encode(), bytes([255]) * 16])
+        other.send_multipart([json.dumps({**recompose, "job": "v1-d"}).encode(), bytes([255]) * 16])
         assert _wait(other, lambda r: r.get("job") == "v1-d")["code"] == "unknown_job"
         other.close(0)
         s.close(0)

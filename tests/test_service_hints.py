@@ -1,5 +1,5 @@
 """Colour hints and previews through the service: the optional hints frame on ``colorize`` (validated like the
-image frame, kept by ``refuse``) and the ``preview`` op (proxy result, sessions reused between requests).
+image frame, kept by recompose) and the ``preview`` op (proxy result, sessions reused between requests).
 
 One server process for the module (random official-format weights); colours are compared with the in-process
 pipeline on the same weights."""
@@ -46,7 +46,7 @@ def _image(res) -> np.ndarray:
     return np.frombuffer(res.pixels, np.uint8).reshape(res.height, res.width, -1)
 
 
-def test_colorize_with_hints_matches_the_pipeline_and_refuse_keeps_them(server, pipeline, pixels):
+def test_colorize_with_hints_matches_the_pipeline_and_recompose_keeps_them(server, pipeline, pixels):
     hm = hint_rgba()
     with Client(server.endpoint, timeout_s=60) as c:
         plain = c.colorize(W, H, "gray8", pixels, OPTS)
@@ -61,9 +61,9 @@ def test_colorize_with_hints_matches_the_pipeline_and_refuse_keeps_them(server, 
         assert with_obj.instances, "the biased random detector should find objects"
         masks = [i.full_mask(with_obj.width, with_obj.height) for i in with_obj.instances]
         masks[0] = bytearray(b"\xff" * (with_obj.width * with_obj.height))   # grows past its crop: re-colorized
-        again = c.refuse(with_obj.job_id, masks)
+        again = c.recompose(with_obj.job_id, masks)
     res = pipeline.run(src, make_options(**OBJ), hints=SourceImage(hm[..., :3].copy(), hm[..., 3].copy()))
-    want = pipeline.refuse(src, res.state, [np.frombuffer(m, np.uint8).reshape(H, W) for m in masks],
+    want = pipeline.recompose(src, res.state, [np.frombuffer(m, np.uint8).reshape(H, W) for m in masks],
                            make_options(**OBJ))
     assert res.state.hints is not None
     assert np.abs(want.image.astype(int) - _image(again)).max() <= 1
@@ -104,14 +104,14 @@ def test_preview_op_reuses_the_session_and_follows_hints(server, pipeline, pixel
     with Client(server.endpoint, timeout_s=60) as c:
         first = c.preview(W, H, "gray8", pixels, OPTS, long_side=64)
         assert (first.width, first.height) == (64, 48) and first.fmt == "rgb8"
-        assert first.extra["preview"] is True and first.instances == [] and not first.refusable
+        assert first.extra["preview"] is True and first.instances == [] and not first.recomposable
         again = c.preview(W, H, "gray8", pixels, {**OPTS, "saturation": 1.5}, long_side=64)
         assert again.extra["computed"] == 0                                    # networks not run again
         hinted = c.preview(W, H, "gray8", pixels, OPTS, long_side=64, hints=HintMap(W, H, "rgba8", hm))
         assert hinted.extra["hints"] == 1 and hinted.extra["computed"] == 1
         assert np.abs(_image(hinted).astype(int) - _image(first)).max() > 0
         with pytest.raises(BackendError) as e:
-            c.refuse(first.job_id, [])
+            c.recompose(first.job_id, [])
         assert e.value.code == "unknown_job"
         with pytest.raises(BackendError) as e:
             c.preview(W, H, "gray8", pixels, OPTS, long_side=5000)

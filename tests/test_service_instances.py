@@ -1,7 +1,7 @@
-"""Re-fuse without kept state: ``Pipeline.run(..., instances=...)`` and the ``colorize`` request's ``instances``
+"""Recompose without kept state: ``Pipeline.run(..., instances=...)`` and the ``colorize`` request's ``instances``
 field (the plug-in sends a result's boxes and edited masks back after the backend restarted).
 
-An unedited round trip reproduces the original colours; an edited mask gives what ``refuse`` on the kept job gives.
+An unedited round trip reproduces the original colours; an edited mask gives what ``recompose`` on the kept job gives.
 """
 from __future__ import annotations
 
@@ -82,12 +82,12 @@ def test_unedited_instances_reproduce_the_colours(pipeline, src, first, kind):
 
 
 @pytest.mark.parametrize("kind", ["same", "scaled"])
-def test_edited_instances_equal_refuse_on_the_kept_job(pipeline, src, first, kind):
+def test_edited_instances_equal_recompose_on_the_kept_job(pipeline, src, first, kind):
     opts = make_options(**(SAME if kind == "same" else SCALED))
     res = first[kind]
     w, h = res.image.shape[1], res.image.shape[0]
     edited = _edit(res.instances, w, h)
-    kept = pipeline.refuse(src, res.state, [i.full_mask(w, h) for i in edited], opts)
+    kept = pipeline.recompose(src, res.state, [i.full_mask(w, h) for i in edited], opts)
     given = pipeline.run(src, opts, instances=edited)
     assert not np.array_equal(kept.image, res.image), "the edits must change the image"
     assert given.state.inst_boxes[1] == kept.state.inst_boxes[1] != res.state.inst_boxes[1]
@@ -129,14 +129,14 @@ def test_colorize_with_instances_over_the_wire(server, src):
         assert bytes(again.pixels) == bytes(first.pixels), "unedited instances must reproduce the colours"
         assert [(i.box, i.full_mask(w, h)) for i in again.instances] == \
                [(i.box, i.full_mask(w, h)) for i in first.instances]
-        # edit instance 0 (lower half cleared): the same as refuse on the job the server kept
+        # edit instance 0 (lower half cleared): the same as recompose on the job the server kept
         m0 = np.frombuffer(first.instances[0].mask, np.uint8).reshape(first.instances[0].mask_size[::-1]).copy()
         m0[m0.shape[0] // 2:] = 0
         edited = [replace(first.instances[0], mask=m0.tobytes())] + first.instances[1:]
         given = c.colorize(w, h, "gray16", px, SAME, instances=edited)
-        kept = c.refuse(first.job_id, [i.full_mask(w, h) for i in edited])
+        kept = c.recompose(first.job_id, [i.full_mask(w, h) for i in edited])
         assert bytes(given.pixels) == bytes(kept.pixels) != bytes(first.pixels)
-        assert given.refusable, "a job with given instances is kept for refuse like any other"
+        assert given.recomposable, "a job with given instances is kept for recompose like any other"
         with pytest.raises(ValueError):
             c.colorize(w, h, "gray16", px, SAME, instances=[replace(first.instances[0], mask=b"x")])
 

@@ -64,12 +64,12 @@ def test_every_op_over_the_builtin_transport(echo_server):
         assert [e[0] for e in events][:1] == ["prepare"] and len(res.instances) == 1
         inst = res.instances[0]
         assert len(inst.mask) == inst.mask_size[0] * inst.mask_size[1] > 0
-        # re-fuse: one mask kept, and one dropped
-        ref = c.refuse(res.job_id, [inst.full_mask(40, 30)])
+        # recompose: one mask kept, and one dropped
+        ref = c.recompose(res.job_id, [inst.full_mask(40, 30)])
         assert len(ref.instances) == 1
-        ref0 = c.refuse(res.job_id, [bytes(40 * 30)])
+        ref0 = c.recompose(res.job_id, [bytes(40 * 30)])
         assert ref0.instances == []
-        # colorize with given instances (re-fuse after a restart sends this)
+        # colorize with given instances (recompose after a restart sends this)
         given = c.colorize(40, 30, "graya8", px, {"detector": "none"},
                            instances=[Instance(0, "person", 0.9, (0, 0, 10, 10), (0, 0), (10, 10), bytes([255]) * 100)])
         assert given.fmt == "rgba8"
@@ -77,7 +77,7 @@ def test_every_op_over_the_builtin_transport(echo_server):
             c.cancel("no-such-job")
         assert ei.value.code == "unknown_job"
         with pytest.raises(BackendError) as ei:
-            c.refuse("no-such-job", [bytes(40 * 30)])
+            c.recompose("no-such-job", [bytes(40 * 30)])
         assert ei.value.code == "unknown_job"
 
 

@@ -156,10 +156,10 @@ class Pipeline:
             hints: SourceImage | None = None, reuse: Reuse | None = None) -> Result:
         """Colorize ``src``. Returns the colorized image (input's bit depth, alpha kept) and the instances.
 
-        instances: use these instead of running the detector (a re-fuse when the earlier job's state is gone):
+        instances: use these instead of running the detector (a recompose when the earlier job's state is gone):
         an earlier Result's instances in output pixels, masks possibly edited (bool/uint8, nonzero = inside,
         cropped at ``mask_origin``). Each crop box comes from ``box`` as for a detected box, unless the mask
-        reaches outside it (then from the mask's bounds, as in :meth:`refuse`); empty masks drop the instance.
+        reaches outside it (then from the mask's bounds, as in :meth:`recompose`); empty masks drop the instance.
         hints: a colour-hint map (see hints.py; the image's size): SIGGRAPH17 follows the painted colours on the
         full image and in every crop that contains some; a map with hints runs siggraph17 whatever was asked.
         reuse: detections and network outputs already computed for this image (a preview session): the
@@ -185,9 +185,9 @@ class Pipeline:
         state = FusionState((work.shape[1], work.shape[0]), full_ab, inst_ab, boxes, found, points)
         return job.fuse_and_finish(work, state)
 
-    def refuse(self, src: SourceImage, state: FusionState, masks: Sequence[np.ndarray], opts: Options,
-               progress: ProgressFn | None = None, cancelled: CancelFn | None = None) -> Result:
-        """Re-fuse with edited masks, without re-running the detector.
+    def recompose(self, src: SourceImage, state: FusionState, masks: Sequence[np.ndarray], opts: Options,
+                  progress: ProgressFn | None = None, cancelled: CancelFn | None = None) -> Result:
+        """Fuse again with edited masks, without re-running the detector.
 
         masks[i]: (H, W) bool/uint8 (nonzero = inside) at output resolution for instance i of the earlier result;
         all-zero removes the instance. Unchanged masks reuse the fused working-resolution mask exactly; an
@@ -201,7 +201,7 @@ class Pipeline:
         job.use_hints(state.hints)
         ww, wh = state.work_size
         if (work.shape[1], work.shape[0]) != (ww, wh):
-            raise ValueError("the image does not match the job it re-fuses (working size differs)")
+            raise ValueError("the image does not match the job it recomposes (working size differs)")
         out_w, out_h = job.out_size
         sx, sy = out_w / ww, out_h / wh
         kept, boxes, abs_, redo = [], [], [], []
@@ -374,7 +374,7 @@ class _Job:
         ox, oy = origin
         mask = mask.astype(bool, copy=False)
         if (out_w, out_h) != (ww, wh):
-            # INTER_AREA needs the whole output grid to map pixels exactly as a full-size mask would (refuse)
+            # INTER_AREA needs the whole output grid to map pixels exactly as a full-size mask would (recompose)
             canvas = np.zeros((out_h, out_w), np.float32)
             x0, y0 = max(0, ox), max(0, oy)
             x1, y1 = min(out_w, ox + mask.shape[1]), min(out_h, oy + mask.shape[0])

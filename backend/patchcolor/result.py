@@ -41,14 +41,14 @@ class InstanceResult:
 
 @dataclass
 class FusionState:
-    """Everything re-fusing needs without re-running the networks (working resolution).
+    """Everything recomposing needs without re-running the networks (working resolution).
 
     work_size: (W, H) of the working copy the networks saw.
     full_ab:   (2, H, W) float32 Lab a/b of the full image (before fusion).
     inst_ab:   per instance, (2, h, w) float32 a/b of its crop box ``inst_boxes[i]``.
     inst_boxes:per instance, (x0, y0, x1, y1) int crop box in working pixels (exclusive end).
     instances: the detections at working resolution (their masks are what was fused).
-    hints:     the job's colour-hint points (None: automatic), kept so a re-fuse colorizes with them too.
+    hints:     the job's colour-hint points (None: automatic), kept so a recompose colorizes with them too.
     """
 
     work_size: tuple[int, int]

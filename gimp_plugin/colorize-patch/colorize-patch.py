@@ -7,7 +7,7 @@ parasites, result layers) and ``gimp_dialog.py`` (arguments, dialog, preview, pr
 GIMP (config, jobs and their messages, result metadata, the dialog's choices) is in ``patchcolor_client``, copied
 next to this file by the installer (standard library only, so GIMP's own Python runs it with or without pyzmq).
 
-Re-fuse finds a result by parasite, never by name or position. It asks the backend to re-fuse the job it kept
+Re-fuse Masks finds a result by parasite, never by name or position. It asks the backend to recompose the job it kept
 (instant); when the backend no longer has it (restarted, the next day, the XCF reopened) it sends the photo layer
 and the edited masks with the stored boxes and classes, and the backend colorizes just those crops and the whole
 image again: no detector run, the same colours.
@@ -45,7 +45,7 @@ except ImportError as _e:          # registered anyway (without options); each r
                                                                                   "JobCancelled"))
 
 PROC_COLORIZE = "plug-in-colorize-patch"
-PROC_REFUSE = "plug-in-colorize-patch-refuse"
+PROC_RECOMPOSE = "plug-in-colorize-patch-refuse"   # Re-fuse Masks; the PDB name scripts call, kept as first published
 PROC_ADD_HINTS = "plug-in-colorize-patch-add-hints"
 PROC_PREVIEW = "plug-in-colorize-patch-preview"
 HELP_DIR = os.path.join(PLUGIN_DIR, "help")     # help/en/gimp-help.xml maps each procedure to its page
@@ -159,12 +159,12 @@ def colorize(r: Run) -> tuple[Any, Any, int]:
     return Gimp.GroupLayer, group, len(res.instances)
 
 
-def refuse(r: Run) -> tuple[Any, Any, int]:
+def recompose(r: Run) -> tuple[Any, Any, int]:
     """Update a result's Colorized layer from its edited mask layers (one undo step)."""
     group = layers.the_result(r.drawables)
     meta = layers.stored_meta(group)
     colorized, masks = layers.edited_masks(group, meta)
-    endpoint = r.cfg.refuse_endpoint(r.config.get_property("endpoint"), meta.endpoint,
+    endpoint = r.cfg.recompose_endpoint(r.config.get_property("endpoint"), meta.endpoint,
                                      launcher.default_ping(r.cfg.server_key))
     progress = r.start("Colorize (Patch): Re-fuse Masks")
     r.backend(endpoint, True)
@@ -174,7 +174,7 @@ def refuse(r: Run) -> tuple[Any, Any, int]:
         kept = meta.kept_job_masks(masks) if meta.job_id else None
         if kept is not None:
             try:
-                return client.refuse(meta.job_id, kept, progress=progress, should_cancel=progress.idle,
+                return client.recompose(meta.job_id, kept, progress=progress, should_cancel=progress.idle,
                                      token=meta.token or None), None
             except BackendError as e:
                 if e.code not in ("unknown_job", "bad_request"):
@@ -182,7 +182,7 @@ def refuse(r: Run) -> tuple[Any, Any, int]:
         return _recolorize(client, r, group, meta, masks, ids)
     res, index = run_job(endpoint, r.cfg, call, ids)
     check_result(res, meta.width, meta.height, meta.result_format or RESULT_FORMATS[meta.format])
-    if index is not None:                # the next re-fuse is instant again, on the new job
+    if index is not None:                # the next recompose is instant again, on the new job
         meta.after_recolorize(res, endpoint, index)
     layers.update_result(r.image, group, colorized, res, meta if index is not None else None)
     return Gimp.Layer, colorized, sum(1 for m in masks if any(m))
@@ -261,8 +261,8 @@ PROCEDURES = {
         "update the colours without detecting again. Outside a selection the photo stays unchanged.",
         (("group", "group", "Group", "The new 'Colorize (Patch)' layer group"),
          ("int", "n-instances", "Instances", "Number of detected objects (mask layers)")), options=True),
-    PROC_REFUSE: Procedure(
-        refuse, "Re-fusing", "Colorize (Patch): Re-fuse Masks",
+    PROC_RECOMPOSE: Procedure(
+        recompose, "Re-fusing", "Colorize (Patch): Re-fuse Masks",
         "Update a Colorize (Patch) result from its edited mask layers",
         "Select the 'Colorize (Patch)' group or one of its layers. The edited mask layers (white = object) are sent "
         "to the backend, which re-fuses the colours it kept from that run, or, when it no longer has them (it was "
@@ -310,7 +310,7 @@ def _make(plugin: Any, name: str, d: Procedure) -> Any:
                                    "sizes, about a second) while the backend has not analysed this image exactly "
                                    "yet; the layer is then named 'Preview (draft)'. Off: always the exact preview",
                                    False, RW)
-    if name == PROC_REFUSE:
+    if name == PROC_RECOMPOSE:
         p.add_string_argument("endpoint", "Backend _endpoint", "Empty: the endpoint that made the group", "", RW)
     for kind, rname, nick, blurb in d.returns:
         if kind == "int":

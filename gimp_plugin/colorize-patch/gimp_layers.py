@@ -32,7 +32,7 @@ from patchcolor_client import resultmeta as rm  # noqa: E402
 from patchcolor_client.jobs import CallingError, PluginError  # noqa: E402
 
 #: a mask layer's mode and opacity: Screen leaves the image unchanged under black and lightens it under white,
-#: so turning a mask's eye on highlights just its object; painting white/black still edits it, and re-fuse reads
+#: so turning a mask's eye on highlights just its object; painting white/black still edits it, and Re-fuse Masks reads
 #: its gray values whatever the mode
 MASK_MODE = Gimp.LayerMode.SCREEN
 MASK_OPACITY = 60.0
@@ -158,13 +158,13 @@ def the_photo(image: Any, drawables: list) -> Any:
 def the_result(drawables: list) -> Any:
     """The result group a selected layer (or layer mask) belongs to; CallingError otherwise."""
     if len(drawables) != 1:
-        raise CallingError(msg.REFUSE_SELECT_ONE)
+        raise CallingError(msg.RECOMPOSE_SELECT_ONE)
     item = drawables[0]
     if item.is_layer_mask():                    # a layer's mask is selected: start from its layer
         item = Gimp.Layer.from_mask(Gimp.LayerMask.get_by_id(item.get_id()))
     group = result_of(item)
     if group is None:
-        raise CallingError(msg.REFUSE_NOT_RESULT.format(name=item.get_name()))
+        raise CallingError(msg.RECOMPOSE_NOT_RESULT.format(name=item.get_name()))
     return group
 
 
@@ -289,7 +289,7 @@ def add_result(image: Any, src: Any, res: Any, meta: rm.GroupMeta) -> Any:
 
 
 def update_result(image: Any, group: Any, colorized: Any, res: Any, meta: rm.GroupMeta | None) -> None:
-    """A re-fuse's new pixels into the Colorized layer, undoably and in one undo group; ``meta``: the group's
+    """A recompose's new pixels into the Colorized layer, undoably and in one undo group; ``meta``: the group's
     new metadata (after a re-colorize), or None to keep it."""
     w, h = colorized.get_width(), colorized.get_height()
     image.undo_group_start()

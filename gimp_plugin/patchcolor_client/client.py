@@ -9,7 +9,7 @@ transport.py): GIMP's Python runs it.
                          should_cancel=lambda: False)                 # polled about every 0.1 s
         res.pixels          # memoryview, res.fmt ("rgb8" for gray8/rgb8 input, ...), res.width x res.height
         res.instances[0].mask, .mask_origin, .mask_size, .box, .class_name, .score
-        res2 = c.refuse(res.job_id, edited_full_size_masks)   # res.token: the job's secret (kept by this
+        res2 = c.recompose(res.job_id, edited_full_size_masks)   # res.token: the job's secret (kept by this
                                                               # Client; another Client needs token=res.token)
 
 A ``Client`` is not thread-safe: use it from one thread (pass ``should_cancel`` to cancel from a UI).
@@ -88,7 +88,7 @@ class Instance:
     mask: BufferLike = field(repr=False)
 
     def full_mask(self, width: int, height: int) -> bytearray:
-        """The mask pasted into a ``width`` x ``height`` gray8 image (what ``refuse`` takes)."""
+        """The mask pasted into a ``width`` x ``height`` gray8 image (what :meth:`Client.recompose` takes)."""
         out = bytearray(width * height)
         x0, y0 = self.mask_origin
         mw, mh = self.mask_size
@@ -113,8 +113,9 @@ class ColorizeResult:
     pixels: BufferLike = field(repr=False)
     instances: list[Instance]
     timings: dict[str, float] = field(default_factory=dict)
-    refusable: bool = True     # False when the server could not keep this job's state (refuse -> unknown_job)
-    token: str = field(default="", repr=False)   # the job's secret: refuse/cancel of this job need it
+    #: False when the server could not keep this job's state (recompose -> unknown_job); "refusable" on the wire
+    recomposable: bool = True
+    token: str = field(default="", repr=False)   # the job's secret: recompose/cancel of this job need it
     #: other header fields: "hints" (colour hints followed); previews: "preview", "n_instances", "computed",
     #: "draft" (bool: a draft was rendered, see Client.preview)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -276,7 +277,7 @@ class Client:
         ``options``: the CLI's option names (``{"preset": "seed", "detector": "none", ...}``). ``pixels`` is sent
         without copying: do not modify it until this returns. ``instances`` (e.g. an earlier result's, masks
         possibly edited; ``mask`` is ``mask_size[0] * mask_size[1]`` bytes at ``mask_origin``, nonzero = inside):
-        colorize with these instead of running the detector (re-fuse when the server no longer has the job).
+        colorize with these instead of running the detector (recompose when the server no longer has the job).
         ``token``: the job's secret (default: a fresh one; pass your own to cancel from another process).
         ``hints``: a colour-hint map (SIGGRAPH17 follows the painted colours; ``res.extra["hints"]`` says how many).
         Raises BackendError, BackendUnavailable, JobCancelled."""
@@ -302,8 +303,8 @@ class Client:
                 should_cancel: CancelFn | None = None, draft: bool = False, job_id: str | None = None,
                 token: str | None = None) -> ColorizeResult:
         """The result of ``colorize`` with the same options and hints on a proxy of long side <= ``long_side``
-        (8-bit, no masks, not refusable). The server reuses what an earlier preview of the same pixels computed
-        (``res.extra["computed"]``: network inputs run this time). Nothing is kept for ``refuse``.
+        (8-bit, no masks, not recomposable). The server reuses what an earlier preview of the same pixels computed
+        (``res.extra["computed"]``: network inputs run this time). Nothing is kept for :meth:`recompose`.
         ``job_id`` / ``token``: chosen by the caller so that another connection can cancel the preview.
 
         draft=True: a fast approximation (detector and networks on the small proxy, ~1 s instead of tens of
@@ -332,16 +333,16 @@ class Client:
         _add_hints(header, data, hints)         # the hints frame goes last: a colorize adds masks before it
         return header, data
 
-    def refuse(self, job_id: str, masks: Sequence[InBuffer], options: dict[str, Any] | None = None,
-               progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
-               token: str | None = None) -> ColorizeResult:
-        """Re-fuse an earlier job with edited masks: one full result-size gray8 mask per instance of that job's
-        result, in result order (nonzero = inside; all zero = drop the instance). Instance colours kept on the
-        server are reused. BackendError("unknown_job") means the server no longer has that job: colorize again.
-        ``options`` (optional) overrides the earlier job's options. ``token``: the earlier job's (default: the one
-        this Client got for it; without the right one the server answers unknown_job). Returns a new job (its own
-        ``job_id`` and ``token``)."""
-        header: dict[str, Any] = {"type": protocol.REFUSE, "id": protocol.new_id(), "job": protocol.new_id(),
+    def recompose(self, job_id: str, masks: Sequence[InBuffer], options: dict[str, Any] | None = None,
+                  progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+                  token: str | None = None) -> ColorizeResult:
+        """Recompose an earlier job (fuse it again) with edited masks (the ``refuse`` op): one full result-size
+        gray8 mask per instance of that job's result, in result order (nonzero = inside; all zero = drop the
+        instance). Instance colours kept on the server are reused. BackendError("unknown_job") means the server
+        no longer has that job: colorize again. ``options`` (optional) overrides the earlier job's options.
+        ``token``: the earlier job's (default: the one this Client got for it; without the right one the server
+        answers unknown_job). Returns a new job (its own ``job_id`` and ``token``)."""
+        header: dict[str, Any] = {"type": protocol.RECOMPOSE, "id": protocol.new_id(), "job": protocol.new_id(),
                                   "base_job": job_id,
                                   "token": protocol.new_token()}
         base_token = token or self._tokens.get(job_id)

@@ -50,7 +50,7 @@ class PluginConfig:
         return float(self.raw.get("ping_timeout_s", 2.0))
 
     def endpoint(self, typed: str | None = "", stored: str | None = None) -> str:
-        """The endpoint typed in the dialog, else the one a result was made with (re-fuse), else config.json's,
+        """The endpoint typed in the dialog, else the one a result was made with (recompose), else config.json's,
         else the default."""
         return (typed or "").strip() or stored or self.raw.get("endpoint") or DEFAULT_ENDPOINT
 
@@ -66,8 +66,8 @@ class PluginConfig:
             return self
         return PluginConfig({**self.raw, "backend_command": cmd + ["--device", str(device)]})
 
-    def refuse_endpoint(self, typed: str | None, stored: str | None, ping: PingFn) -> str:
-        """Re-fuse: the endpoint typed, else the one that made the result while it answers (it may still hold the
+    def recompose_endpoint(self, typed: str | None, stored: str | None, ping: PingFn) -> str:
+        """Recompose: the endpoint typed, else the one that made the result while it answers (it may still hold the
         job), else the current one from config.json (the backend may have moved, e.g. to a login service's
         port). ``ping`` raises nothing for a reachable or unreachable endpoint (False), see launcher.default_ping."""
         endpoint = self.endpoint(typed, stored)

@@ -67,8 +67,7 @@ def _lower_first(text: str) -> str:
 #: a stage's words when the server sends no text of its own
 STAGE_TEXT = {"accepted": "Waiting for the colorize backend", "queued": "Waiting in the backend's queue",
               "prepare": "Preparing the image", "segment": "Detecting objects", "detect": "Detecting objects",
-              "colorize": "Colorizing", "fuse": "Fusing instance colours", "finish": "Finishing",
-              "refuse": "Re-fusing masks"}
+              "colorize": "Colorizing", "fuse": "Fusing instance colours", "finish": "Finishing"}
 
 
 def progress_text(stage: str, text: str | None = None, eta: float | None = None) -> str:
@@ -107,7 +106,7 @@ def client_for(endpoint: str, cfg: PluginConfig) -> Client:
 
 def run_job(endpoint: str, cfg: PluginConfig, call: Callable[[Client], T], ids: JobIds | None = None,
             watchdog: Callable[[str, str | None], Any] = launcher.Watchdog) -> T:
-    """``call(client)`` (a colorize, refuse or preview) with a watchdog that cancels job ``ids`` if GIMP kills
+    """``call(client)`` (a colorize, recompose or preview) with a watchdog that cancels job ``ids`` if GIMP kills
     the plug-in meanwhile. BackendError / BackendUnavailable become PluginError; JobCancelled passes through."""
     dog = watchdog(endpoint, cfg.server_key) if ids is not None else None
     client = None

@@ -13,22 +13,23 @@ import re
 import sys
 
 PLUGIN = "Colorize (Patch)"
-REFUSE_MENU = "Filters > Colorize (Patch): Re-fuse Masks"
+RECOMPOSE_MENU = "Filters > Colorize (Patch): Re-fuse Masks"
 
 # ---- what the plug-in was given (CALLING_ERROR) --------------------------------------------------------------------
 INDEXED_IMAGE = ("Colorize (Patch) needs an RGB or grayscale image, so convert this indexed image first "
                  "(Image > Mode > RGB or Grayscale).")
 NOT_ONE_LAYER = "Colorize (Patch) works on one layer but {n} are selected, so select a single layer."
 NOT_A_LAYER = "Colorize (Patch) works on a layer but a channel or layer mask is selected, so select the photo's layer."
-RESULT_GROUP = ("'{name}' is a Colorize (Patch) result: to apply edited masks use " + REFUSE_MENU
+RESULT_GROUP = ("'{name}' is a Colorize (Patch) result: to apply edited masks use " + RECOMPOSE_MENU
                 + ", or select the photo layer below the group to colorize it with other settings.")
-A_MASK = "'{name}' is a mask of a Colorize (Patch) result, so apply your edits to it with " + REFUSE_MENU + "."
+A_MASK = "'{name}' is a mask of a Colorize (Patch) result, so apply your edits to it with " + RECOMPOSE_MENU + "."
 INSIDE_RESULT = ("'{name}' is part of a Colorize (Patch) result, so select the photo layer below the group to "
                  "colorize it with other settings.")
 GROUP_LAYER = "'{name}' is a layer group, so select a pixel layer inside it or merge the group first."
-REFUSE_SELECT_ONE = "Select one layer of a Colorize (Patch) result, or the result's group itself, to re-fuse its masks."
-REFUSE_NOT_RESULT = ("'{name}' is not part of a Colorize (Patch) result, so select the result's group or one of its "
-                     "layers to re-fuse its masks.")
+RECOMPOSE_SELECT_ONE = ("Select one layer of a Colorize (Patch) result, or the result's group itself, to re-fuse its "
+                        "masks.")
+RECOMPOSE_NOT_RESULT = ("'{name}' is not part of a Colorize (Patch) result, so select the result's group or one of "
+                        "its layers to re-fuse its masks.")
 
 # ---- the image or the result changed since (EXECUTION_ERROR; nothing was changed) --------------------------------
 META_DAMAGED = ("This Colorize (Patch) result's stored data is missing or damaged, so run Colorize (Patch) on the "
@@ -66,7 +67,8 @@ ADD_HINTS_HOWTO = ("Paint a few separate dabs of colour on the 'Colour hints' la
 #: every template above with sample values for its fields (what the message test formats)
 SAMPLES: dict[str, dict[str, str]] = {
     "NOT_ONE_LAYER": {"n": "2"}, "RESULT_GROUP": {"name": "Colorize (Patch)"}, "A_MASK": {"name": "person 97%"},
-    "INSIDE_RESULT": {"name": "Colorized"}, "GROUP_LAYER": {"name": "Photos"}, "REFUSE_NOT_RESULT": {"name": "Photo"},
+    "INSIDE_RESULT": {"name": "Colorized"}, "GROUP_LAYER": {"name": "Photos"},
+    "RECOMPOSE_NOT_RESULT": {"name": "Photo"},
     "COLORIZED_RESIZED": {"now": "90x80", "was": "96x80"}, "HINTS_NO_ALPHA": {"name": "Colour hints"},
     "CLIENT_MISSING": {"error": "No module named 'patchcolor_client'"},
     "BAD_RESULT": {"got": "32x32 rgb8", "want": "96x80 rgb16"}, "BAD_PREVIEW": {"fmt": "rgb16"},
@@ -82,7 +84,7 @@ SAMPLES: dict[str, dict[str, str]] = {
 def templates() -> dict[str, str]:
     """Every message template of this module by name (what the message test checks)."""
     return {k: v for k, v in globals().items()
-            if k.isupper() and isinstance(v, str) and k not in ("PLUGIN", "REFUSE_MENU")}
+            if k.isupper() and isinstance(v, str) and k not in ("PLUGIN", "RECOMPOSE_MENU")}
 
 
 _CODE = re.compile(r"`[^`]*`")

@@ -35,11 +35,12 @@ TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
-# Request types (client -> server).
-INFO, PING, COLORIZE, REFUSE, CANCEL = "info", "ping", "colorize", "refuse", "cancel"
+# Request types (client -> server). RECOMPOSE (fuse a kept job again with edited masks) travels as "refuse",
+# its name in the first protocol version, kept so older plug-ins and servers understand each other.
+INFO, PING, COLORIZE, RECOMPOSE, CANCEL = "info", "ping", "colorize", "refuse", "cancel"
 #: a colorize on a small proxy (issue 10): same fields, answered by one ``result`` with "preview": true
 PREVIEW = "preview"
-REQUEST_TYPES: tuple[str, ...] = (INFO, PING, COLORIZE, REFUSE, CANCEL, PREVIEW)
+REQUEST_TYPES: tuple[str, ...] = (INFO, PING, COLORIZE, RECOMPOSE, CANCEL, PREVIEW)
 #: a preview's default proxy long side
 PREVIEW_SIDE = 384
 
@@ -126,7 +127,7 @@ def valid_id(value: Any) -> bool:
 
 
 def new_token() -> str:
-    """A fresh job token (32 hex digits from ``secrets``): only its holder may cancel, probe or re-fuse the job."""
+    """A fresh job token (32 hex digits from ``secrets``): only its holder may cancel, probe or recompose the job."""
     return secrets.token_hex(16)
 
 

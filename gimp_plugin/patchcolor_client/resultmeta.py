@@ -1,7 +1,7 @@
-"""What a Colorize (Patch) result keeps in the image, and the mask arithmetic of re-fusing it. Standard library only.
+"""What a Colorize (Patch) result keeps in the image, and the mask arithmetic of recomposing it. Standard library only.
 
 The result is a layer group tagged with the parasite ``colorize-patch`` whose JSON is a :class:`GroupMeta`
-(it survives an XCF save and reopen). Its layers carry small parasites that re-fuse finds them by (never names or
+(it survives an XCF save and reopen). Its layers carry small parasites that recompose finds them by (never names or
 positions, so renaming or moving layers inside the group is fine)::
 
     Colorize (Patch)      group          PARASITE_GROUP       GroupMeta
@@ -10,9 +10,9 @@ positions, so renaming or moving layers inside the group is fine)::
       Colorized           result layer   PARASITE_COLORIZED   {"uid"}
     <photo layer>                        PARASITE_SOURCE      {"uid": newest run, "uids": [every run]}
 
-Re-fuse sends the edited masks either to the backend's kept job (instant; ``job_index`` maps each stored instance
-to its place in that job, None for one the job dropped) or, when the backend lost it, colorizes the photo layer
-again with the stored boxes and the edited masks (:meth:`GroupMeta.instances_for`).
+Recompose (Re-fuse Masks) sends the edited masks either to the backend's kept job (instant; ``job_index`` maps
+each stored instance to its place in that job, None for one the job dropped) or, when the backend lost it,
+colorizes the photo layer again with the stored boxes and the edited masks (:meth:`GroupMeta.instances_for`).
 """
 from __future__ import annotations
 
@@ -63,11 +63,11 @@ class GroupMeta:
     """The ``colorize-patch`` parasite of a result group.
 
     uid:        this result's id (the mask and Colorized layers and the photo layer point at it);
-    job_id/token: the backend's job and its secret (instant re-fuse while the backend keeps it);
+    job_id/token: the backend's job and its secret (instant recompose while the backend keeps it);
     endpoint:   the backend that made it; width/height/format: the photo layer as sent (wire format, e.g.
                 "gray8"); result_format: the Colorized layer's; origin: the photo layer's offsets then;
     options:    the backend options used; instances: one record per mask layer index; job_index: see module;
-    hints:      colour hints used (re-fuse then reads the hint layer again); run: 1 for the image's first result.
+    hints:      colour hints used (recompose then reads the hint layer again); run: 1 for the image's first result.
     """
 
     job_id: str
@@ -129,7 +129,7 @@ class GroupMeta:
         except (KeyError, TypeError, ValueError):
             return None
 
-    # ---- re-fuse ---------------------------------------------------------------------------------------------
+    # ---- recompose --------------------------------------------------------------------------------------------
     def kept_job_masks(self, masks: Sequence[bytes]) -> list[bytes] | None:
         """The edited masks (one per stored instance) in the kept job's order, or None when that job cannot
         express them (an instance it dropped was painted back, or it lacks one)."""
@@ -161,7 +161,7 @@ class GroupMeta:
         return instances, index
 
     def after_recolorize(self, res: Any, endpoint: str, index: list[int | None]) -> None:
-        """Point at the job a re-colorize made, so the next re-fuse is instant again."""
+        """Point at the job a re-colorize made, so the next recompose is instant again."""
         self.job_id, self.token, self.endpoint, self.job_index = res.job_id, getattr(res, "token", "") or "", \
             endpoint, index
 
@@ -196,7 +196,7 @@ def crop_mask(frame: bytes, w: int, h: int) -> tuple[tuple[int, int], tuple[int,
 
 def source_record(old: Any, uid: str) -> dict[str, Any]:
     """The photo layer's ``colorize-patch-source`` parasite after a new run ``uid`` (earlier runs kept, so the
-    re-fuse of an older result still finds its photo)."""
+    recompose of an older result still finds its photo)."""
     uids = [u for u in (old.get("uids") or [old.get("uid")]) if isinstance(u, str)] if isinstance(old, dict) else []
     return {"uid": uid, "uids": [u for u in uids if u != uid][-31:] + [uid]}
 

@@ -1,4 +1,4 @@
-"""A byte-bounded, thread-safe LRU cache (kept per-job fusion state for ``refuse``)."""
+"""A byte-bounded, thread-safe LRU cache (kept per-job fusion state for recompose)."""
 from __future__ import annotations
 
 import threading

@@ -58,8 +58,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--queue-mb", type=float, metavar="MB",
                    help="request data all queued and running jobs may hold, in MB (default: twice --client-mb)")
     p.add_argument("--cache-mb", type=float, default=1024.0,
-                   help="memory kept for `refuse` (source pixels + instance colours of recent jobs), in MB "
-                        "(default 1024)")
+                   help="memory kept for recomposing recent jobs with edited masks (their source pixels and "
+                        "instance colours), in MB (default 1024)")
     p.add_argument("--untrusted-loopback", action="store_true",
                    help="treat loopback clients as remote (behind an SSH tunnel or a proxy): remote option limits, "
                         "no paths or versions in `info`")

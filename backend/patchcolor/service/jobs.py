@@ -1,5 +1,5 @@
 """The server's job state: a job while it waits or runs (:class:`Job`), the queue the workers take jobs from
-(:class:`JobQueue`, round-robin across clients), and what is kept of a finished job for ``refuse``
+(:class:`JobQueue`, round-robin across clients), and what is kept of a finished job for recompose
 (:class:`JobRecord`).
 
 Only the main thread creates jobs and touches the server's tables; workers take jobs from the queue (the one
@@ -24,20 +24,20 @@ from .peers import Peer
 
 @dataclass(eq=False)
 class Job:
-    """A queued or running colorize/refuse/preview job. ``pixels`` views the request frame (no copy)."""
+    """A queued or running colorize/recompose/preview job. ``pixels`` views the request frame (no copy)."""
 
     job_id: str
     req_id: str
     envelope: list[bytes]
-    kind: str                       # protocol.COLORIZE, protocol.REFUSE or protocol.PREVIEW
+    kind: str                       # protocol.COLORIZE, protocol.RECOMPOSE or protocol.PREVIEW
     width: int
     height: int
     format: str
     pixels: memoryview | None
     options: Any                    # patchcolor.options.Options
-    masks: list[np.ndarray] | None = None      # refuse only
+    masks: list[np.ndarray] | None = None      # recompose only
     instances: list[P.GivenInstance] | None = None   # colorize with given instances instead of the detector
-    fusion_state: Any = None                   # refuse only: the kept FusionState
+    fusion_state: Any = None                   # recompose only: the kept FusionState
     hints: SourceImage | None = None           # colorize/preview: the colour-hint map (a frame view)
     preview: int | None = None                 # preview only: the proxy's long side
     draft: bool = False                        # preview only: a draft is acceptable
@@ -53,7 +53,7 @@ class Job:
     held: int = 0                   # request bytes it holds until its final event (limits.HeldBytes)
 
     def release(self) -> None:
-        """Let go of the request's frames (the cache keeps what ``refuse`` needs)."""
+        """Let go of the request's frames (the cache keeps what recompose needs)."""
         self.pixels = self.masks = self.fusion_state = self.instances = self.hints = None
 
 
@@ -188,10 +188,10 @@ class JobQueue:
 
 @dataclass
 class JobRecord:
-    """What the server keeps of a finished job so that ``refuse`` can re-fuse it (LRU-cached by job id).
+    """What the server keeps of a finished job so that it can be recomposed (LRU-cached by job id).
 
     ``pixels`` is the request's source frame (a view; nothing is copied to keep it). ``token`` (and ``owner``,
-    the creator's CURVE public key, when the server uses CURVE) must be shown to ``refuse`` it."""
+    the creator's CURVE public key, when the server uses CURVE) must be shown to recompose it."""
 
     width: int
     height: int
@@ -214,7 +214,7 @@ class JobRecord:
         return SourceImage.from_buffer(self.pixels, self.width, self.height, self.format)
 
 
-def check_refuse(req: P.RefuseRequest, rec: JobRecord) -> list[np.ndarray]:
+def check_recompose(req: P.RecomposeRequest, rec: JobRecord) -> list[np.ndarray]:
     """Mask frames of ``req`` against the kept job -> (H, W) uint8 views (no copy). Raises ProtocolError."""
     if len(req.masks) != rec.n_instances:
         raise P.ProtocolError("bad_request", f"job {req.base_job} has {rec.n_instances} instance(s); got "

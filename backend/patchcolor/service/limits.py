@@ -57,7 +57,7 @@ def estimate_job_bytes(width: int, height: int, fmt: str, opts: Options, frame_b
     work_px = ww * wh
     out_px = src_px if opts.full_resolution else work_px
     n = opts.max_instances
-    frames = src_px * channels * sample if frame_bytes is None else frame_bytes   # kept for refuse
+    frames = src_px * channels * sample if frame_bytes is None else frame_bytes   # kept for recompose
     total = BASE_BYTES + model_bytes(opts) + frames + hint_pixels * HINT_BYTES_PER_PIXEL
     total += work_px * 3 * 4                                                  # working copy (float32 Lab)
     if opts.detector != "none":
@@ -128,7 +128,7 @@ def check_job(width: int, height: int, fmt: str, opts: Options, remote: bool, li
 @dataclass(frozen=True)
 class Budgets:
     """How much accepted jobs may hold. A job holds its request's data frames (pixels, instance masks, hint map;
-    a ``refuse``: its masks) from ``accepted`` until its final event; jobs that wait are counted too.
+    a recompose: its masks) from ``accepted`` until its final event; jobs that wait are counted too.
 
     ``client_bytes`` is also the largest request a client may send: a bigger one could never be admitted, so it is
     refused (``too_large``) from its header, before any data frame is kept."""

@@ -20,7 +20,7 @@ import numpy as np
 from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one definition of the protocol)
     ACCEPTED, ACK, CANCEL, CANCELLED, COLORIZE, DEFAULT_ENDPOINT, ERROR, ERROR_CODES, FINAL_TYPES, INFO,
     HINTS_VERSION, MAX_DATA_FRAMES, MAX_HEADER_BYTES, MAX_INSTANCES, PING, PREVIEW, PREVIEW_SIDE,
-    PIXEL_FORMATS, PONG, PROGRESS, PROTOCOL_VERSION, REFUSE,
+    PIXEL_FORMATS, PONG, PROGRESS, PROTOCOL_VERSION, RECOMPOSE,
     REPLY_TYPES, REQUEST_TYPES, RESULT, RESULT_FORMATS, STAGE_WEIGHTS, STAGES, SUPPORTED_VERSIONS, ProtocolError,
     decode_header, encode_header, frame_size, new_token, overall_fraction, valid_id, valid_token,
 )
@@ -168,7 +168,7 @@ class ColorizeRequest:
     """``pixels`` is a zero-copy view of the received frame (keeps the ZeroMQ message alive); None until the data
     frames are attached (:func:`attach_frames`).
 
-    ``instances`` (optional): use these instead of the detector (re-fuse after the server lost the job).
+    ``instances`` (optional): use these instead of the detector (recompose after the server lost the job).
     ``token``: the client's secret for this job (None: the server makes one)."""
 
     id: str
@@ -189,11 +189,11 @@ class ColorizeRequest:
 
 
 @dataclass
-class RefuseRequest:
-    """Re-fuse job ``base_job`` with edited masks (full output-size gray8 frames, one per instance).
+class RecomposeRequest:
+    """Recompose job ``base_job`` with edited masks (full output-size gray8 frames, one per instance).
 
     ``options`` is None when the request kept the base job's options. Mask sizes are checked against the kept
-    job by :func:`check_refuse` (they depend on the base job's output size). ``base_token`` is ``base_job``'s
+    job by :func:`check_recompose` (they depend on the base job's output size). ``base_token`` is ``base_job``'s
     token (required to use it), ``token`` the client's secret for the new job (None: the server makes one)."""
 
     id: str
@@ -206,7 +206,7 @@ class RefuseRequest:
     v: int = PROTOCOL_VERSION
 
 
-Request = Union[InfoRequest, PingRequest, CancelRequest, ColorizeRequest, RefuseRequest]
+Request = Union[InfoRequest, PingRequest, CancelRequest, ColorizeRequest, RecomposeRequest]
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ def request_version(h: dict[str, Any]) -> int:
 
 def parse_header(h: dict[str, Any], limits: Limits) -> tuple[Request, list[int] | None]:
     """Validate a decoded request header; (request without its data, the exact byte size of every data frame
-    the header announces). The sizes are None for ``refuse`` (they depend on the kept base job; at most
+    the header announces). The sizes are None for a recompose (they depend on the kept base job; at most
     MAX_INSTANCES frames). Nothing is allocated. Raises ProtocolError with the request/job id when known."""
     req_id = h.get("id") if valid_id(h.get("id")) else None
     job = h.get("job") if valid_id(h.get("job")) else None
@@ -361,10 +361,10 @@ def parse_header(h: dict[str, Any], limits: Limits) -> tuple[Request, list[int] 
                                if kind == PREVIEW else None,
                                draft=parse_draft(h.get("draft"), req_id, job) if kind == PREVIEW else False), sizes
 
-    # REFUSE
+    # RECOMPOSE (the op is named "refuse" on the wire)
     base = _job_id(h, "base_job", req_id)
-    refuse_opts = _options(h, req_id, job) if h.get("options") is not None else None
-    return RefuseRequest(req_id, job, base, refuse_opts, [], _token(h, "base_token", req_id, job), token, v), None
+    recompose_opts = _options(h, req_id, job) if h.get("options") is not None else None
+    return RecomposeRequest(req_id, job, base, recompose_opts, [], _token(h, "base_token", req_id, job), token, v), None
 
 
 def check_frames(sizes: list[int] | None, index: int, nbytes: int, req: Request, max_frame_bytes: int) -> None:
@@ -405,7 +405,7 @@ def attach_frames(req: Request, data: Sequence[Any]) -> Request:
             req.instances = [_given_instance(m, f, i, req.id, req.job)
                              for i, (m, f) in enumerate(zip(req.instance_metas, data[1:]))]
         req.instance_metas = None
-    elif isinstance(req, RefuseRequest):
+    elif isinstance(req, RecomposeRequest):
         req.masks = [_buf(f) for f in data]
     return req
 

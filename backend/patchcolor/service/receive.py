@@ -51,7 +51,7 @@ SizesFn = Callable[[P.Request, "Incoming", "list[int] | None"], "list[int] | Non
 def receive_message(sock: zmq.Socket, limits: P.Limits, sizes_for: SizesFn | None = None) -> Incoming | None:
     """Read the next whole message (None when nothing is waiting). Never raises for what a client sent.
 
-    ``sizes_for(request, message, sizes)`` may replace the announced sizes (``refuse``: from the kept job)
+    ``sizes_for(request, message, sizes)`` may replace the announced sizes (a recompose: from the kept job)
     or raise ProtocolError (e.g. an unknown base job); then the rest of the message is drained."""
     try:
         first = sock.recv(zmq.NOBLOCK, copy=False)

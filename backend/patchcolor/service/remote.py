@@ -51,7 +51,7 @@ class RemoteError(PatchColorError):
         self.code = code
 
 
-# FusionState stays on the server (refuse there by job id); a remote Result carries this empty one.
+# FusionState stays on the server (recompose there by job id); a remote Result carries this empty one.
 def _empty_state() -> FusionState:
     from ..result import FusionState
 

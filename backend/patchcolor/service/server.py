@@ -13,7 +13,7 @@ the header announced; a message that breaks the rules is drained without keeping
 one ``error``. Remote clients' jobs are admitted by limits.py (option bounds + memory estimate).
 
 Jobs belong to their creator: each has a secret token (``accepted``/``result`` carry it) that ``cancel``,
-``ping`` with a job and ``refuse`` must show, plus the creator's CURVE key where the server uses CURVE. A job id
+``ping`` with a job and a recompose must show, plus the creator's CURVE key where the server uses CURVE. A job id
 is scoped to the connection that sent it: another connection's job of the same id is simply another job.
 
 Every client (a connection; a CURVE key where clients have lasting keys) has its own budget of request bytes held
@@ -52,7 +52,7 @@ from . import protocol as P
 from .auth import ServerKeys, apply_server_curve, check_endpoint, start_authenticator
 from .cache import ByteLRU
 from .info import ServerFacts, info_reply
-from .jobs import Job, JobQueue, JobRecord, check_refuse
+from .jobs import Job, JobQueue, JobRecord, check_recompose
 from .limits import Budgets, HeldBytes, RemoteLimits, available_memory, check_job, default_budgets
 from .peers import Connections, Peer
 from .preview_cache import PreviewSessions
@@ -61,7 +61,7 @@ from .worker import Worker, make_record, remote_message
 
 log = logging.getLogger("patchcolor.service")
 
-#: factory(models_dir, device, max_pixels) -> an object with Pipeline's ``run`` / ``refuse``.
+#: factory(models_dir, device, max_pixels) -> an object with Pipeline's ``run`` / ``recompose``.
 PipelineFactory = Callable[[Path | None, str, int], Any]
 
 
@@ -419,9 +419,9 @@ class Server:
         return _same_connection(creator, peer)
 
     def _frame_sizes(self, req: P.Request, msg: Incoming, sizes: list[int] | None) -> list[int] | None:
-        """The exact data frame sizes of a request, checked before any of its frames is kept: a ``refuse``'s
+        """The exact data frame sizes of a request, checked before any of its frames is kept: a recompose's
         come from the kept job; a request larger than one client's budget could never be admitted."""
-        if isinstance(req, P.RefuseRequest):
+        if isinstance(req, P.RecomposeRequest):
             self._drain_monitor()
             rec = self._record(req.base_job, req.base_token, self._peer_of(msg))
             if rec is None:
@@ -437,7 +437,7 @@ class Server:
         return sizes
 
     def _record(self, job_id: str, token: str | None, peer: Peer) -> JobRecord | None:
-        """The kept record of finished job ``job_id`` that ``peer`` may re-fuse (with ``token``), or None.
+        """The kept record of finished job ``job_id`` that ``peer`` may recompose (with ``token``), or None.
         Records are kept by (job id, token), so a client that reuses another's job id never replaces it."""
         if token is not None:
             rec = self.cache.get((job_id, token))
@@ -505,7 +505,7 @@ class Server:
         job.cancel.set()
         return "cancelling"
 
-    def _on_job(self, envelope: list[bytes], req: P.ColorizeRequest | P.RefuseRequest, peer: Peer) -> None:
+    def _on_job(self, envelope: list[bytes], req: P.ColorizeRequest | P.RecomposeRequest, peer: Peer) -> None:
         if self._stopping:
             raise P.ProtocolError("shutting_down", "the server is shutting down", req.id, req.job)
         if any(j.job_id == req.job and _same_connection(j.peer, peer) for j in self.jobs.values()):
@@ -525,11 +525,11 @@ class Server:
             if rec is None:
                 raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished "
                                       "long ago, evicted or never run): run colorize again", req.id, req.job)
-            masks = check_refuse(req, rec)
+            masks = check_recompose(req, rec)
             opts = req.options or rec.options
             check_job(rec.width, rec.height, rec.format, opts, peer.remote, self.config.remote_limits, avail,
                       req.id, req.job, frame_bytes=rec.pixels.nbytes + held)
-            job = Job(req.job, req.id, envelope, P.REFUSE, rec.width, rec.height, rec.format, rec.pixels,
+            job = Job(req.job, req.id, envelope, P.RECOMPOSE, rec.width, rec.height, rec.format, rec.pixels,
                       opts, masks=masks, fusion_state=rec.state)
         client = self.client_key(peer)
         self._admit(client, held, req)
@@ -548,7 +548,7 @@ class Server:
                  job.height, job.format, held / 1e6, peer.label, " (remote)" if peer.remote else "", position)
         log.debug("job #%d has id %s", job.seq, job.job_id)
 
-    def _admit(self, client: Hashable, held: int, req: P.ColorizeRequest | P.RefuseRequest) -> None:
+    def _admit(self, client: Hashable, held: int, req: P.ColorizeRequest | P.RecomposeRequest) -> None:
         """``busy`` when ``client`` has its share of the queue waiting, or its jobs (or all jobs) hold their
         budget of request bytes; a job is never refused for what it would need alone (that is ``too_large``,
         from its header)."""
@@ -584,7 +584,7 @@ class Server:
 
     # ---------------------------------------------------------------------------------------------- worker side
     def _keep(self, job: Job, result: Any, header: dict[str, Any]) -> bool:
-        """Keep a finished colorize/refuse for ``refuse`` (a worker thread; the cache has its own lock)."""
+        """Keep a finished colorize/recompose for a later recompose (a worker thread; the cache has its own lock)."""
         rec = make_record(job, result, header, self._owner(job.peer))
         return self.cache.put((job.job_id, job.token), rec, rec.nbytes)
 
@@ -597,10 +597,10 @@ def _same_connection(a: Peer | None, b: Peer) -> bool:
     return a is not None and a.conn == b.conn and a.identity == b.identity
 
 
-def request_bytes(req: P.ColorizeRequest | P.RefuseRequest) -> int:
+def request_bytes(req: P.ColorizeRequest | P.RecomposeRequest) -> int:
     """The data frames a job request holds while it waits and runs: pixels, instance masks and hint map (a
-    ``refuse``: its masks; the base job's pixels are the cache's)."""
-    if isinstance(req, P.RefuseRequest):
+    a recompose: its masks; the base job's pixels are the cache's)."""
+    if isinstance(req, P.RecomposeRequest):
         return sum(m.nbytes for m in req.masks)
     total = req.pixels.nbytes if req.pixels is not None else 0
     total += sum(i.mask.nbytes for i in req.instances or ())

@@ -26,7 +26,7 @@ from .preview_cache import PreviewSessions, run_preview
 
 log = logging.getLogger("patchcolor.service")
 
-#: keep(job, result, header) -> whether the finished job was kept for ``refuse`` (the server's cache).
+#: keep(job, result, header) -> whether the finished job was kept for recompose (the server's cache).
 KeepFn = Callable[[Job, Any, dict[str, Any]], bool]
 
 #: What a remote client is told instead of the pipeline's sentence, which names the server's files.
@@ -48,7 +48,7 @@ def remote_message(code: str, message: str) -> str:
 class Worker:
     """Runs jobs from ``queue`` on ``pipeline`` until the queue is closed (:meth:`run` is the thread's target).
 
-    ``keep`` stores a finished colorize/refuse for ``refuse`` (the server's cache and ownership rules);
+    ``keep`` stores a finished colorize/recompose for a later recompose (the server's cache and ownership rules);
     ``on_idle`` is called whenever the server has nothing left to do (the job's peak memory goes back)."""
 
     def __init__(self, pipeline: Any, device: str, queue: JobQueue, ctx: zmq.Context, events_endpoint: str,
@@ -122,10 +122,10 @@ class Worker:
                         f" ({e.details})" if e.details else "")
             fail(e.code, e.message)
         except ValueError as e:
-            if job.kind != P.REFUSE:
+            if job.kind != P.RECOMPOSE:
                 self._internal_error(job, e, fail)
-            else:   # Pipeline.refuse: masks/options that do not fit the kept job
-                log.warning("job #%d: cannot re-fuse: %s", job.seq, e)
+            else:   # Pipeline.recompose: masks/options that do not fit the kept job
+                log.warning("job #%d: cannot recompose: %s", job.seq, e)
                 fail("bad_request", f"cannot re-fuse: {e}")
         except MemoryError:
             log.error("job #%d ran out of memory", job.seq)
@@ -147,7 +147,7 @@ class Worker:
 
     def _colorize(self, job: Job, progress: Callable[[str, float], None],
                   t0: float) -> tuple[dict[str, Any], list[Any]]:
-        """Run a colorize or refuse job: its ``result`` (header, frames), kept for ``refuse`` when it fits."""
+        """Run a colorize or recompose job: its ``result`` (header, frames), kept for recompose when it fits."""
         assert job.pixels is not None
         src = SourceImage.from_buffer(job.pixels, job.width, job.height, job.format)
         if job.kind == P.COLORIZE:
@@ -159,12 +159,12 @@ class Worker:
             result = self.pipeline.run(src, job.options, progress=progress, cancelled=job.cancel.is_set,
                                        instances=job.instances, **extra)
         else:
-            result = self.pipeline.refuse(src, job.fusion_state, job.masks, job.options, progress=progress,
+            result = self.pipeline.recompose(src, job.fusion_state, job.masks, job.options, progress=progress,
                                           cancelled=job.cancel.is_set)
         header, data = P.result_message(job.req_id, job.job_id, result, job.v)
         header["token"] = job.token
         header["hints"] = int(getattr(result, "hint_count", 0))
-        header["refusable"] = self.keep(job, result, header)
+        header["refusable"] = self.keep(job, result, header)    # the wire's name for "can be recomposed"
         header["timings"]["server_total"] = round(time.perf_counter() - t0, 4)
         return header, data
 
@@ -174,7 +174,7 @@ class Worker:
 
 
 def make_record(job: Job, result: Any, header: dict[str, Any], owner: str | None) -> JobRecord:
-    """What is kept of a finished colorize/refuse job for ``refuse``."""
+    """What is kept of a finished colorize/recompose job for a later recompose."""
     assert job.pixels is not None
     return JobRecord(job.width, job.height, job.format, job.pixels, job.options, result.state, header["width"],
                      header["height"], len(result.instances), job.token, owner, job.peer)
