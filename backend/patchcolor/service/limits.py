@@ -14,7 +14,6 @@ from typing import Hashable
 
 from patchcolor_client.protocol import PIXEL_FORMATS, ProtocolError
 
-from ..colorizers import input_spec
 from ..options import Options
 from ..prepare import working_size
 from ..registry import NO_DETECTOR, registry
@@ -62,6 +61,8 @@ def estimate_job_bytes(width: int, height: int, fmt: str, opts: Options, frame_b
     total += work_px * 3 * 4                                                  # working copy (float32 Lab)
     if opts.detector != "none":
         total += work_px * DETECTOR_BYTES_PER_PIXEL
+    from ..colorizers import input_spec     # torch: not at import (the CLI's `weights` command never loads it)
+
     spec = input_spec(opts.colorizer)
     net_px = max(spec.side(opts.net_size, True) ** 2, opts.batch_size * spec.side(opts.net_size, False) ** 2)
     total += net_px * NET_BYTES_BY_INPUT.get(spec.name, NET_BYTES_PER_PIXEL)  # the largest colorizer batch
