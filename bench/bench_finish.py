@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_finish.py [--width 6000 --height 4000]
 
 Random pixels and a random 1280×853 a/b map (σ = 10, a few per cent of the colours out of gamut), the default
-preset (keep-L finish, the seed's desaturation curve). Best of 3, wall time, all cores.
+preset (keep-L finish, the paper's desaturation curve). Best of 3, wall time, all cores.
 """
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """The seed's own per-image code path, re-enacted on CPU, against ours: per-image seconds and the ratios seed/ours
 in one run on one machine (prints figures, asserts nothing).
 
+"Seed" here means PatchColorization's published code (moziada/PatchColorization, the project this one started
+from), which ``--preset seed`` reproduces; the package's code calls that method "paper" (``fusion="paper"``). No
+random seed is meant.
+
 Same photo and weights as bench/bench_batch.py (its ``make_photo`` and ``fake_models``): scikit-image's coffee,
 1024×683 gray, written N times as PNG; random ECCV16 + biased R101 weights in the official formats.
 
@@ -47,7 +51,7 @@ How it differs from the real seed code (which cannot run here: detectron2 has no
 * the seed's convolutions are PyTorch's default (oneDNN); ours take NNPACK's Winograd for large-map 3×3
   convolutions where patchcolor.winograd's policy turns it on (AVX2 CPUs; the CPU line says which).
 Arithmetic reused from the project where it is the seed's: patchcolor.colorizers (ECCV16 + official .pth
-loader), patchcolor.segment (R101 loader via the registry, ``filter_instances``), patchcolor.fuse (``seed``
+loader), patchcolor.segment (R101 loader via the registry, ``filter_instances``), patchcolor.fuse (``paper``
 mode, one call per instance), patchcolor.finish.desaturation_weight; skimage for all colour conversions.
 
     .venv/bin/python bench/bench_seed.py --n 3
@@ -187,7 +191,7 @@ class SeedReenactment:
         inst_ab = [self._colorize(img.crop(b)) for b in boxes]
         t.lap("eccv16")
         for k, b, ab in zip(index, boxes, inst_ab):                          # patchFullimg, score order
-            full_ab = fuse(full_ab, [FuseItem(np.array(masks[k], dtype=bool), (0, 0), ab, b)], mode="seed",
+            full_ab = fuse(full_ab, [FuseItem(np.array(masks[k], dtype=bool), (0, 0), ab, b)], mode="paper",
                            order="score")
         t.lap("fuse")
 

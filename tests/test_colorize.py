@@ -141,8 +141,8 @@ def test_predict_ab_batches_and_resizes(tmp_path):
     assert all(o.dtype == np.float32 and np.isfinite(o).all() for o in out)
 
 
-def test_zhang_networks_keep_the_seeds_input():
-    """ECCV16 / SIGGRAPH17 inputs stay the seed's: PIL BICUBIC stretch of the crop to n², skimage L*, bit for bit;
+def test_zhang_networks_keep_the_papers_input():
+    """ECCV16 / SIGGRAPH17 inputs stay the paper's: PIL BICUBIC stretch of the crop to n², skimage L*, bit for bit;
     DDColor's are its own (three channels, the full image at twice the crop side)."""
     from PIL import Image
     from skimage import data
@@ -157,9 +157,9 @@ def test_zhang_networks_keep_the_seeds_input():
         spec = input_spec(name)
         for b in (None, box):
             crop = work if b is None else work[b[1]:b[3], b[0]:b[2]]
-            seed = lab.lightness(np.asarray(Image.fromarray(crop).resize((128, 128), resample=Image.BICUBIC)))
+            published = lab.lightness(np.asarray(Image.fromarray(crop).resize((128, 128), resample=Image.BICUBIC)))
             got = net_input(work, b, 128, spec)
-            assert got.shape == (1, 128, 128) and np.array_equal(got[0], seed)
+            assert got.shape == (1, 128, 128) and np.array_equal(got[0], published)
     dd = input_spec("ddcolor")
     assert net_input(work, None, 128, dd).shape == (3, 256, 256)
     assert net_input(work, box, 128, dd).shape == (3, 128, 128)

@@ -1,4 +1,4 @@
-"""Steps 3 and 6: Lab numbers equal skimage's; output lightness equals the input's; the seed's post-process."""
+"""Steps 3 and 6: Lab numbers equal skimage's; output lightness equals the input's; the paper's post-process."""
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +46,8 @@ def test_default_finish_keeps_lightness_alpha_and_depth(dtype, gray, alpha):
     assert np.abs(out[..., 0].astype(int) - out[..., 2]).mean() > 2   # and it is in colour
 
 
-def _seed_postprocess_reference(rgb_u8: np.ndarray, ab_hw2: np.ndarray) -> np.ndarray:
-    """The seed's util.postprocess + desaturate + img_as_ubyte, written out with skimage in float64."""
+def _paper_postprocess_reference(rgb_u8: np.ndarray, ab_hw2: np.ndarray) -> np.ndarray:
+    """PatchColorization's util.postprocess + desaturate + img_as_ubyte, written out with skimage in float64."""
     from skimage.util import img_as_ubyte
 
     l_star = color.rgb2lab(rgb_u8)[..., :1]
@@ -58,12 +58,12 @@ def _seed_postprocess_reference(rgb_u8: np.ndarray, ab_hw2: np.ndarray) -> np.nd
     return img_as_ubyte(color.hsv2rgb(hsv))
 
 
-def test_seed_finish_matches_the_seed_postprocess():
+def test_paper_finish_matches_the_published_postprocess():
     rgb = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)
     ab = RNG.uniform(-60, 60, (2, 40, 60)).astype(np.float32)
     out = finish(rgb, None, ab, make_options("seed"), np.dtype(np.uint8))
-    ref = _seed_postprocess_reference(rgb, ab.transpose(1, 2, 0))
-    assert np.abs(out.astype(int) - ref).max() <= 1          # float32 vs the seed's float64
+    ref = _paper_postprocess_reference(rgb, ab.transpose(1, 2, 0))
+    assert np.abs(out.astype(int) - ref).max() <= 1          # float32 vs the published float64
     assert np.mean(out != ref) < 0.01
 
 
@@ -127,7 +127,7 @@ def test_code_tables_equal_skimage(dtype, gray):
 
 @pytest.mark.parametrize("gray", [True, False])
 def test_keep_l_finish_equals_a_skimage_reference(gray):
-    """Up-sampling, the seed's w(Y), the gain and quantisation, against the same steps written with skimage."""
+    """Up-sampling, the paper's w(Y), the gain and quantisation, against the same steps written with skimage."""
     h, w = 50, 70
     src = RNG.integers(30, 226, (h, w) if gray else (h, w, 3), dtype=np.uint8)
     ab = RNG.uniform(-8, 8, (2, h, w)).astype(np.float32)          # mild: in gamut, no mapping involved

@@ -28,24 +28,24 @@ def _outside(items):
     return ~inside
 
 
-def test_seed_mode_hard_replace_and_later_wins():
+def test_paper_mode_hard_replace_and_later_wins():
     full = _full()
     a, b = _item(10, 10, 40, 40, 50.0), _item(30, 30, 60, 50, -50.0)
-    out = fuse(full, [a, b], "seed")
+    out = fuse(full, [a, b], "paper")
     assert np.all(out[:, 12, 12] == 50) and np.all(out[:, 45, 55] == -50)
     assert np.all(out[:, 35, 35] == -50)             # overlap: the later (lower score) instance wins
-    assert np.all(fuse(full, [b, a], "seed")[:, 35, 35] == 50)
-    assert np.all(fuse(full, [b, a], "seed", order="area")[:, 35, 35] == -50)  # a is larger: goes first
+    assert np.all(fuse(full, [b, a], "paper")[:, 35, 35] == 50)
+    assert np.all(fuse(full, [b, a], "paper", order="area")[:, 35, 35] == -50)  # a is larger: goes first
     outside = _outside([a, b])
     np.testing.assert_array_equal(out[:, outside], full[:, outside])
     assert full is not out and not np.shares_memory(full, out)
 
 
-def test_seed_mode_mask_outside_int_box_keeps_previous():
+def test_paper_mode_mask_outside_int_box_keeps_previous():
     full = _full()
     mask = np.ones((12, 12), bool)      # mask window 1 px larger than the int box on the right/bottom
     it = FuseItem(mask, (10, 10), np.full((2, 11, 11), 9.0, np.float32), (10, 10, 21, 21))
-    out = fuse(full, [it], "seed")
+    out = fuse(full, [it], "paper")
     assert np.all(out[:, 20, 20] == 9)
     np.testing.assert_array_equal(out[:, 21, 10:22], full[:, 21, 10:22])
 
@@ -71,9 +71,9 @@ def test_feather_has_no_chroma_step_at_the_border():
     mask = np.zeros((40, 60), bool)
     mask[5:35, 5:55] = True
     it = _item(10, 10, 70, 50, 60.0, mask)
-    hard = fuse(full, [it], "seed")[0]
+    hard = fuse(full, [it], "paper")[0]
     soft = fuse(full, [it], "feather", feather=0.05)[0]
-    assert np.abs(np.diff(hard, axis=1)).max() == 60          # the seed's seam
+    assert np.abs(np.diff(hard, axis=1)).max() == 60          # the paper's seam
     assert np.abs(np.diff(soft, axis=1)).max() < 60 / 3      # a ramp instead
     assert soft[30, 40] == 60                                 # interior reaches the instance colour
 

@@ -46,7 +46,7 @@ def test_objects_are_found_and_described(runs):
         assert inst.class_name == "person" and inst.mask.dtype == bool and inst.mask.any()
         x, y = inst.mask_origin
         assert 0 <= x and 0 <= y and x + inst.mask.shape[1] <= src.width and y + inst.mask.shape[0] <= src.height
-        x0, y0, x1, y1 = (int(v) for v in inst.box)      # the seed's small-box filter on int32-truncated boxes
+        x0, y0, x1, y1 = (int(v) for v in inst.box)      # the paper's small-box filter on int32-truncated boxes
         assert (x1 - x0) * (y1 - y0) > 0.001 * src.width * src.height
 
 
@@ -102,8 +102,8 @@ def test_recompose_grown_mask_recolorizes_only_that_instance(pipeline, runs):
 def test_seed_preset_works_at_1280_default_at_full_resolution(pipeline):
     g = (np.add.outer(np.arange(1200), np.arange(1600)) % 256).astype(np.uint8)
     src = SourceImage(g)
-    seed = pipeline.run(src, make_options("seed", detector="none", **FAST))
-    assert seed.image.shape == (960, 1280, 3)
+    published = pipeline.run(src, make_options("seed", detector="none", **FAST))
+    assert published.image.shape == (960, 1280, 3)
     full = pipeline.run(src, make_options("default", detector="none", **FAST))
     assert full.image.shape == (1200, 1600, 3)
     assert np.abs(_l(full.image) - _l(g)).max() < 0.6
@@ -189,6 +189,6 @@ def test_bf16_without_native_kernels_runs_fp32_and_says_so(models_dir, photo_gra
 
 
 def test_crop_box_rules():
-    assert crop_box((10.7, 5.2, 50.9, 40.99), 100, 80, 0.0, False) == (10, 5, 50, 40)   # the seed's truncation
+    assert crop_box((10.7, 5.2, 50.9, 40.99), 100, 80, 0.0, False) == (10, 5, 50, 40)   # the paper's truncation
     x0, y0, x1, y1 = crop_box((40, 10, 60, 70), 100, 80, 0.1, True)
     assert (x1 - x0) == (y1 - y0) == 72 and x0 <= 40 and x1 >= 60 and 0 <= y0 and y1 <= 80

@@ -78,7 +78,7 @@ def test_resize_rule(size, expected):
     assert working_size(*size, 1280) == expected
 
 
-def test_working_copy_is_the_seeds_bicubic_three_channel_image():
+def test_working_copy_is_the_papers_bicubic_three_channel_image():
     big = RNG.integers(0, 256, (300, 500), dtype=np.uint8)
     work = working_copy(SourceImage(big), 128)
     ref = np.asarray(Image.fromarray(np.stack([big] * 3, -1)).resize((128, 76), resample=3))

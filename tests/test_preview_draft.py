@@ -83,7 +83,7 @@ def test_draft_then_exact_is_bit_equal_to_a_fresh_exact_preview(pipe, src):
 class RelativeBoxes:
     """A stand-in detector whose detections do not depend on the input's scale: fixed boxes in fractions of the
     image, each with its score, handled in R101's order — score order, the top ``detections_per_image``, then
-    (``settings.keep``) the seed's small-box filter and the instance cap. Records each call's test size."""
+    (``settings.keep``) the paper's small-box filter and the instance cap. Records each call's test size."""
 
     name = "r101"
 
@@ -108,7 +108,7 @@ class RelativeBoxes:
 
 
 def test_first_draft_reports_the_objects_the_exact_preview_will(models_dir, src):
-    """Twelve high-scoring specks (under the seed's 0.1 % area filter) and four objects: the exact preview shows the
+    """Twelve high-scoring specks (under the paper's 0.1 % area filter) and four objects: the exact preview shows the
     four; so must the first draft (its object cap counts objects that pass the filter, as the exact's does)."""
     from patchcolor.pipeline import Pipeline
 

@@ -1,4 +1,4 @@
-"""Detectron2 R101-FPN port (patchcolor.segment.r101 / d2_pickle), the other detectors and the seed filter.
+"""Detectron2 R101-FPN port (patchcolor.segment.r101 / d2_pickle), the other detectors and the paper's small-box filter.
 
 Everything runs on CPU with random weights written in the official layouts (tests/fake_r101.py);
 images are small and the test resize is shrunk (min_size) to keep the file fast.
@@ -411,12 +411,12 @@ def test_autocast_keeps_postprocessing_float32(detector: R101Detector) -> None:
         detector.detect(img, DetectorSettings(precision="int8"))
 
 
-# ------------------------------------------------------------------------------------ seed filter, registry
+# --------------------------------------------------------------------------------- paper's filter, registry
 def _inst(box: tuple[float, float, float, float], score: float = 0.9) -> Instance:
     return Instance(class_id=0, score=score, box=box, mask=np.ones((2, 2), bool), mask_origin=(0, 0))
 
 
-def test_filter_instances_is_the_seeds_small_box_filter() -> None:
+def test_filter_instances_is_the_papers_small_box_filter() -> None:
     # 100 x 100 image, frac 0.01 -> keep when truncated-box area > 100 (strictly)
     a = _inst((0.0, 0.0, 10.0, 10.0), 0.95)        # area 100: not kept (strictly greater)
     b = _inst((0.0, 0.0, 10.9, 10.99), 0.9)        # truncates to 10 x 10: not kept

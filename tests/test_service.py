@@ -585,6 +585,20 @@ def test_curve_authorized_clients_only(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- units
+def test_first_published_option_spellings_are_read_as_todays():
+    """``fusion``/``finish`` "seed" and ``seed_desaturate`` (the first names) still arrive from older clients."""
+    old = P.parse_options({"preset": "default", "fusion": "seed", "finish": "seed", "seed_desaturate": False})
+    assert (old.fusion, old.finish, old.paper_desaturate, old.preset) == ("paper", "paper", False, "default")
+    assert old == make_options("default", fusion="paper", finish="paper", paper_desaturate=False)
+    assert make_options("default", fusion="seed", seed_desaturate=False) == make_options(
+        "default", fusion="paper", paper_desaturate=False)
+    published = make_options("seed")
+    assert (published.preset, published.fusion, published.finish) == ("seed", "paper", "paper")
+    for bad in ({"fusion": "nope"}, {"seed_desaturate": "yes"}, {"preset": "paper"}):
+        with pytest.raises(P.ProtocolError):
+            P.parse_options(bad)
+
+
 def test_parse_request_validation():
     limits = P.Limits(max_pixels=1000)
     hdr = {"v": 1, "type": "colorize", "id": "r1", "job": "j1", "width": 10, "height": 10, "format": "rgb8",

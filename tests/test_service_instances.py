@@ -161,9 +161,9 @@ def test_instances_field_is_validated():
     assert P.parse_request(_request([], []), limits).instances == []
     assert P.parse_request(_request(None, []), limits).instances is None
     # seed preset (working size): a 200x100 image has a 128x64 result with max_side 128
-    seed = _request([_inst(box=[0, 0, 128, 64], mask_origin=[120, 60], mask_size=[8, 4])], [bytes(32)],
-                    200, 100, {"preset": "seed", "max_side": 128})
-    assert P.parse_request(seed, limits).instances[0].mask_origin == (120, 60)
+    published = _request([_inst(box=[0, 0, 128, 64], mask_origin=[120, 60], mask_size=[8, 4])], [bytes(32)],
+                         200, 100, {"preset": "seed", "max_side": 128})
+    assert P.parse_request(published, limits).instances[0].mask_origin == (120, 60)
     bad = [
         _request("x", []), _request([5], [bytes(16)]), _request([_inst()] * 101, [bytes(16)] * 101),
         _request([_inst()], []), _request([_inst()], [bytes(16)] * 2), _request([_inst()], [bytes(15)]),

@@ -35,7 +35,7 @@ def add_colorize_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", type=device_arg, metavar="{" + ",".join(DEVICES) + "}",
                    help="auto (default: an NVIDIA/AMD GPU, else an Apple GPU, else the CPU), cpu, cuda[:N] or mps")
     p.add_argument("--precision", choices=["fp32", "fast", "bf16", "fp16"],
-                   help="fp32 (default, the seed's arithmetic); fast: bf16 where this CPU/GPU runs it natively "
+                   help="fp32 (default, the paper's arithmetic); fast: bf16 where this CPU/GPU runs it natively "
                         "(AVX512-BF16/AMX, ~3.5x faster), else fp32 with a note; check it on your photos with "
                         "`patchcolor check-precision`")
     p.add_argument("--max-side", type=int, help="long side of the working copy (default 1280)")
@@ -118,7 +118,7 @@ def _options(args: argparse.Namespace):
                      max_side=args.max_side, saturation=args.saturation, score_thresh=args.score_thresh,
                      max_instances=args.max_instances)
     if args.feather is not None:
-        overrides.update(feather=args.feather, fusion="feather" if args.feather > 0 else "seed")
+        overrides.update(feather=args.feather, fusion="feather" if args.feather > 0 else "paper")
     return make_options(args.preset, **overrides)
 
 

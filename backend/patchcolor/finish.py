@@ -3,8 +3,8 @@
 Works in horizontal bands of ~256 K pixels (reused float32 buffers that stay in cache, whatever the image size)
 spread over the CPU cores (OpenCV and numpy release the GIL inside their array loops).
 
-* seed (``finish="seed"``): L* of the pixels, skimage ``lab2rgb`` (per-channel clip), then the seed's
-  desaturation in HSV (OpenCV's float32 HSV: the seed's skimage formulas): S ← S · w(Y),
+* paper (``finish="paper"``, the ``seed`` preset): L* of the pixels, skimage ``lab2rgb`` (per-channel clip),
+  then the paper's desaturation in HSV (OpenCV's float32 HSV: PatchColorization's skimage formulas): S ← S · w(Y),
   w(Y) = −2.5Y² + 2.5Y + 0.375, Y = rgb2gray of the input.
 * keep-l (default): L* of the *original* pixels at full resolution; the same w(Y) (if enabled) and the user's
   ``saturation`` gain scale the a/b chroma, and out-of-gamut colours lose chroma instead of lightness
@@ -26,7 +26,7 @@ BAND_PIXELS = 1 << 18   # ~256 K pixels per band: ~14 float32 planes of 1 MB per
 
 
 def desaturation_weight(y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The seed's 'smoother' parabola w(Y) = −2.5Y² + 2.5Y + 0.375 (0.375 at black/white, 1 at mid-gray).
+    """The paper's 'smoother' parabola w(Y) = −2.5Y² + 2.5Y + 0.375 (0.375 at black/white, 1 at mid-gray).
 
     y: float32 luma in [0, 1]; ``out`` (same shape, may be ``y`` itself) receives the result."""
     out = np.multiply(y, np.float32(-2.5), out=out)
@@ -55,16 +55,16 @@ def _quantize_into(plane: np.ndarray, dst: np.ndarray) -> None:
     np.copyto(dst, plane, casting="unsafe")
 
 
-def _band_seed(codes: np.ndarray, a: np.ndarray, b: np.ndarray, dst: np.ndarray, opts: Options,
+def _band_paper(codes: np.ndarray, a: np.ndarray, b: np.ndarray, dst: np.ndarray, opts: Options,
                scratch: lab.Scratch) -> None:
     color = codes.reshape(1, *codes.shape)
     rgb = lab.lab_to_rgb_clipped(lab.lightness(color), np.stack([a, b], axis=-1)[None])
     gain = np.float32(opts.saturation)
-    if opts.seed_desaturate or gain != 1:
-        # OpenCV's float32 HSV is skimage's rgb2hsv / hsv2rgb (the seed's) with H in degrees; ~50x faster
+    if opts.paper_desaturate or gain != 1:
+        # OpenCV's float32 HSV is skimage's rgb2hsv / hsv2rgb (PatchColorization's) with H in degrees; ~50x faster
         # (S differs by < 3e-5, which moves an 8-bit code in < 1 % of pixels, as float32 vs float64 already does)
         hsv = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2HSV)
-        w = desaturation_weight(lab.luma(color)) if opts.seed_desaturate else np.float32(1)
+        w = desaturation_weight(lab.luma(color)) if opts.paper_desaturate else np.float32(1)
         hsv[..., 1] = np.minimum(hsv[..., 1] * (w * gain), 1)
         rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     dst[:, :3] = quantize(rgb[0], dst.dtype)
@@ -75,7 +75,7 @@ def _band_keep_l(codes: np.ndarray, a: np.ndarray, b: np.ndarray, dst: np.ndarra
     n = codes.shape[0]
     fy, y = lab.fy_y_from_codes(codes, scratch)
     gain = np.float32(opts.saturation)
-    if opts.seed_desaturate:
+    if opts.paper_desaturate:
         w = desaturation_weight(lab.luma_from_codes(codes, scratch), out=scratch("w", n))
         if gain != 1:
             np.multiply(w, gain, out=w)
@@ -103,7 +103,7 @@ def finish(color: np.ndarray, alpha: np.ndarray | None, ab: np.ndarray, opts: Op
         out[..., 3] = alpha
     band = max(1, BAND_PIXELS // max(1, width))
     starts = list(range(0, height, band))
-    body = _band_seed if opts.finish == "seed" else _band_keep_l
+    body = _band_paper if opts.finish == "paper" else _band_keep_l
     local = threading.local()
 
     def work(y0: int) -> None:

@@ -2,9 +2,9 @@
 
 All work happens inside each instance's crop box (box-cropped masks; never an N×H×W stack).
 
-* ``seed``: the seed's hard replacement — inside the binary mask the instance a/b overwrites, applied in the
-  given order (the seed's descending score: the later, lower-score instance wins overlaps). Mask pixels outside
-  the instance's int box keep the earlier value, as in the seed.
+* ``paper`` (the ``seed`` preset): the paper's hard replacement — inside the binary mask the instance a/b
+  overwrites, applied in the given order (the paper's descending score: the later, lower-score instance wins
+  overlaps). Mask pixels outside the instance's int box keep the earlier value, as PatchColorization's code does.
 * ``feather``: alpha ramps from 0 at the mask border (and at the crop-box border, where the instance colours
   end) to 1 at ``feather`` × box diagonal inside, so there is no chroma step; larger instances are applied
   first so smaller ones (usually in front) end up on top.
@@ -61,10 +61,10 @@ def fuse(full_ab: np.ndarray, items: list[FuseItem], mode: str = "feather", feat
          order: str | None = None) -> np.ndarray:
     """full_ab: (2, H, W) float32 a/b of the whole image. Returns a new fused (2, H, W) float32 map.
 
-    order "score": ``items`` are applied as given (the seed's descending score, later wins); "area": largest
-    mask first, so the smallest ends on top. None: "score" for ``seed`` mode, "area" for ``feather``."""
+    order "score": ``items`` are applied as given (the paper's descending score, later wins); "area": largest
+    mask first, so the smallest ends on top. None: "score" for ``paper`` mode, "area" for ``feather``."""
     out = full_ab.copy()
-    if (order or ("score" if mode == "seed" else "area")) == "area":
+    if (order or ("score" if mode == "paper" else "area")) == "area":
         items = sorted(items, key=lambda it: -it.area)
     for item in items:
         sl = _overlap(item)
@@ -73,7 +73,7 @@ def fuse(full_ab: np.ndarray, items: list[FuseItem], mode: str = "feather", feat
         img_sl, mask_sl, box_sl = sl
         dst = out[(slice(None),) + img_sl]
         src = item.ab[(slice(None),) + box_sl]
-        if mode == "seed":
+        if mode == "paper":
             m = item.mask[mask_sl]
             dst[:, m] = src[:, m]
         else:

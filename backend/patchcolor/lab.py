@@ -58,7 +58,7 @@ def luma(img: np.ndarray) -> np.ndarray:
 
 
 def neutral_gray(l_star: np.ndarray) -> np.ndarray:
-    """The seed's detector input: sRGB gray with the same L* (lab2rgb of (L, 0, 0)) × 255, (H, W) float32."""
+    """The paper's detector input: sRGB gray with the same L* (lab2rgb of (L, 0, 0)) × 255, (H, W) float32."""
     lab = np.zeros(l_star.shape + (3,), np.float32)
     lab[..., 0] = l_star
     return skcolor.lab2rgb(lab)[..., 0] * np.float32(255.0)

@@ -1,15 +1,17 @@
 """User-facing options and the two presets.
 
-``seed`` reproduces PatchColorization as written; ``default`` is the best we can do.
-Every field can be overridden after a preset is applied (CLI flags, service requests).
+The preset ``seed`` is the method as published (PatchColorization's paper and code, :data:`PAPER`); ``default`` is
+the best we can do. Every field can be overridden after a preset is applied (CLI flags, service requests). The
+fields' values for the published method say "paper" (``fusion="paper"``, ``finish="paper"``,
+``paper_desaturate``); the first spellings ("seed") are still accepted where options arrive (:data:`RENAMED`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 Preset = Literal["seed", "default"]
-FusionMode = Literal["seed", "feather"]
+FusionMode = Literal["paper", "feather"]
 
 
 @dataclass(frozen=True)
@@ -18,13 +20,13 @@ class Options:
     colorizer: str = "eccv16"            # a colorizer name of the model registry (patchcolor.registry)
     detector: str = "r101"               # a detector name of the registry, or "none"
     max_side: int = 1280                 # working-copy long side (detector, networks, fusion)
-    full_resolution: bool = True         # output at the input's size (seed: output at working size)
+    full_resolution: bool = True         # output at the input's size (paper: at working size)
     fusion: FusionMode = "feather"
     feather: float = 0.02                # feather width as a fraction of the instance box diagonal
-    order: Literal["score", "area"] = "area"   # seed: score order, later (lower score) wins
-    seed_desaturate: bool = True         # the seed's luminance-parabola desaturation
-    finish: Literal["seed", "keep-l"] = "keep-l"   # seed: lab2rgb clip + HSV; keep-l: chroma-only, L* kept
-    context: float = 0.15                # crop margin around each box (fraction of its size); seed: 0
+    order: Literal["score", "area"] = "area"   # paper: score order, later (lower score) wins
+    paper_desaturate: bool = True        # the paper's luminance-parabola desaturation
+    finish: Literal["paper", "keep-l"] = "keep-l"   # paper: lab2rgb clip + HSV; keep-l: chroma-only, L* kept
+    context: float = 0.15                # crop margin around each box (fraction of its size); paper: 0
     square_crops: bool = True            # grow crops toward square so the 256² stretch distorts less
     saturation: float = 1.0              # extra HSV saturation gain applied after it
     score_thresh: float = 0.3
@@ -47,12 +49,31 @@ USER_OPTIONS: tuple[str, ...] = ("colorizer", "detector", "saturation", "feather
                                  "precision", "hint_spread", "max_side")
 
 
-SEED = Options(
-    preset="seed", full_resolution=False, fusion="seed", order="score", seed_desaturate=True,
-    finish="seed", context=0.0, square_crops=False, saturation=1.0, precision="fp32",
+#: the ``seed`` preset: the method as published (working-size output, hard masks in score order, tight crops)
+PAPER = Options(
+    preset="seed", full_resolution=False, fusion="paper", order="score", paper_desaturate=True,
+    finish="paper", context=0.0, square_crops=False, saturation=1.0, precision="fp32",
 )
 DEFAULT = Options()
-PRESETS: dict[str, Options] = {"seed": SEED, "default": DEFAULT}
+PRESETS: dict[str, Options] = {"seed": PAPER, "default": DEFAULT}
+
+#: Option names and values as first published -> today's. Scripts and service clients written against the first
+#: names may still send them; :func:`current_spelling` maps them wherever options arrive (:func:`make_options`,
+#: the service's ``parse_options``). Keys: an option name, or (option name, value). (The GIMP plug-in sends and
+#: stores in XCF files only the user options, whose names and values did not change.)
+RENAMED: dict[Any, str] = {"seed_desaturate": "paper_desaturate", ("fusion", "seed"): "paper",
+                           ("finish", "seed"): "paper"}
+
+
+def current_spelling(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` with first-published option names and values replaced by today's (:data:`RENAMED`)."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        key = RENAMED.get(key, key)
+        if isinstance(value, str):
+            value = RENAMED.get((key, value), value)
+        out[key] = value
+    return out
 
 
 #: inclusive ranges of the numeric fields: validate() checks them, and the GIMP dialog shows them (gimp_install.py
@@ -68,6 +89,7 @@ def make_options(preset: str = "default", **overrides: Any) -> Options:
     """Start from ``preset`` and apply the non-None ``overrides``. Raises ValueError on bad values."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    overrides = current_spelling(overrides)
     names = {f.name for f in fields(Options)}
     unknown = set(overrides) - names
     if unknown:
@@ -90,14 +112,14 @@ def validate(o: Options) -> None:
     for name, (low, high) in RANGES.items():
         if not low <= getattr(o, name) <= high:
             raise ValueError(f"{name} must be between {low:g} and {high:g}{_RANGE_UNITS.get(name, '')}")
-    if o.fusion not in ("seed", "feather"):
-        raise ValueError("fusion must be 'seed' or 'feather'")
+    if o.fusion not in ("paper", "feather"):
+        raise ValueError("fusion must be 'paper' or 'feather'")
     if o.order not in ("score", "area"):
         raise ValueError("order must be 'score' or 'area'")
     if not 0.0 < o.nms_thresh <= 1.0:
         raise ValueError("nms_thresh must be in (0, 1]")
-    if o.finish not in ("seed", "keep-l"):
-        raise ValueError("finish must be 'seed' or 'keep-l'")
+    if o.finish not in ("paper", "keep-l"):
+        raise ValueError("finish must be 'paper' or 'keep-l'")
     if o.precision not in ("fp32", "bf16", "fp16"):
         raise ValueError("precision must be fp32, bf16 or fp16")
     if not 64 <= o.net_size <= 1024 or o.net_size % 8:

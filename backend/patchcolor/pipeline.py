@@ -44,7 +44,7 @@ class Reuse(Protocol):
     job's options as run (precision resolved, colorizer switched for hints)."""
 
     def detections(self, opts: Options) -> list[Instance] | None:
-        """The working copy's detections after the seed's filter (as :meth:`_Job.segment` returns them)."""
+        """The working copy's detections after the paper's filter (as :meth:`_Job.segment` returns them)."""
 
     def network_ab(self, opts: Options, box: tuple[int, int, int, int] | None, hint_tensors) -> np.ndarray | None:
         """The (2, h, w) float32 a/b the colorizer gave for the full image (box None) or a crop box with these
@@ -55,7 +55,7 @@ def crop_box(box: tuple[float, float, float, float], width: int, height: int, co
              square: bool) -> tuple[int, int, int, int]:
     """Integer crop box (x0, y0, x1, y1), exclusive end, inside the image.
 
-    context == 0 and not square: the seed's int32 truncation of the float box.
+    context == 0 and not square: the paper's int32 truncation of the float box.
     Otherwise the box grows by ``context`` × its size on each side and, with ``square``, toward a square
     (as far as the image allows), so the 256×256 stretch distorts the object less and the network sees context.
     """
@@ -79,7 +79,7 @@ def crop_box(box: tuple[float, float, float, float], width: int, height: int, co
 def net_input(work: np.ndarray, box: tuple[int, int, int, int] | None = None, size: int = NET_SIZE,
               spec: InputSpec = LIGHTNESS) -> np.ndarray:
     """A colorizer's network input for (the box crop of) the working RGB, as its ``spec`` prepares it at the side
-    it gives for ``size`` (the options' net_size). LIGHTNESS (ECCV16, SIGGRAPH17): the seed's PIL BICUBIC stretch
+    it gives for ``size`` (the options' net_size). LIGHTNESS (ECCV16, SIGGRAPH17): the paper's PIL BICUBIC stretch
     to size² and skimage L*, (1, size, size) float32 in [0, 100]; see :mod:`patchcolor.colorizers.inputs`."""
     return spec.make(work, box, size)
 
@@ -307,7 +307,7 @@ class _Job:
     def segment(self, work: np.ndarray, min_size: int | None = None, proposals: int | None = None,
                 detections: int = 100, max_instances: int | None = None) -> list[Instance]:
         """Detected instances on ``work``; min_size / proposals / detections: DetectorSettings' knobs (None: the
-        detector's; detections: per image before the area filter, 100 as the seed); max_instances: the cap after
+        detector's; detections: per image before the area filter, 100 as in the paper); max_instances: the cap after
         the area filter (None: the options')."""
         self.stage("segment", 0.0)
         if self.opts.detector == "none" or self.opts.max_instances == 0:

@@ -121,7 +121,7 @@ def fast_precision(device: torch.device) -> str | None:
     """The reduced precision that is really faster on ``device`` ("bf16" or "fp16"), or None where only fp32 is.
 
     What the CLI help and the GIMP dialog (through the service's ``info``) offer as the "fast" choice; fp32 stays
-    the default everywhere (it is the seed's arithmetic)."""
+    the default everywhere (it is the paper's arithmetic)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "mps":
@@ -174,7 +174,7 @@ def resolve_fast(device: torch.device, remote: bool = False) -> tuple[str, str |
     if fast is not None:
         return fast, None
     return "fp32", (f"--precision fast: {cpu_report().line()}; bf16 needs AVX512-BF16/AMX or a GPU to be faster, "
-                    "so this runs fp32 (the default, seed-identical arithmetic)")
+                    "so this runs fp32 (the default, the paper's arithmetic)")
 
 
 def simulate_bf16(module: torch.nn.Module) -> None:

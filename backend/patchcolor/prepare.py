@@ -2,8 +2,8 @@
 
 The original (read from a file by ``patchcolor.io.load_image``: any of L, LA, RGB, RGBA, P, I;16, 1, CMYK; 8 or
 16 bit; EXIF orientation applied; or raw pixels from the wire) is a :class:`SourceImage` holding its colour pixels
-and alpha at full resolution and native bit depth. The working copy is the seed's 3-channel image, long side
-<= ``max_side`` (PIL BICUBIC, as the seed).
+and alpha at full resolution and native bit depth. The working copy is the paper's 3-channel image, long side
+<= ``max_side`` (PIL BICUBIC, as in the paper).
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
 
 
 def working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """The seed's resize rule: only if max(W, H) > max_side; W > H -> (max_side, int(max_side*H/W)),
+    """The paper's resize rule: only if max(W, H) > max_side; W > H -> (max_side, int(max_side*H/W)),
     else (int(max_side*W/H), max_side) (squares take the second branch; int() truncates)."""
     if max(width, height) <= max_side:
         return width, height
@@ -106,9 +106,9 @@ def to_8bit(color: np.ndarray) -> np.ndarray:
 
 
 def working_copy(src: SourceImage, max_side: int) -> np.ndarray:
-    """The seed's prepared image: (h, w, 3) uint8 RGB, long side <= max_side, PIL BICUBIC.
+    """The paper's prepared image: (h, w, 3) uint8 RGB, long side <= max_side, PIL BICUBIC.
 
-    Resizing happens on the 1-channel image for gray input (same result as the seed's 3 equal channels,
+    Resizing happens on the 1-channel image for gray input (same result as the paper's 3 equal channels,
     a third of the work)."""
     w, h = working_size(src.width, src.height, max_side)
     color = to_8bit(src.color)

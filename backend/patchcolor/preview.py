@@ -58,7 +58,7 @@ PROXY_SIDE = 384
 DRAFT_DETECTOR_SIDE = 256
 #: RPN post-NMS proposals (exact: 1000): box head ~0.3 s at 300 (1000: ~0.9 s, 100: ~0.1 s but more misses)
 DRAFT_PROPOSALS = 300
-#: at most this many objects (after the seed's small-box filter, as the exact keeps them; the options'
+#: at most this many objects (after the paper's small-box filter, as the exact keeps them; the options'
 #: max_instances when smaller): the mask head, the mask paste and the colorizer run once per object
 #: (~0.03 + 0.12 s each)
 DRAFT_OBJECTS = 10
@@ -83,7 +83,7 @@ class Preview:
 
 
 def make_proxy(src: SourceImage, long_side: int = PROXY_SIDE) -> SourceImage:
-    """8-bit copy of ``src`` with long side <= long_side (the seed's size rule), OpenCV INTER_AREA."""
+    """8-bit copy of ``src`` with long side <= long_side (the paper's size rule), OpenCV INTER_AREA."""
     w, h = working_size(src.width, src.height, long_side)
 
     def small(plane: np.ndarray) -> np.ndarray:

@@ -28,9 +28,9 @@ autocast, GPUs) runs the ordinary convolution. Whole detector (R101-FPN at 1199�
 
 Numerics: Winograd rounds differently. Against a float64 reference, a 256-channel 3×3 convolution with
 outputs ~7 is off by 8e-5 (NNPACK) vs 2e-5 (oneDNN), i.e. ~1e-5 relative: float32 rounding either way, far below
-TF32 (~1e-3 relative), which PyTorch uses by default for cuDNN convolutions on the Ampere-class GPUs the seed
-runs on. The R101 test checkpoint on a 1024×683 photo: the same 100 detections, boxes within 7e-5 px, scores
-within 3e-7, masks identical.
+TF32 (~1e-3 relative), which PyTorch uses by default for cuDNN convolutions on the Ampere-class GPUs the
+paper's code runs on. The R101 test checkpoint on a 1024×683 photo: the same 100 detections, boxes within 7e-5 px,
+scores within 3e-7, masks identical.
 
 Threads: NNPACK's thread pool is created at its first convolution with ``torch.get_num_threads()`` threads and
 keeps that size (``torch.set_num_threads`` later does not resize it); set the thread count before the first image,

@@ -27,7 +27,7 @@ from .eccv16 import ECCVGenerator  # noqa: F401 (re-exported; the registry build
 from .inputs import LIGHTNESS, InputSpec
 from .siggraph17 import SIGGRAPHGenerator
 
-NET_SIZE = 256  # the options' default net_size: the Zhang networks' input side (the seed's stretch)
+NET_SIZE = 256  # the options' default net_size: the Zhang networks' input side (the paper's stretch)
 #: colorizer name -> network class, from the model registry's builders (no second list of names)
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
     name: registry().model(name).build_target() for name in registry().names("colorizer")}
@@ -110,7 +110,7 @@ def predict_ab(model: torch.nn.Module, inputs: Sequence[np.ndarray], sizes: Sequ
     inputs:   each the model's input (its :class:`~.inputs.InputSpec`): (C, n, n) float32, or (n, n) for a
               one-channel L* input (ECCV16 / SIGGRAPH17: L* in [0, 100]; DDColor: (3, n, n) gray RGB in [0, 1]).
               Inputs of one shape run together, in chunks of ``batch_size``, in the order first seen.
-    sizes:    each (h, w): the a/b map is resized to it (bilinear, align_corners=False, as the seed).
+    sizes:    each (h, w): the a/b map is resized to it (bilinear, align_corners=False, as PatchColorization's code).
     hints:    SIGGRAPH17 only: per input None or (a/b (2, n, n) float32 raw Lab, mask (1, n, n) float32 {0, 1})
               at the input's resolution (the network's ``input_B`` / ``mask_B``). A batch in which no input has
               hints runs exactly as automatic mode; in a batch with some, the others get zero a/b and mask,

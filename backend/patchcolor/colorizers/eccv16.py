@@ -22,7 +22,7 @@ def _block(chans: list[int], strides: list[int], dilation: int = 1, bn: bool = T
 
 
 class ECCVGenerator(nn.Module):
-    input_spec = LIGHTNESS   # the seed's input: L* of the crop stretched to net_size²
+    input_spec = LIGHTNESS   # the paper's input: L* of the crop stretched to net_size²
 
     def __init__(self) -> None:
         super().__init__()

@@ -3,7 +3,7 @@
 The pipeline crops the working copy (the full image, or one object's box) and hands the crop to the network's
 :class:`InputSpec`, which makes the network input at the side the spec gives for it:
 
-* ``LIGHTNESS`` (ECCV16, SIGGRAPH17; the seed's): PIL BICUBIC stretch of the uint8 crop to n², skimage L*
+* ``LIGHTNESS`` (ECCV16, SIGGRAPH17; the paper's): PIL BICUBIC stretch of the uint8 crop to n², skimage L*
   -> (1, n, n) float32 in [0, 100]. Full image and crops at ``net_size`` (256).
 * ``GRAY_RGB`` (DDColor; the authors' ``ColorizationPipeline.process``): crop / 255 as float32, OpenCV bilinear
   resize to n², OpenCV float32 Lab L, Lab (L, 0, 0) back to RGB with OpenCV -> (3, n, n) float32 in [0, 1].
@@ -22,7 +22,7 @@ from .. import lab
 
 
 def lightness_input(rgb: np.ndarray, n: int) -> np.ndarray:
-    """The seed's network input: (h, w, 3) uint8 RGB -> PIL BICUBIC stretch to n×n -> skimage L*.
+    """The paper's network input: (h, w, 3) uint8 RGB -> PIL BICUBIC stretch to n×n -> skimage L*.
     Returns (1, n, n) float32 in [0, 100]."""
     small = np.asarray(Image.fromarray(rgb).resize((n, n), resample=Image.BICUBIC))
     return lab.lightness(small)[None]

@@ -25,7 +25,7 @@ def _short(cin: int, cout: int) -> nn.Sequential:
 
 
 class SIGGRAPHGenerator(nn.Module):
-    input_spec = LIGHTNESS   # the seed's input: L* of the crop stretched to net_size²
+    input_spec = LIGHTNESS   # the paper's input: L* of the crop stretched to net_size²
 
     def __init__(self, classes: int = 529) -> None:
         super().__init__()

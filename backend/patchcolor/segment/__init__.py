@@ -1,4 +1,4 @@
-"""Instance segmentation: detector loading (names from :mod:`patchcolor.registry`) and the seed's small-box filter.
+"""Instance segmentation: detector loading (names from :mod:`patchcolor.registry`) and the paper's small-box filter.
 
 ``load_detector(name, models_dir, device)`` builds one of the registry's detectors
   * ``r101``           – Detectron2's R101-FPN 3x checkpoint on torchvision (default, :mod:`.r101`),
@@ -47,7 +47,7 @@ def load_detector(name: str, models_dir: Path, device: torch.device) -> Detector
 
 def filter_instances(instances: Sequence[Instance], width: int, height: int, min_area_frac: float,
                      max_instances: int) -> list[Instance]:
-    """The seed's ``segnificat_bboexes_indices``: keep instance i when its box, cast to int32 by truncation,
+    """PatchColorization's ``segnificat_bboexes_indices``: keep instance i when its box, cast to int32 by truncation,
     has (x1 - x0) * (y1 - y0) > width * height * min_area_frac (strictly greater); order is kept, then
     the list is cut to ``max_instances``."""
     limit = width * height * min_area_frac

@@ -1,6 +1,6 @@
 """The detector interface: what every instance-segmentation backend returns.
 
-A detector takes the *working* image (H×W×3 float32, 0–255, the seed's L-preserving grey)
+A detector takes the *working* image (H×W×3 float32, 0–255, the paper's L-preserving grey)
 and returns :class:`Instance` objects in descending score order. Masks are cropped to
 their box region — never an N×H×W full-image stack.
 """
@@ -55,7 +55,7 @@ class Instance:
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    """Test-time thresholds. Defaults are the seed's (PatchColorization sets 0.3 / 0.3)."""
+    """Test-time thresholds. Defaults are the paper's (PatchColorization sets 0.3 / 0.3)."""
 
     score_thresh: float = 0.3
     nms_thresh: float = 0.3
@@ -67,7 +67,7 @@ class DetectorSettings:
     #: RPN post-NMS top-N override (proposals handed to the box head; Detectron2 POST_NMS_TOPK_TEST).
     #: None: the detector's own (1000). Fewer = faster box head, may miss objects in crowded images.
     proposals: int | None = None
-    #: (min_area_frac, max_instances): the seed's small-box filter and the instance cap
+    #: (min_area_frac, max_instances): the paper's small-box filter and the instance cap
     #: (:func:`patchcolor.segment.filter_instances`) applied by the detector itself before its mask head where it
     #: can (R101), so masks are computed only for the detections that will be kept. None: masks for all.
     #: The returned list is then already filtered; applying filter_instances again changes nothing.
@@ -84,7 +84,7 @@ class Detector(Protocol):
     name: str
 
     def detect(self, image: np.ndarray, settings: DetectorSettings) -> list[Instance]:
-        """image: (H, W, 3) float32 in [0, 255], RGB order (R=G=B for the seed's grey input).
+        """image: (H, W, 3) float32 in [0, 255], RGB order (R=G=B for the paper's grey input).
 
         Returns instances sorted by descending score, masks cropped to their box.
         """

@@ -1,6 +1,6 @@
-"""The real detectron2 library running ``mask_rcnn_R_101_FPN_3x`` — the seed's own detector — if installed.
+"""The real detectron2 library running ``mask_rcnn_R_101_FPN_3x`` — the paper's own detector — if installed.
 
-It follows the seed's ``DefaultPredictor`` call (config from the model zoo, SCORE/NMS thresholds from
+It follows PatchColorization's ``DefaultPredictor`` call (config from the model zoo, SCORE/NMS thresholds from
 the settings, ``model_final_a3ec72.pkl``, BGR input format, 800/1333 resize of the float64 grey image
 with ``F.interpolate``), but runs the model with ``do_postprocess=False`` and finishes with the same
 Detectron2 ``detector_postprocess`` maths as :mod:`.r101`, pasting each mask into its own window
@@ -51,15 +51,16 @@ class Detectron2Detector:
         self._lock = threading.Lock()   # the ROI thresholds are set on the shared model per call
 
     def detect(self, image: np.ndarray, settings: DetectorSettings) -> list[Instance]:
-        """image: (H, W, 3) float RGB in [0, 255] (the seed's grey, R=G=B). Returns instances by descending
+        """image: (H, W, 3) float RGB in [0, 255] (the paper's grey, R=G=B). Returns instances by descending
         score, boxes in image pixels, masks as bool windows.
 
         ``settings.min_size`` replaces INPUT.MIN_SIZE_TEST (800; MAX_SIZE_TEST scaled in proportion) through a
         ResizeShortestEdge of its own; ``settings.proposals`` replaces the RPN's POST_NMS_TOPK_TEST for this
         call (restored after it), when the proposal generator has detectron2's ``post_nms_topk`` (else ignored)."""
         p = self.predictor
-        # DefaultPredictor.__call__ without its postprocess. Like the seed, the array is handed over as is
-        # (float64; not flipped to the BGR the config expects — R=G=B for the seed's grey, so order is moot).
+        # DefaultPredictor.__call__ without its postprocess. Like PatchColorization's code, the array is handed
+        # over as is (float64; not flipped to the BGR the config expects — R=G=B for the paper's grey, so order is
+        # moot).
         original = np.asarray(image, dtype=np.float64)
         if p.input_format == "RGB":
             original = original[:, :, ::-1]

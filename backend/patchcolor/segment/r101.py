@@ -14,7 +14,7 @@ Every port point of reference §4.3 is applied (numbers below refer to it):
 8. RPN 1000 pre-NMS per level / 1000 post / NMS 0.7 / min size 0 (NMS ranked by logits as in
    Detectron2); ROI score / NMS / detections-per-image from :class:`DetectorSettings`;
 9. Detectron2's ResizeShortestEdge(800, 1333) done outside the model (``F.interpolate`` bilinear,
-   ``align_corners=False``, no antialias — what Detectron2 does for a float image such as the seed's),
+   ``align_corners=False``, no antialias — what Detectron2 does for a float image such as the paper's),
    the internal GeneralizedRCNNTransform resize is a no-op; padding to 32 with 0 after normalization;
 10. Detectron2's mask paste (``grid_sample`` over the float box, >= 0.5) into a per-instance window;
 11. class ids 0..79, boxes rescaled to the input image and clipped, descending score.
@@ -368,14 +368,14 @@ def postprocess_detections(result: dict[str, Any], out_h: int, out_w: int, class
 
 
 def _kept_detections(heads: nn.Module, keep: tuple[float, int], out_size: tuple[int, int]) -> Callable[..., Any]:
-    """The ROI heads' ``postprocess_detections`` followed by the seed's small-box filter and the instance cap
+    """The ROI heads' ``postprocess_detections`` followed by the paper's small-box filter and the instance cap
     (``keep`` = (min_area_frac, max_instances)), so that torchvision's RoIHeads runs the mask head (4 convs and a
     deconvolution per detection, ~1.2 GFLOP each) only on detections the pipeline keeps: with 100 detections and
     4 kept that is ~115 GFLOP (~18 % of the detector) not spent. Boxes are mapped to ``out_size`` exactly as
     :func:`postprocess_detections` maps them and tested exactly as ``filter_instances`` tests them (empty boxes
     and dropped classes do not take a place), so the kept detections, their order and their masks are those the
     unfiltered run would have kept."""
-    from . import filter_instances   # the one definition of the seed's filter
+    from . import filter_instances   # the one definition of the paper's filter
 
     base = type(heads).postprocess_detections.__get__(heads)
     out_h, out_w = out_size
@@ -499,7 +499,7 @@ class R101Detector:
         return result
 
     def detect(self, image: np.ndarray, settings: DetectorSettings) -> list[Instance]:
-        """image: (H, W, 3) float32 RGB in [0, 255] (R=G=B for the seed's grey).
+        """image: (H, W, 3) float32 RGB in [0, 255] (R=G=B for the paper's grey).
 
         Returns instances in descending score order, boxes in image pixels, masks as bool windows."""
         with torch.inference_mode():

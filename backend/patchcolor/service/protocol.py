@@ -25,7 +25,7 @@ from patchcolor_client.protocol import (  # noqa: F401  (re-exported: the one de
     decode_header, encode_header, frame_size, new_token, overall_fraction, valid_id, valid_token,
 )
 
-from ..options import DEFAULT, Options, make_options
+from ..options import DEFAULT, Options, current_spelling, make_options
 from ..prepare import PIXEL_FORMATS as NUMPY_PIXEL_FORMATS
 from ..prepare import SourceImage, working_size
 
@@ -265,13 +265,14 @@ _OPTION_TYPES: dict[str, type] = {f.name: type(getattr(DEFAULT, f.name)) for f i
 def parse_options(obj: Any) -> Options:
     """JSON options (the CLI's option names) -> validated Options. Raises ProtocolError(bad_options).
 
-    ``preset`` picks the starting point; every other key overrides one field. Types are strict: bools must be
-    JSON true/false, ints must be integers, floats may be integers."""
+    ``preset`` picks the starting point; every other key overrides one field (first-published names and values,
+    e.g. ``"fusion": "seed"``, are read as today's: :data:`patchcolor.options.RENAMED`). Types are strict: bools
+    must be JSON true/false, ints must be integers, floats may be integers."""
     if obj is None:
         obj = {}
     if not isinstance(obj, dict):
         raise ProtocolError("bad_options", "'options' must be a JSON object")
-    obj = dict(obj)
+    obj = current_spelling(obj)
     preset = obj.pop("preset", "default")
     if not isinstance(preset, str):
         raise ProtocolError("bad_options", "option 'preset' must be a string")
