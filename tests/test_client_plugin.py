@@ -16,7 +16,7 @@ from patchcolor_client import dialogspec as ds  # noqa: E402
 from patchcolor_client import jobs, launcher, messages  # noqa: E402
 from patchcolor_client import protocol as CP  # noqa: E402
 from patchcolor_client import resultmeta as rm  # noqa: E402
-from patchcolor_client.client import BackendError, BackendUnavailable, ConnectError, Instance  # noqa: E402
+from patchcolor_client.client import BackendError, BackendUnavailable, ConnectError, WireInstance  # noqa: E402
 from patchcolor_client.config import PluginConfig  # noqa: E402
 
 
@@ -148,8 +148,8 @@ class FakeResult:
 
 
 def _instances():
-    return [Instance(0, "person", 0.974, (1.0, 2.0, 5.0, 6.0), (1, 2), (4, 4), bytes([255] * 16)),
-            Instance(16, "dog", 0.51, (0.0, 0.0, 3.0, 3.0), (0, 0), (3, 3), bytes([255] * 9))]
+    return [WireInstance(0, "person", 0.974, (1.0, 2.0, 5.0, 6.0), (1, 2), (4, 4), bytes([255] * 16)),
+            WireInstance(16, "dog", 0.51, (0.0, 0.0, 3.0, 3.0), (0, 0), (3, 3), bytes([255] * 9))]
 
 
 def test_group_meta_round_trip_and_damage():

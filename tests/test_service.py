@@ -659,11 +659,11 @@ def test_wire_conversions_and_helpers():
     assert fmt == "graya8" and arr.tobytes() == bytes([7, 9] * 4)
     assert CP.overall_fraction("prepare", 0) == 0 and CP.overall_fraction("finish", 1) == pytest.approx(1)
     assert CP.overall_fraction("fuse", 0.5) == pytest.approx(0.85)
-    from patchcolor_client.client import Instance
+    from patchcolor_client.client import WireInstance
 
-    inst = Instance(0, "person", 1.0, (0, 0, 1, 1), (1, 1), (2, 2), bytes([255, 0, 255, 255]))
+    inst = WireInstance(0, "person", 1.0, (0, 0, 1, 1), (1, 1), (2, 2), bytes([255, 0, 255, 255]))
     assert bytes(inst.full_mask(3, 3)) == bytes([0, 0, 0, 0, 255, 0, 0, 255, 255])
-    edge = Instance(0, "person", 1.0, (0, 0, 1, 1), (2, 2), (2, 2), bytes([255] * 4))
+    edge = WireInstance(0, "person", 1.0, (0, 0, 1, 1), (2, 2), (2, 2), bytes([255] * 4))
     assert bytes(edge.full_mask(3, 3)) == bytes([0] * 8 + [255])
 
 

@@ -27,7 +27,7 @@ from service_support import echo_expected, free_port, start_server  # noqa: E402
 from patchcolor_client import BackendError, BackendUnavailable, Client, JobCancelled  # noqa: E402
 from patchcolor_client import transport as T  # noqa: E402
 from patchcolor_client import zmtp  # noqa: E402
-from patchcolor_client.client import Instance  # noqa: E402
+from patchcolor_client.client import WireInstance  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +71,8 @@ def test_every_op_over_the_builtin_transport(echo_server):
         assert ref0.instances == []
         # colorize with given instances (recompose after a restart sends this)
         given = c.colorize(40, 30, "graya8", px, {"detector": "none"},
-                           instances=[Instance(0, "person", 0.9, (0, 0, 10, 10), (0, 0), (10, 10), bytes([255]) * 100)])
+                           instances=[WireInstance(0, "person", 0.9, (0, 0, 10, 10), (0, 0), (10, 10),
+                                                   bytes([255]) * 100)])
         assert given.fmt == "rgba8"
         with pytest.raises(BackendError) as ei:
             c.cancel("no-such-job")

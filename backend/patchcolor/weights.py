@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import models as M
+from . import models
 from .download import DownloadError, download, human, say
 from .registry import Registry, WeightFile, command_name, models_dir, registry
 
@@ -48,7 +48,7 @@ class Outcome:
     """
 
     entry: WeightFile
-    result: M.VerifyResult | None
+    result: models.VerifyResult | None
     action: str
     detail: str = ""
     offline: bool = False
@@ -59,37 +59,37 @@ class Outcome:
 
 
 # ------------------------------------------------------------------------------------------------ one file
-def _report(entry: WeightFile, res: M.VerifyResult) -> None:
+def _report(entry: WeightFile, res: models.VerifyResult) -> None:
     if res.status == "unconfirmed":
         warn(f"{entry.file}: {res.message}")
     elif res.prefix_algorithm and entry.hash_prefix is not None and not entry.hash_prefix.confirmed:
         say(f"  {entry.file}: the name's prefix matched its {res.prefix_algorithm} digest "
-            f"(catalogue declares {entry.hash_prefix.describe()}; recorded in {M.VERIFIED_NAME})")
+            f"(catalogue declares {entry.hash_prefix.describe()}; recorded in {models.VERIFIED_NAME})")
 
 
-def _accept(part: Path, final: Path, entry: WeightFile, folder: Path) -> M.VerifyResult:
+def _accept(part: Path, final: Path, entry: WeightFile, folder: Path) -> models.VerifyResult:
     """Verify ``part`` (against the catalogue and any pin) and atomically move it to ``final`` when usable;
     a refused part is deleted."""
-    res = M.verify_file(part, entry, full=True, recorded=M.load_verified(folder).get(entry.file))
+    res = models.verify_file(part, entry, full=True, recorded=models.load_verified(folder).get(entry.file))
     if not res.usable:
         part.unlink(missing_ok=True)
         return res
     os.replace(part, final)
     res.path = final
-    M.record_verified(folder, entry, res)
+    models.record_verified(folder, entry, res)
     _report(entry, res)
     return res
 
 
-def check_present(entry: WeightFile, folder: Path) -> M.VerifyResult | None:
+def check_present(entry: WeightFile, folder: Path) -> models.VerifyResult | None:
     """Verify an installed file in full. Usable -> its result (pinned); absent -> None; corrupt -> moved aside to
     ``<file>.corrupt`` (so a fresh copy can take its place), None."""
     final = folder / entry.file
     if not final.exists():
         return None
-    res = M.verify_file(final, entry, full=True, recorded=M.load_verified(folder).get(entry.file))
+    res = models.verify_file(final, entry, full=True, recorded=models.load_verified(folder).get(entry.file))
     if res.usable:
-        M.record_verified(folder, entry, res)
+        models.record_verified(folder, entry, res)
         _report(entry, res)
         return res
     aside = final.with_name(final.name + ".corrupt")
@@ -158,7 +158,7 @@ def copy_file(entry: WeightFile, src_dir: Path, folder: Path) -> Outcome:
     src = find_in(src_dir, entry.file)
     if src is None:
         return Outcome(entry, None, "failed", f"not found in {src_dir}")
-    res = M.verify_file(src, entry, full=True, recorded=M.load_verified(folder).get(entry.file))
+    res = models.verify_file(src, entry, full=True, recorded=models.load_verified(folder).get(entry.file))
     if not res.usable:
         return Outcome(entry, res, "refused", f"{src} refused: {res.message}")
     final = folder / entry.file
@@ -169,7 +169,7 @@ def copy_file(entry: WeightFile, src_dir: Path, folder: Path) -> Outcome:
         action = "linked"
         res.path = final
         os.replace(part, final)
-        M.record_verified(folder, entry, res)
+        models.record_verified(folder, entry, res)
         _report(entry, res)
     except OSError:
         shutil.copyfile(src, part)
@@ -249,11 +249,11 @@ def verify_files(files: Sequence[WeightFile], folder: Path, optional: bool = Fal
     """Hash every present file of ``files``, pin newly verified ones, print a table; EXIT_OK or EXIT_CORRUPT (a
     file is corrupt, or a required one — with ``optional`` any one — is missing)."""
     rows, missing, corrupt = [], [], False
-    pins = M.load_verified(folder)
+    pins = models.load_verified(folder)
     for e in files:
-        res = M.verify_file(folder / e.file, e, full=True, recorded=pins.get(e.file))
+        res = models.verify_file(folder / e.file, e, full=True, recorded=pins.get(e.file))
         if res.usable:
-            M.record_verified(folder, e, res)
+            models.record_verified(folder, e, res)
         corrupt = corrupt or res.status == "corrupt"
         if res.status == "missing" and (e.required or optional):
             missing.append(e)
@@ -274,7 +274,7 @@ def list_files(reg: Registry, files: Sequence[WeightFile], folder: Path) -> int:
     """The files, the models that read them, their size and presence (cheap checks: size, no hashing)."""
     rows = []
     for e in files:
-        res = M.verify_file(folder / e.file, e, full=False, recorded=M.load_verified(folder).get(e.file))
+        res = models.verify_file(folder / e.file, e, full=False, recorded=models.load_verified(folder).get(e.file))
         status = {"ok": "present"}.get(res.status, res.status)
         if res.status == "missing" and (folder / (e.file + ".part")).exists():
             status = "partial"

@@ -6,10 +6,10 @@ CURVE (remote, encrypted) needs pyzmq. Also here, for the GIMP plug-in: endpoint
 (jobs.py, messages.py), a result's stored metadata (resultmeta.py), the dialog's choices (dialogspec.py), colour
 hints (hintmap.py) and the dialog preview's requests (previewflow.py). The wire protocol is documented in
 docs/protocol.md."""
-from .client import (BackendError, BackendUnavailable, Client, ColorizeResult, ConnectError, HintMap, Instance,
+from .client import (BackendError, BackendUnavailable, Client, ColorizeResult, ConnectError, HintMap, WireInstance,
                      JobCancelled, load_public_key)
 from .protocol import DEFAULT_ENDPOINT, PIXEL_FORMATS, PROTOCOL_VERSION, RESULT_FORMATS, STAGES
 
-__all__ = ["Client", "ColorizeResult", "HintMap", "Instance", "BackendError", "BackendUnavailable", "ConnectError",
+__all__ = ["Client", "ColorizeResult", "HintMap", "WireInstance", "BackendError", "BackendUnavailable", "ConnectError",
            "JobCancelled", "load_public_key", "DEFAULT_ENDPOINT", "PIXEL_FORMATS", "PROTOCOL_VERSION",
            "RESULT_FORMATS", "STAGES"]

@@ -75,8 +75,9 @@ class JobCancelled(Exception):
 
 
 @dataclass
-class Instance:
-    """A detected object. Coordinates are result pixels; ``mask`` is ``mask_size[0] * mask_size[1]`` bytes
+class WireInstance:
+    """A detected object as a result carries it over the wire (the backend's own is
+    ``patchcolor.segment.base.Instance``). Coordinates are result pixels; ``mask`` is ``mask_size[0] * mask_size[1]`` bytes
     (0 outside, 255 inside), cropped to the rectangle at ``mask_origin`` of that size."""
 
     class_id: int
@@ -111,7 +112,7 @@ class ColorizeResult:
     height: int
     fmt: str
     pixels: BufferLike = field(repr=False)
-    instances: list[Instance]
+    instances: list[WireInstance]
     timings: dict[str, float] = field(default_factory=dict)
     #: False when the server could not keep this job's state (recompose -> unknown_job); "refusable" on the wire
     recomposable: bool = True
@@ -270,7 +271,7 @@ class Client:
 
     def colorize(self, width: int, height: int, fmt: str, pixels: InBuffer, options: dict[str, Any] | None = None,
                  progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
-                 job_id: str | None = None, instances: Sequence[Instance] | None = None,
+                 job_id: str | None = None, instances: Sequence[WireInstance] | None = None,
                  token: str | None = None, hints: HintMap | None = None) -> ColorizeResult:
         """Colorize raw pixels (``fmt`` one of protocol.PIXEL_FORMATS, 16-bit little-endian).
 
@@ -453,7 +454,7 @@ def _decode_result(h: dict[str, Any], frames: list[Any]) -> ColorizeResult:
             ox, oy = (int(v) for v in meta["mask_origin"])
             if mw < 0 or mh < 0 or len(fr) != mw * mh:
                 raise ValueError("mask frame size does not match the header")
-            instances.append(Instance(int(meta["class_id"]), str(meta["class_name"]), float(meta["score"]),
+            instances.append(WireInstance(int(meta["class_id"]), str(meta["class_name"]), float(meta["score"]),
                                       (x0, y0, x1, y1), (ox, oy), (mw, mh), getattr(fr, "buffer", fr)))
         timings = {str(k): float(v) for k, v in (h.get("timings") or {}).items()}
     except (KeyError, TypeError, ValueError, AttributeError) as e:

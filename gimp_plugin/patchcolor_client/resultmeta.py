@@ -20,7 +20,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from .client import Instance
+from .client import WireInstance
 
 PARASITE_GROUP = "colorize-patch"
 PARASITE_COLORIZED = "colorize-patch-colorized"
@@ -145,10 +145,10 @@ class GroupMeta:
             return None
         return job_masks      # type: ignore[return-value]
 
-    def instances_for(self, masks: Sequence[bytes]) -> tuple[list[Instance], list[int | None]]:
+    def instances_for(self, masks: Sequence[bytes]) -> tuple[list[WireInstance], list[int | None]]:
         """Colorizing again with the stored boxes and the edited masks (``width`` x ``height`` 0/255 frames):
         (instances to send, the new job index: None for an emptied mask)."""
-        instances: list[Instance] = []
+        instances: list[WireInstance] = []
         index: list[int | None] = []
         for m, rec in zip(masks, self.instances):
             cropped = crop_mask(m, self.width, self.height)
@@ -157,7 +157,7 @@ class GroupMeta:
                 continue
             origin, size, data = cropped
             index.append(len(instances))
-            instances.append(Instance(rec.class_id, rec.class_name, rec.score, rec.box, origin, size, data))
+            instances.append(WireInstance(rec.class_id, rec.class_name, rec.score, rec.box, origin, size, data))
         return instances, index
 
     def after_recolorize(self, res: Any, endpoint: str, index: list[int | None]) -> None:

@@ -15,7 +15,7 @@ import zmq
 
 from .. import __version__
 from ..options import PRESETS
-from . import protocol as P
+from . import protocol
 from .cache import CacheStats
 from .limits import Budgets, RemoteLimits
 
@@ -41,10 +41,10 @@ def info_reply(req_id: str, v: int, remote: bool, facts: ServerFacts) -> dict[st
     """The ``info`` header for a client (``remote``: without the server's paths and library versions)."""
     stats, lim = facts.cache, facts.remote_limits
     info: dict[str, Any] = {
-        "v": v, "type": P.INFO, "id": req_id, "protocol": P.PROTOCOL_VERSION,
-        "supported_versions": list(P.SUPPORTED_VERSIONS), "devices": facts.devices,
+        "v": v, "type": protocol.INFO, "id": req_id, "protocol": protocol.PROTOCOL_VERSION,
+        "supported_versions": list(protocol.SUPPORTED_VERSIONS), "devices": facts.devices,
         **weights_info(facts.models_dir),
-        "formats": list(P.PIXEL_FORMATS), "stages": list(P.STAGES),
+        "formats": list(protocol.PIXEL_FORMATS), "stages": list(protocol.STAGES),
         "presets": {k: o.to_dict() for k, o in PRESETS.items()},
         "max_pixels": facts.max_pixels, "queue_size": facts.queue_size, "queued": facts.queued,
         "running": facts.running, "curve": facts.curve,

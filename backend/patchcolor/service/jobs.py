@@ -18,7 +18,7 @@ import numpy as np
 
 from ..options import Options
 from ..prepare import SourceImage
-from . import protocol as P
+from . import protocol
 from .peers import Peer
 
 
@@ -36,7 +36,7 @@ class Job:
     pixels: memoryview | None
     options: Any                    # patchcolor.options.Options
     masks: list[np.ndarray] | None = None      # recompose only
-    instances: list[P.GivenInstance] | None = None   # colorize with given instances instead of the detector
+    instances: list[protocol.GivenInstance] | None = None   # colorize with given instances instead of the detector
     fusion_state: Any = None                   # recompose only: the kept FusionState
     hints: SourceImage | None = None           # colorize/preview: the colour-hint map (a frame view)
     preview: int | None = None                 # preview only: the proxy's long side
@@ -46,7 +46,7 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     peer: Peer | None = None
     token: str = field(default="", repr=False)
-    v: int = P.PROTOCOL_VERSION     # protocol version of the request: every reply about the job uses it
+    v: int = protocol.PROTOCOL_VERSION     # protocol version of the request: every reply about the job uses it
     seq: int = 0                    # per-server job number: what the log shows at INFO (ids only at DEBUG)
     client: Hashable = None         # whose budget and queue lane the job counts in (server.client_key)
     scope: Hashable = None          # the preview sessions it may reuse (preview_cache.py)
@@ -214,14 +214,14 @@ class JobRecord:
         return SourceImage.from_buffer(self.pixels, self.width, self.height, self.format)
 
 
-def check_recompose(req: P.RecomposeRequest, rec: JobRecord) -> list[np.ndarray]:
+def check_recompose(req: protocol.RecomposeRequest, rec: JobRecord) -> list[np.ndarray]:
     """Mask frames of ``req`` against the kept job -> (H, W) uint8 views (no copy). Raises ProtocolError."""
     if len(req.masks) != rec.n_instances:
-        raise P.ProtocolError("bad_request", f"job {req.base_job} has {rec.n_instances} instance(s); got "
-                              f"{len(req.masks)} mask frame(s)", req.id, req.job)
+        raise protocol.ProtocolError("bad_request", f"job {req.base_job} has {rec.n_instances} instance(s); got "
+                                     f"{len(req.masks)} mask frame(s)", req.id, req.job)
     need = rec.out_width * rec.out_height
     for i, m in enumerate(req.masks):
         if m.nbytes != need:
-            raise P.ProtocolError("bad_request", f"mask {i} is {m.nbytes} bytes; a {rec.out_width}x"
-                                  f"{rec.out_height} gray8 mask needs {need}", req.id, req.job)
+            raise protocol.ProtocolError("bad_request", f"mask {i} is {m.nbytes} bytes; a {rec.out_width}x"
+                                         f"{rec.out_height} gray8 mask needs {need}", req.id, req.job)
     return [np.frombuffer(m, np.uint8).reshape(rec.out_height, rec.out_width) for m in req.masks]

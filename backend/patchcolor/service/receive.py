@@ -18,7 +18,7 @@ from typing import Any, Callable
 import zmq
 
 from ..heap import release_memory
-from . import protocol as P
+from . import protocol
 
 #: Dropped bytes above which the allocator is asked to give memory back to the system.
 TRIM_AFTER_BYTES = 16 << 20
@@ -32,23 +32,23 @@ class Incoming:
     envelope: list[bytes]
     header_frame: Any = None
     header: dict[str, Any] | None = None
-    request: P.Request | None = None
+    request: protocol.Request | None = None
     data: list[Any] = field(default_factory=list)
-    error: P.ProtocolError | None = None
+    error: protocol.ProtocolError | None = None
     dropped_frames: int = 0
     dropped_bytes: int = 0
 
     @property
     def version(self) -> int:
-        return P.request_version(self.header) if self.header is not None else P.PROTOCOL_VERSION
+        return protocol.request_version(self.header) if self.header is not None else protocol.PROTOCOL_VERSION
 
 
 #: (request, the message so far: envelope + header frame, announced sizes) -> exact data frame sizes, or None for
 #: "up to MAX_INSTANCES frames".
-SizesFn = Callable[[P.Request, "Incoming", "list[int] | None"], "list[int] | None"]
+SizesFn = Callable[[protocol.Request, "Incoming", "list[int] | None"], "list[int] | None"]
 
 
-def receive_message(sock: zmq.Socket, limits: P.Limits, sizes_for: SizesFn | None = None) -> Incoming | None:
+def receive_message(sock: zmq.Socket, limits: protocol.Limits, sizes_for: SizesFn | None = None) -> Incoming | None:
     """Read the next whole message (None when nothing is waiting). Never raises for what a client sent.
 
     ``sizes_for(request, message, sizes)`` may replace the announced sizes (a recompose: from the kept job)
@@ -59,7 +59,7 @@ def receive_message(sock: zmq.Socket, limits: P.Limits, sizes_for: SizesFn | Non
         return None
     msg = Incoming([first.bytes])
     if not first.more:
-        msg.error = P.ProtocolError("bad_request", "empty message")
+        msg.error = protocol.ProtocolError("bad_request", "empty message")
         return msg
     frame = sock.recv(copy=False)               # the rest is already here: libzmq delivers whole messages
     if len(frame) == 0 and frame.more:          # a REQ peer's delimiter
@@ -69,11 +69,11 @@ def receive_message(sock: zmq.Socket, limits: P.Limits, sizes_for: SizesFn | Non
     more = frame.more
     sizes: list[int] | None = []
     try:
-        msg.header = P.decode_header(frame.buffer)
-        msg.request, sizes = P.parse_header(msg.header, limits)
+        msg.header = protocol.decode_header(frame.buffer)
+        msg.request, sizes = protocol.parse_header(msg.header, limits)
         if sizes_for is not None:
             sizes = sizes_for(msg.request, msg, sizes)
-    except P.ProtocolError as e:
+    except protocol.ProtocolError as e:
         msg.error = e
     index = 0
     while more:
@@ -82,9 +82,9 @@ def receive_message(sock: zmq.Socket, limits: P.Limits, sizes_for: SizesFn | Non
         if msg.error is None:
             try:
                 assert msg.request is not None
-                P.check_frames(sizes, index, len(f), msg.request, limits.max_frame_bytes)
+                protocol.check_frames(sizes, index, len(f), msg.request, limits.max_frame_bytes)
                 msg.data.append(f)
-            except P.ProtocolError as e:
+            except protocol.ProtocolError as e:
                 msg.error = e
                 msg.data.clear()                # frames kept so far are released too
         if msg.error is not None:
@@ -94,13 +94,13 @@ def receive_message(sock: zmq.Socket, limits: P.Limits, sizes_for: SizesFn | Non
         index += 1
     if msg.error is None and sizes is not None and index != len(sizes):
         req = msg.request
-        msg.error = P.ProtocolError("bad_request", f"expected {len(sizes)} data frame(s) after the header, got "
-                                    f"{index}", getattr(req, "id", None), getattr(req, "job", None))
+        msg.error = protocol.ProtocolError("bad_request", f"expected {len(sizes)} data frame(s) after the header, got "
+                                           f"{index}", getattr(req, "id", None), getattr(req, "job", None))
     if msg.error is None:
         assert msg.request is not None
         try:
-            P.attach_frames(msg.request, msg.data)
-        except P.ProtocolError as e:
+            protocol.attach_frames(msg.request, msg.data)
+        except protocol.ProtocolError as e:
             msg.error = e
     if msg.error is not None:
         msg.data.clear()

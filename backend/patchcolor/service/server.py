@@ -48,7 +48,7 @@ from .. import __version__
 from ..heap import keep_freed_memory, release_memory
 from ..options import make_options
 from ..prepare import SourceImage
-from . import protocol as P
+from . import protocol
 from .auth import ServerKeys, apply_server_curve, check_endpoint, start_authenticator
 from .cache import ByteLRU
 from .info import ServerFacts, info_reply
@@ -69,7 +69,7 @@ PipelineFactory = Callable[[Path | None, str, int], Any]
 class ServerConfig:
     """Everything ``patchcolor serve`` can be told (see commands.py for the flags)."""
 
-    endpoint: str = P.DEFAULT_ENDPOINT
+    endpoint: str = protocol.DEFAULT_ENDPOINT
     devices: tuple[str, ...] = ("auto",)
     models_dir: Path | None = None
     max_pixels: int = 100_000_000
@@ -132,7 +132,7 @@ class Server:
 
     def __init__(self, config: ServerConfig, pipelines: Sequence[Any] | None = None):
         self.config = config
-        self.limits = P.Limits(config.max_pixels)
+        self.limits = protocol.Limits(config.max_pixels)
         self.keys: ServerKeys | None = check_endpoint(config.endpoint, config.curve_keys)
         self.local_transport = config.endpoint.startswith(("ipc://", "inproc://"))
         self.conns = Connections()
@@ -218,7 +218,8 @@ class Server:
         b = self.budgets
         log.info("patchcolor %s serving protocol %d on %s (%s; %d worker(s): %s; queue %d, %d per client; "
                  "requests held %.0f MB, %.0f MB per client; cache %.0f MB; max %.0f MP)", __version__,
-                 P.PROTOCOL_VERSION, self.bound_endpoint, "CURVE" if self.keys else "loopback, no authentication",
+                 protocol.PROTOCOL_VERSION, self.bound_endpoint,
+                 "CURVE" if self.keys else "loopback, no authentication",
                  len(self.workers), ", ".join(self.devices), b.queue_jobs, b.client_jobs, b.queue_bytes / 1e6,
                  b.client_bytes / 1e6, cfg.cache_bytes / 1e6, cfg.max_pixels / 1e6)
 
@@ -266,7 +267,7 @@ class Server:
     def _shutdown(self, poller: zmq.Poller) -> int:
         self._stopping = True
         for job in self.queue.drain():
-            self._send_final_now(job, {"v": job.v, "type": P.CANCELLED, "id": job.req_id,
+            self._send_final_now(job, {"v": job.v, "type": protocol.CANCELLED, "id": job.req_id,
                                        "job": job.job_id, "reason": "server shutting down"})
         for job in self.jobs.values():
             job.cancel.set()
@@ -383,7 +384,7 @@ class Server:
 
     def _reply(self, envelope: list[bytes], header: dict[str, Any], data: Sequence[Any] = (),
                job: Job | None = None) -> bool:
-        return self._send([*envelope, P.encode_header(header), *data], job)
+        return self._send([*envelope, protocol.encode_header(header), *data], job)
 
     def _send_final_now(self, job: Job, header: dict[str, Any]) -> None:
         """Final message for a job that never reached a worker (main thread)."""
@@ -418,22 +419,22 @@ class Server:
             return hmac.compare_digest(given.encode(), token.encode())
         return _same_connection(creator, peer)
 
-    def _frame_sizes(self, req: P.Request, msg: Incoming, sizes: list[int] | None) -> list[int] | None:
+    def _frame_sizes(self, req: protocol.Request, msg: Incoming, sizes: list[int] | None) -> list[int] | None:
         """The exact data frame sizes of a request, checked before any of its frames is kept: a recompose's
         come from the kept job; a request larger than one client's budget could never be admitted."""
-        if isinstance(req, P.RecomposeRequest):
+        if isinstance(req, protocol.RecomposeRequest):
             self._drain_monitor()
             rec = self._record(req.base_job, req.base_token, self._peer_of(msg))
             if rec is None:
-                raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished "
-                                      "long ago, evicted, never run, or its token is missing or wrong): run "
-                                      "colorize again", req.id, req.job)
+                raise protocol.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished "
+                                             "long ago, evicted, never run, or its token is missing or wrong): run "
+                                             "colorize again", req.id, req.job)
             sizes = [rec.out_width * rec.out_height] * rec.n_instances
         total, cap = sum(sizes or ()), self.budgets.max_request_bytes
         if total > cap:
-            raise P.ProtocolError("too_large", f"this request's data frames are {total / 1e6:.0f} MB, over the "
-                                  f"{cap / 1e6:.0f} MB one client may hold on this server",
-                                  getattr(req, "id", None), getattr(req, "job", None))
+            raise protocol.ProtocolError("too_large", f"this request's data frames are {total / 1e6:.0f} MB, over the "
+                                         f"{cap / 1e6:.0f} MB one client may hold on this server",
+                                         getattr(req, "id", None), getattr(req, "job", None))
         return sizes
 
     def _record(self, job_id: str, token: str | None, peer: Peer) -> JobRecord | None:
@@ -454,8 +455,8 @@ class Server:
                                if msg.header_frame is not None else "?", e.code, _redact(e.message, msg.header),
                                f" ({msg.dropped_frames} frame(s), {msg.dropped_bytes / 1e6:.1f} MB dropped)"
                                if msg.dropped_frames else "")
-            extra = {"supported": list(P.SUPPORTED_VERSIONS)} if e.code == "version" else {}
-            self._reply(msg.envelope, P.error_header(e.code, e.message, e.req_id, e.job, msg.version, **extra))
+            extra = {"supported": list(protocol.SUPPORTED_VERSIONS)} if e.code == "version" else {}
+            self._reply(msg.envelope, protocol.error_header(e.code, e.message, e.req_id, e.job, msg.version, **extra))
             return
         assert msg.request is not None
         self._drain_monitor()          # a disconnect queued before this request was read must be seen first
@@ -463,73 +464,75 @@ class Server:
         try:
             self._dispatch(msg.envelope, msg.request, peer)
             return
-        except P.ProtocolError as e:
+        except protocol.ProtocolError as e:
             self._rejected_log("rejected request from %s: %s: %s", peer.label, e.code, _redact(e.message, msg.header))
             message = remote_message(e.code, e.message) if peer.remote else e.message
-            self._reply(msg.envelope, P.error_header(e.code, message, e.req_id, e.job, msg.version))
+            self._reply(msg.envelope, protocol.error_header(e.code, message, e.req_id, e.job, msg.version))
         refused = sum(len(f) for f in msg.data)    # a refused job's frames go now (the error's traceback is gone)
         msg.data.clear()
         msg.request = None
         if refused > TRIM_AFTER_BYTES:
             release_memory()
 
-    def _dispatch(self, envelope: list[bytes], req: P.Request, peer: Peer) -> None:
-        if isinstance(req, P.PingRequest):
-            pong = {"v": req.v, "type": P.PONG, "id": req.id, "time": time.time(),
+    def _dispatch(self, envelope: list[bytes], req: protocol.Request, peer: Peer) -> None:
+        if isinstance(req, protocol.PingRequest):
+            pong = {"v": req.v, "type": protocol.PONG, "id": req.id, "time": time.time(),
                     "queued": len(self.queue), "running": self.queue.running}
             if req.job is not None:
                 job = self._find_job(req.job, req.token, peer)
                 pong["job"], pong["job_state"] = req.job, job.state if job is not None else "unknown"
             self._reply(envelope, pong)
-        elif isinstance(req, P.InfoRequest):
+        elif isinstance(req, protocol.InfoRequest):
             self._reply(envelope, self._info(req.id, req.v, peer))
-        elif isinstance(req, P.CancelRequest):
+        elif isinstance(req, protocol.CancelRequest):
             self._on_cancel(envelope, req, peer)
         else:
             self._on_job(envelope, req, peer)
 
-    def _on_cancel(self, envelope: list[bytes], req: P.CancelRequest, peer: Peer) -> None:
+    def _on_cancel(self, envelope: list[bytes], req: protocol.CancelRequest, peer: Peer) -> None:
         job = self._find_job(req.job, req.token, peer)
         if job is None:
-            raise P.ProtocolError("unknown_job", f"job {req.job} is not queued or running (or the token is "
-                                  "missing or wrong)", req.id, req.job)
+            raise protocol.ProtocolError("unknown_job", f"job {req.job} is not queued or running (or the token is "
+                                         "missing or wrong)", req.id, req.job)
         state = self._cancel(job)
-        self._reply(envelope, {"v": req.v, "type": P.ACK, "id": req.id, "job": req.job, "state": state})
+        self._reply(envelope, {"v": req.v, "type": protocol.ACK, "id": req.id, "job": req.job, "state": state})
 
     def _cancel(self, job: Job) -> str:
         """Cancel a job: a queued one is dropped now, a running one stops at its next stage boundary."""
         if self.queue.remove(job):
             log.info("job #%d cancelled while queued", job.seq)
-            self._send_final_now(job, {"v": job.v, "type": P.CANCELLED, "id": job.req_id, "job": job.job_id})
+            self._send_final_now(job, {"v": job.v, "type": protocol.CANCELLED, "id": job.req_id, "job": job.job_id})
             return "cancelled"
         job.cancel.set()
         return "cancelling"
 
-    def _on_job(self, envelope: list[bytes], req: P.ColorizeRequest | P.RecomposeRequest, peer: Peer) -> None:
+    def _on_job(self, envelope: list[bytes], req: protocol.ColorizeRequest | protocol.RecomposeRequest,
+                peer: Peer) -> None:
         if self._stopping:
-            raise P.ProtocolError("shutting_down", "the server is shutting down", req.id, req.job)
+            raise protocol.ProtocolError("shutting_down", "the server is shutting down", req.id, req.job)
         if any(j.job_id == req.job and _same_connection(j.peer, peer) for j in self.jobs.values()):
-            raise P.ProtocolError("duplicate_job", f"job {req.job} is already queued or running", req.id, req.job)
+            raise protocol.ProtocolError("duplicate_job", f"job {req.job} is already queued or running", req.id,
+                                         req.job)
         avail = available_memory()
-        token = req.token or P.new_token()
+        token = req.token or protocol.new_token()
         held = request_bytes(req)
-        if isinstance(req, P.ColorizeRequest):
+        if isinstance(req, protocol.ColorizeRequest):
             check_job(req.width, req.height, req.format, req.options, peer.remote, self.config.remote_limits, avail,
                       req.id, req.job, frame_bytes=held,
                       hint_pixels=req.hints.width * req.hints.height if req.hints is not None else 0)
-            job = Job(req.job, req.id, envelope, P.PREVIEW if req.preview else P.COLORIZE, req.width, req.height,
-                      req.format, req.pixels, req.options, instances=req.instances, hints=req.hints,
-                      preview=req.preview, draft=req.draft)
+            kind = protocol.PREVIEW if req.preview else protocol.COLORIZE
+            job = Job(req.job, req.id, envelope, kind, req.width, req.height, req.format, req.pixels, req.options,
+                      instances=req.instances, hints=req.hints, preview=req.preview, draft=req.draft)
         else:
             rec = self._record(req.base_job, req.base_token, peer)
             if rec is None:
-                raise P.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished "
-                                      "long ago, evicted or never run): run colorize again", req.id, req.job)
+                raise protocol.ProtocolError("unknown_job", f"job {req.base_job} is not kept on this server (finished "
+                                             "long ago, evicted or never run): run colorize again", req.id, req.job)
             masks = check_recompose(req, rec)
             opts = req.options or rec.options
             check_job(rec.width, rec.height, rec.format, opts, peer.remote, self.config.remote_limits, avail,
                       req.id, req.job, frame_bytes=rec.pixels.nbytes + held)
-            job = Job(req.job, req.id, envelope, P.RECOMPOSE, rec.width, rec.height, rec.format, rec.pixels,
+            job = Job(req.job, req.id, envelope, protocol.RECOMPOSE, rec.width, rec.height, rec.format, rec.pixels,
                       opts, masks=masks, fusion_state=rec.state)
         client = self.client_key(peer)
         self._admit(client, held, req)
@@ -537,31 +540,31 @@ class Server:
         job.client, job.scope, job.held = client, client if peer.remote else None, held
         position = self.queue.offer(job)
         if position is None:
-            raise P.ProtocolError("busy", f"the job queue is full ({self.queue.capacity} waiting): try again later",
-                                  req.id, req.job)
+            raise protocol.ProtocolError("busy", f"the job queue is full ({self.queue.capacity} waiting): try again "
+                                         "later", req.id, req.job)
         self.jobs[job.seq] = job
         self.held.charge(client, held)
         # Sent before any event of this job: workers' events are forwarded by this thread, later.
-        self._reply(envelope, {"v": req.v, "type": P.ACCEPTED, "id": req.id, "job": req.job, "token": token,
+        self._reply(envelope, {"v": req.v, "type": protocol.ACCEPTED, "id": req.id, "job": req.job, "token": token,
                                "position": position}, job=job)
         log.info("job #%d (%s %dx%d %s, %.1f MB) from %s%s queued at %d", job.seq, job.kind, job.width,
                  job.height, job.format, held / 1e6, peer.label, " (remote)" if peer.remote else "", position)
         log.debug("job #%d has id %s", job.seq, job.job_id)
 
-    def _admit(self, client: Hashable, held: int, req: P.ColorizeRequest | P.RecomposeRequest) -> None:
+    def _admit(self, client: Hashable, held: int, req: protocol.ColorizeRequest | protocol.RecomposeRequest) -> None:
         """``busy`` when ``client`` has its share of the queue waiting, or its jobs (or all jobs) hold their
         budget of request bytes; a job is never refused for what it would need alone (that is ``too_large``,
         from its header)."""
         waiting, cap = self.queue.waiting(client), self.budgets.client_jobs
         if waiting >= cap:
-            raise P.ProtocolError("busy", f"you already have {waiting} job(s) waiting, the most one client may: "
-                                  "try again when one has started", req.id, req.job)
+            raise protocol.ProtocolError("busy", f"you already have {waiting} job(s) waiting, the most one client may: "
+                                         "try again when one has started", req.id, req.job)
         if len(self.queue) >= self.queue.capacity:
-            raise P.ProtocolError("busy", f"the job queue is full ({self.queue.capacity} waiting): try again later",
-                                  req.id, req.job)
+            raise protocol.ProtocolError("busy", f"the job queue is full ({self.queue.capacity} waiting): try again "
+                                         "later", req.id, req.job)
         why = self.held.refusal(client, held)
         if why is not None:
-            raise P.ProtocolError("busy", why, req.id, req.job)
+            raise protocol.ProtocolError("busy", why, req.id, req.job)
 
     def client_key(self, peer: Peer) -> Hashable:
         """Whose budget and queue lane a request counts in: the CURVE key where clients have lasting keys
@@ -597,10 +600,10 @@ def _same_connection(a: Peer | None, b: Peer) -> bool:
     return a is not None and a.conn == b.conn and a.identity == b.identity
 
 
-def request_bytes(req: P.ColorizeRequest | P.RecomposeRequest) -> int:
+def request_bytes(req: protocol.ColorizeRequest | protocol.RecomposeRequest) -> int:
     """The data frames a job request holds while it waits and runs: pixels, instance masks and hint map (a
     a recompose: its masks; the base job's pixels are the cache's)."""
-    if isinstance(req, P.RecomposeRequest):
+    if isinstance(req, protocol.RecomposeRequest):
         return sum(m.nbytes for m in req.masks)
     total = req.pixels.nbytes if req.pixels is not None else 0
     total += sum(i.mask.nbytes for i in req.instances or ())

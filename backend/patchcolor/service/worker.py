@@ -20,7 +20,7 @@ import zmq
 
 from ..errors import Cancelled, PatchColorError
 from ..prepare import SourceImage
-from . import protocol as P
+from . import protocol
 from .jobs import Job, JobQueue, JobRecord
 from .preview_cache import PreviewSessions, run_preview
 
@@ -82,30 +82,30 @@ class Worker:
         n_events = itertools.count()
 
         def emit(header: dict[str, Any], data: Sequence[Any] = (), final: bool = False) -> None:
-            push.send_multipart([key, b"1" if final else b"0", *job.envelope, P.encode_header(header), *data],
+            push.send_multipart([key, b"1" if final else b"0", *job.envelope, protocol.encode_header(header), *data],
                                 copy=False)
 
         overall = [0.0]
 
         def progress(stage: str, fraction: float) -> None:
-            overall[0] = max(overall[0], P.overall_fraction(str(stage), float(fraction)))
+            overall[0] = max(overall[0], protocol.overall_fraction(str(stage), float(fraction)))
             next(n_events)
             try:
-                emit(P.progress_header(job.req_id, job.job_id, str(stage), float(fraction), overall[0], job.v,
-                                       getattr(stage, "text", None), getattr(stage, "eta_s", None)))
+                emit(protocol.progress_header(job.req_id, job.job_id, str(stage), float(fraction), overall[0], job.v,
+                                              getattr(stage, "text", None), getattr(stage, "eta_s", None)))
             except zmq.ZMQError as e:   # a lost progress event must not fail the job
                 log.warning("job #%d: progress event not sent: %s", job.seq, e)
 
         def fail(code: str, message: str) -> None:
             if job.peer is not None and job.peer.remote:
                 message = remote_message(code, message)
-            emit(P.error_header(code, message, job.req_id, job.job_id, job.v), final=True)
+            emit(protocol.error_header(code, message, job.req_id, job.job_id, job.v), final=True)
 
         t0 = time.perf_counter()
         try:
             if job.cancel.is_set():
                 raise Cancelled("cancelled before it started")
-            if job.kind == P.PREVIEW:
+            if job.kind == protocol.PREVIEW:
                 self._preview(job, progress, emit, t0)
                 return
             header, data = self._colorize(job, progress, t0)
@@ -115,14 +115,14 @@ class Worker:
                      len(header["instances"]), next(n_events))
         except Cancelled as e:
             log.info("job #%d cancelled after %.2f s", job.seq, time.perf_counter() - t0)
-            emit({"v": job.v, "type": P.CANCELLED, "id": job.req_id, "job": job.job_id, "reason": str(e)},
+            emit({"v": job.v, "type": protocol.CANCELLED, "id": job.req_id, "job": job.job_id, "reason": str(e)},
                  final=True)
         except PatchColorError as e:
             log.warning("job #%d failed: %s: %s%s", job.seq, e.code, e.message,
                         f" ({e.details})" if e.details else "")
             fail(e.code, e.message)
         except ValueError as e:
-            if job.kind != P.RECOMPOSE:
+            if job.kind != protocol.RECOMPOSE:
                 self._internal_error(job, e, fail)
             else:   # Pipeline.recompose: masks/options that do not fit the kept job
                 log.warning("job #%d: cannot recompose: %s", job.seq, e)
@@ -140,7 +140,7 @@ class Worker:
         pv = run_preview(self.previews, self.pipeline, job.pixels, job.width, job.height, job.format,
                          job.options, job.hints, job.preview or 0, progress, job.cancel.is_set, draft=job.draft,
                          scope=job.scope)
-        header, data = P.preview_message(job.req_id, job.job_id, pv, job.v)
+        header, data = protocol.preview_message(job.req_id, job.job_id, pv, job.v)
         emit(header, data, final=True)
         log.info("job #%d (preview) done on %s in %.2f s: %d network input(s) run", job.seq, self.device,
                  time.perf_counter() - t0, pv.computed)
@@ -150,7 +150,7 @@ class Worker:
         """Run a colorize or recompose job: its ``result`` (header, frames), kept for recompose when it fits."""
         assert job.pixels is not None
         src = SourceImage.from_buffer(job.pixels, job.width, job.height, job.format)
-        if job.kind == P.COLORIZE:
+        if job.kind == protocol.COLORIZE:
             extra: dict[str, Any] = {"hints": job.hints} if job.hints is not None else {}   # fakes lack it
             reuse = (None if job.instances is not None else
                      self.previews.find(self.pipeline, job.pixels, job.width, job.height, job.format, job.scope))
@@ -161,7 +161,7 @@ class Worker:
         else:
             result = self.pipeline.recompose(src, job.fusion_state, job.masks, job.options, progress=progress,
                                           cancelled=job.cancel.is_set)
-        header, data = P.result_message(job.req_id, job.job_id, result, job.v)
+        header, data = protocol.result_message(job.req_id, job.job_id, result, job.v)
         header["token"] = job.token
         header["hints"] = int(getattr(result, "hint_count", 0))
         header["refusable"] = self.keep(job, result, header)    # the wire's name for "can be recomposed"
