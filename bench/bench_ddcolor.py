@@ -24,7 +24,7 @@ second):
   models, 4 objects; goal ≤ 1.5 s);
 * ``photo``: a 1024×683 gray photo (scikit-image's coffee), biased random R101 with 4 objects, the default preset:
   ``Pipeline.run`` warm with ECCV16 (the default), DDColor-T and DDColor-L, alternating, median of --photo-reps;
-  the ratios to ECCV16 (issue 21's goal for DDColor-T: ≤ 1.5).
+  the ratios to ECCV16 (the goal for DDColor-T: ≤ 1.5).
 
     .venv/bin/python bench/bench_ddcolor.py                 # everything (~10-20 min on 2 busy cores)
     .venv/bin/python bench/bench_ddcolor.py --skip-large    # DDColor-T only

@@ -17,10 +17,10 @@ finds objects), max_instances 4, CPU, fp32. Rows, in the order a dialog produces
     same      the last request again (all cached)
     digest    what the service adds per preview request to find the session (blake2b of the frame)
 
-Goal (issue 10): a preview of the 24 MP layer <= 1.5 s warm (models loaded) on this 2-core CPU. Printed for
+Goal: a preview of the 24 MP layer <= 1.5 s warm (models loaded) on this 2-core CPU. Printed for
 the first look at an image (open + draft, and open + first exact) and for the refresh ("option").
 
-Objects (issue 18 §9): how many of the exact preview's objects each draft shows (same class, IoU > 0.5 in proxy
+Objects: how many of the exact preview's objects each draft shows (same class, IoU > 0.5 in proxy
 pixels). ``--draft-sides 256,384,...`` adds one row per detector side: the first draft's time (median of --reps
 fresh sessions) and its objects against the exact preview's.
 

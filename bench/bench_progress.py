@@ -11,7 +11,7 @@ weights (tests/fake_colorizers.py, the biased random R101 of tests/fake_r101.py,
               stages, FPN, RPN, box and mask heads) and the colorizer once per batch
 
 For each: seconds, events, the longest gap between two events (from the job's start to its end) and the events
-around it, and the 95th percentile gap. Goal (issue 18 §2): progress every <= ~2 s of backend work on this CPU.
+around it, and the 95th percentile gap. Goal: progress every <= ~2 s of backend work on this CPU.
 
     .venv/bin/python bench/bench_progress.py [--max-instances 100] [--presets seed,default] [--no-coarse]
 """

@@ -1,4 +1,4 @@
-"""Draft previews (issue 10): PreviewSession.render(draft=True), the detector knobs it uses (DetectorSettings
+"""Draft previews: PreviewSession.render(draft=True), the detector knobs it uses (DetectorSettings
 min_size / proposals) and the ``draft`` field's parsing. The service round trip is in tests/test_service_hints.py."""
 from __future__ import annotations
 

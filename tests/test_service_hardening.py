@@ -1,6 +1,7 @@
-"""Service hardening (issue 8, "Service limits"): jobs bound to their creator by a token, protocol-1 clients
-still served, orphaned jobs dropped when their client disconnects, `colorize --remote` retrying on `busy`,
-remote option limits and memory estimate, key files. Servers use ``service_support.EchoPipeline`` (no networks)."""
+"""Service hardening (docs/protocol.md, "Limits" and "Budgets and fairness"): jobs bound to their creator by a
+token, protocol-1 clients still served, orphaned jobs dropped when their client disconnects, `colorize --remote`
+retrying on `busy`, remote option limits and memory estimate, key files. Servers use
+``service_support.EchoPipeline`` (no networks)."""
 from __future__ import annotations
 
 import json

@@ -38,7 +38,7 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 # Request types (client -> server). RECOMPOSE (fuse a kept job again with edited masks) travels as "refuse",
 # its name in the first protocol version, kept so older plug-ins and servers understand each other.
 INFO, PING, COLORIZE, RECOMPOSE, CANCEL = "info", "ping", "colorize", "refuse", "cancel"
-#: a colorize on a small proxy (issue 10): same fields, answered by one ``result`` with "preview": true
+#: a colorize on a small proxy (the dialog's preview): same fields, answered by one ``result`` with "preview": true
 PREVIEW = "preview"
 REQUEST_TYPES: tuple[str, ...] = (INFO, PING, COLORIZE, RECOMPOSE, CANCEL, PREVIEW)
 #: a preview's default proxy long side

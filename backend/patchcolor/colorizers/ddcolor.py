@@ -15,7 +15,7 @@ Weight files read (:func:`read_state_dict`), always strictly (every key, every s
 * ModelScope's ``pytorch_model.pt`` (the file, or its folder).
 
 The one tolerated extra is the ConvNeXt classification head ``encoder.arch.head_cls.*`` that the authors'
-network no longer has (their loader ignores it; so does spandrel's).
+network does not have (their loader ignores it; so does spandrel's).
 
 At load, without changing the output beyond float rounding (``bench/bench_ddcolor.py`` measures each change):
 the spectral norms are folded into plain weights; and :meth:`DDColorColorizer.forward` runs the network step by

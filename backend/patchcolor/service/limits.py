@@ -18,7 +18,7 @@ from ..options import Options
 from ..prepare import working_size
 from ..registry import NO_DETECTOR, registry
 
-#: Rough per-pixel peak costs (bytes), calibrated on CPU fp32 runs: issue 8 saw 5.7 GB for a batch of 64 x 512^2
+#: Rough per-pixel peak costs (bytes), calibrated on CPU fp32 runs: a batch of 64 x 512^2 peaked at 5.7 GB
 #: (~340 B per network pixel); eccv16 here, batch 8 x 512^2 on a 640x480 image, peak RSS rise 1199 MiB over the
 #: loaded models (~570 B per network pixel, AMD EPYC, torch CPU); rounded up. An upper bound for admission.
 NET_BYTES_PER_PIXEL = 640          # colorizer activations per network input pixel in one batch
