@@ -188,7 +188,7 @@ def main() -> None:
         rows.append(("hint-drft", statistics.median(times), f"draft={pv.draft}; {pv.computed} network inputs; "
                      f"hint moved each time, draft=True; {matched(pv, first)} exact objects shown"))
         timed("same", lambda r: (opts, hint_map(pw, ph, box, colours[0])))
-        from patchcolor.service.hints_wire import image_digest
+        from patchcolor.service.preview_cache import image_digest
         frame = np.ascontiguousarray(src.color).tobytes()
         t = time.perf_counter()
         image_digest(frame, src.width, src.height, "gray8")

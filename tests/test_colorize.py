@@ -111,18 +111,24 @@ def test_loader_rejects_wrong_files(tmp_path):
 
 
 class _Evil:
+    """Unpickles as a call that creates the file ``marker`` (what a loader that runs pickled code would do)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
     def __reduce__(self):
-        import os
-        return (os.system, ("touch /tmp/patchcolor-pwned",))
+        return (open, (self.marker, "w"))
 
 
 def test_loader_never_runs_pickled_code(tmp_path):
-    torch.save({"model1.0.weight": _Evil()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=True,
+    marker = tmp_path / "pwned"
+    torch.save({"model1.0.weight": _Evil(str(marker))}, tmp_path / "evil.pth", _use_new_zipfile_serialization=True,
                pickle_module=pickle)
     with pytest.raises(WeightsCorrupt):
         load_colorizer("eccv16", tmp_path / "evil.pth", torch.device("cpu"))
-    import os
-    assert not os.path.exists("/tmp/patchcolor-pwned")
+    assert not marker.exists(), "the loader ran the pickled call"
+    torch.load(tmp_path / "evil.pth", weights_only=False)     # the payload works where pickled code may run
+    assert marker.exists()
 
 
 def test_predict_ab_batches_and_resizes(tmp_path):

@@ -8,6 +8,7 @@ from skimage import color
 
 from patchcolor.errors import Cancelled, DeviceUnavailable, ImageTooLarge
 from patchcolor.options import make_options
+from patchcolor import pipeline as pipeline_module
 from patchcolor.pipeline import Pipeline, crop_box
 from patchcolor.prepare import SourceImage
 
@@ -88,15 +89,32 @@ def test_recompose_unchanged_masks_reproduce_and_a_cleared_mask_changes_only_its
     np.testing.assert_array_equal(edited.image[only_k], plain.image[only_k])  # back to the full-image colour
 
 
-def test_recompose_grown_mask_recolorizes_only_that_instance(pipeline, runs):
+def test_recompose_grown_mask_recolorizes_only_that_instance(pipeline, runs, monkeypatch):
     src, opts, res, _, _ = runs
     w, h = src.width, src.height
+    assert len(res.instances) >= 2, "the biased detector found too few objects for this test"
+    assert res.state.inst_boxes[0][:2] != (0, 0), "instance 0's crop box already starts at the corner"
     masks = [i.full_mask(w, h) for i in res.instances]
     masks[0][:] = 0
     masks[0][0:40, 0:40] = 255        # a new region, outside the kept crop box
+    calls: list[list[tuple[int, int]]] = []
+    real = pipeline_module.predict_ab
+
+    def spy(model, inputs, sizes, *args, **kwargs):
+        calls.append(list(sizes))
+        return real(model, inputs, sizes, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "predict_ab", spy)
     edited = pipeline.recompose(src, res.state, masks, opts)
-    assert edited.instances[0].mask_origin == (0, 0)
-    assert np.any(edited.image[:40, :40] != res.image[:40, :40]) or len(res.instances[0].mask) == 0
+    x0, y0, x1, y1 = box = edited.state.inst_boxes[0]
+    assert edited.instances[0].mask_origin == (0, 0) and (x0, y0) == (0, 0) and x1 >= 40 and y1 >= 40
+    assert calls == [[(y1 - y0, x1 - x0)]], calls          # one network input: instance 0 on its new box only
+    assert box != res.state.inst_boxes[0]
+    for i in range(1, len(res.instances)):                 # the others keep their boxes and colours as they were
+        assert edited.state.inst_boxes[i] == res.state.inst_boxes[i]
+        assert edited.state.inst_ab[i] is res.state.inst_ab[i]
+    assert edited.state.full_ab is res.state.full_ab
+    assert np.any(edited.image[:40, :40] != res.image[:40, :40]), "the grown region's pixels did not change"
 
 
 def test_seed_preset_works_at_1280_default_at_full_resolution(pipeline):

@@ -1,4 +1,5 @@
-"""Preview sessions and the wire side of hints/previews (service/hints_wire.py), without a socket.
+"""Preview sessions (service/preview_cache.py) and the wire side of hints/previews (service/protocol.py), without a
+socket.
 
 The service round trips (hints frame on colorize, the preview op) are in tests/test_service_hints.py."""
 from __future__ import annotations
@@ -10,9 +11,9 @@ from PIL import Image
 from patchcolor.options import make_options
 from patchcolor.prepare import SourceImage
 from patchcolor.preview import PreviewSession, make_proxy
-from patchcolor.service.hints_wire import (
-    MAX_PREVIEW_SIDE, PREVIEW_SIDE, PreviewSessions, image_digest, parse_hints, parse_long_side, preview_message,
-    run_preview,
+from patchcolor.service.preview_cache import PreviewSessions, image_digest, run_preview
+from patchcolor.service.protocol import (
+    MAX_PREVIEW_SIDE, PREVIEW_SIDE, parse_hints, parse_long_side, preview_message,
 )
 from patchcolor_client.protocol import ProtocolError
 

@@ -12,7 +12,7 @@ from patchcolor.options import make_options
 from patchcolor.prepare import SourceImage
 from patchcolor.preview import DRAFT_NET_SIZE, DRAFT_OBJECTS, PreviewSession
 from patchcolor.segment.base import DetectorSettings
-from patchcolor.service.hints_wire import parse_draft
+from patchcolor.service.protocol import parse_draft
 from patchcolor_client.protocol import ProtocolError
 
 CPU = torch.device("cpu")

@@ -2,8 +2,8 @@
 
 A :class:`PreviewSession` holds one image. The networks see exactly what a full run sees (the working copy,
 its detections, the same crops, the hints mapped the same way), so a preview is the final result at proxy
-size (long side 384 by default; its lightness from an area-downscaled copy of the original). Everything a
-refresh does not change is reused:
+size (long side ``PREVIEW_SIDE`` = 384 by default, the wire's; its lightness from an area-downscaled copy of the
+original). Everything a refresh does not change is reused:
 
     working copy     per max_side                                          (drafts: per ("draft", max_side))
     detections       per detector settings (detector, thresholds, max_instances, max_side, precision)
@@ -36,6 +36,8 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from patchcolor_client.protocol import PREVIEW_SIDE
+
 from .finish import finish
 from .fuse import fuse_state
 from .hints import Hints, HintTensors
@@ -44,8 +46,6 @@ from .pipeline import CancelFn, Pipeline, ProgressFn, _Job, crop_box
 from .prepare import SourceImage, to_8bit, working_copy, working_size
 from .result import FusionState
 from .segment.base import Instance
-
-PROXY_SIDE = 384
 
 # Draft parameters of the first look (no exact detections yet), picked by measurement (R101 + SIGGRAPH17, proxy
 # 384x256 of a 6000x4000 layer, 2-core CPU; seconds per part of a first draft, see bench/bench_preview.py):
@@ -82,7 +82,7 @@ class Preview:
     objects: list[tuple[str, float, tuple[float, float, float, float]]] = field(default_factory=list)
 
 
-def make_proxy(src: SourceImage, long_side: int = PROXY_SIDE) -> SourceImage:
+def make_proxy(src: SourceImage, long_side: int = PREVIEW_SIDE) -> SourceImage:
     """8-bit copy of ``src`` with long side <= long_side (the paper's size rule), OpenCV INTER_AREA."""
     w, h = working_size(src.width, src.height, long_side)
 
@@ -143,7 +143,7 @@ class _CacheReuse:
 class PreviewSession:
     """One image's previews. ``render`` may be called from several threads (one at a time runs)."""
 
-    def __init__(self, pipe: Pipeline, src: SourceImage, long_side: int = PROXY_SIDE,
+    def __init__(self, pipe: Pipeline, src: SourceImage, long_side: int = PREVIEW_SIDE,
                  cache_bytes: int = 256 << 20, keep_source: bool = True):
         """keep_source=False: the session does not hold ``src`` (a service request's frame); every
         :meth:`render` is then given the same image again (``src=``)."""
