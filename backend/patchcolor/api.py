@@ -80,8 +80,8 @@ def colorize(image: ImageLike, *, preset: str = "default", hints: ImageLike | No
              ``detector``, ``saturation``, ``feather``, ``score_thresh``, ``max_instances``, ``precision``,
              ``hint_spread``, ``max_side``), applied over the preset. Internal knobs go in ``options`` (a complete
              :class:`Options`, which then replaces ``preset`` and ``user_options``).
-    Raises BadOptions/ValueError (one sentence) for unknown or out-of-range options, WeightsMissing /
-    WeightsCorrupt when a weight file is not usable.
+    Raises ValueError (one sentence) for unknown or out-of-range options, WeightsMissing / WeightsCorrupt when a
+    weight file is not usable.
     """
     if options is not None and user_options:
         raise ValueError("give either options=Options(...) or keyword options, not both")

@@ -471,7 +471,7 @@ class _Job:
         results = [scale_instance(i, sx, sy, out_w, out_h) for i in state.instances]
         self._lap("finish")
         self.events.finished()
-        return Result(image, results, state, dict(self.timings))
+        return Result(image, results, state, dict(self.timings), source=src, options=opts, pipeline=self.pipe)
 
 
 def _resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
