@@ -102,6 +102,11 @@ def test_a_client_holding_8_large_requests_stays_within_its_budget(tmp_path):
         replies = Replies(s)
         s.send_multipart([json.dumps({"v": 3, "type": "ping", "id": "p0"}).encode()])
         replies.wait(lambda r: r["type"] == "pong")
+        # admission loads the colorizers' code (torch) at the server's first job: a tiny job first, so the growth
+        # measured is the held requests'
+        s.send_multipart(_colorize("warm"), copy=False)
+        assert replies.answer("warm")["type"] == "accepted"
+        assert replies.final("warm", 60)["type"] == "result"
         rss0 = _vm(srv.proc.pid, "VmRSS")
         frames = _colorize("big-0", 1000, 1000, n_masks=40)
         answers = []
