@@ -77,8 +77,9 @@ class JobCancelled(Exception):
 @dataclass
 class WireInstance:
     """A detected object as a result carries it over the wire (the backend's own is
-    ``patchcolor.segment.base.Instance``). Coordinates are result pixels; ``mask`` is ``mask_size[0] * mask_size[1]`` bytes
-    (0 outside, 255 inside), cropped to the rectangle at ``mask_origin`` of that size."""
+    ``patchcolor.segment.base.Instance``). Coordinates are result pixels; ``mask`` is
+    ``mask_size[0] * mask_size[1]`` bytes (0 outside, 255 inside), cropped to the rectangle at ``mask_origin`` of
+    that size."""
 
     class_id: int
     class_name: str
