@@ -88,6 +88,9 @@ def test_one_pixel_image_is_refused_in_one_sentence_and_the_batch_goes_on(tmp_pa
 
 
 def test_bomb_png_is_refused_and_pil_limit_follows_max_pixels(tmp_path):
+    from PIL import Image
+
+    process_limit = Image.MAX_IMAGE_PIXELS
     bomb = png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
     with pytest.raises(ImageTooLarge, match="over the limit"):
         load_image(bomb, int(250e6))
@@ -98,6 +101,7 @@ def test_bomb_png_is_refused_and_pil_limit_follows_max_pixels(tmp_path):
         load_image(big, int(250e6))
     with pytest.raises(ImageTooLarge, match="max-pixels"):
         load_image(big, int(100e6))
+    assert Image.MAX_IMAGE_PIXELS == process_limit      # the limit held for those calls only: nothing leaks
 
 
 def test_truncated_file_is_one_sentence(tmp_path):

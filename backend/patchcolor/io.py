@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import threading
 import warnings
 from pathlib import Path
 
@@ -32,11 +33,8 @@ def load_image(path: str | Path, max_pixels: int = 250_000_000) -> SourceImage:
     Raises ImageUnreadable (not an image, damaged, truncated, under MIN_SIDE a side) or ImageTooLarge (over
     ``max_pixels``, from the header; PIL's bomb limit, which refuses at twice it, follows ``max_pixels``)."""
     path = Path(path)
-    Image.MAX_IMAGE_PIXELS = int(max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+        img = _open_with_limit(path, max_pixels)
     except Image.DecompressionBombError as e:
         declared = str(e).split(" exceeds")[0]          # "Image size (N pixels)"
         raise ImageTooLarge(f"{path.name} is over the limit of {max_pixels:,.0f} pixels ({declared}; PIL refuses "
@@ -55,6 +53,24 @@ def load_image(path: str | Path, max_pixels: int = 250_000_000) -> SourceImage:
             raise ImageUnreadable(f"cannot decode {path}: {e}") from None
         src.frames = int(getattr(img, "n_frames", 1) or 1)
     return src
+
+
+_PIL_LIMIT = threading.Lock()
+
+
+def _open_with_limit(path: Path, max_pixels: float) -> Image.Image:
+    """``Image.open`` with PIL's decompression-bomb limit at ``max_pixels`` for this call only: PIL reads the limit
+    from a module global while it opens (reads the header), so it is set and restored under a lock and never leaks
+    into other code of the process."""
+    with _PIL_LIMIT:
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
 
 
 def _is_16bit_rgb(img: Image.Image) -> bool:
