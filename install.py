@@ -387,12 +387,9 @@ def pip_install(python: Path, reinstall: bool = False, ray: bool = False, ddcolo
 
 
 def backend_command(python: Path) -> list[str]:
-    """Command that starts the backend service, for the GIMP plug-in and the install record."""
-    script = Path(python).parent / ("patchcolor.exe" if os.name == "nt" else "patchcolor")
-    if script.exists():
-        return [str(script), "serve"]
-    found = shutil.which("patchcolor")
-    return [found, "serve"] if found else [str(python), "-m", "patchcolor.cli", "serve"]
+    """Command that starts the backend service, for the GIMP plug-in and the install record: ``python``'s own
+    ``patchcolor serve`` (never another ``patchcolor`` found on PATH)."""
+    return patchcolor_command(python) + ["serve"]
 
 
 def write_record(python: Path, folder: Path) -> Path:

@@ -250,11 +250,11 @@ def bench_rss(path: Path, variant: str) -> None:
           f"{d['peak_rss_mb']:.0f} MB after 256²×4 (resident at the end {d['rss_now_mb']:.0f} MB)", flush=True)
 
 
-def bench_photo(cache: Path, paths: dict[str, Path], reps: int) -> None:
+def photo_and_pipeline(cache: Path, paths: dict[str, Path], side: int):
+    """(a gray test photo of long side ``side``, a CPU Pipeline over the test models plus the DDColor files)."""
     import shutil
 
     from bench_batch import fake_models, make_photo
-    from patchcolor.options import make_options
     from patchcolor.pipeline import Pipeline
     from patchcolor.prepare import SourceImage
 
@@ -262,8 +262,13 @@ def bench_photo(cache: Path, paths: dict[str, Path], reps: int) -> None:
     for path in paths.values():
         if not (models / path.name).exists():
             shutil.copyfile(path, models / path.name)
-    src = SourceImage(make_photo(1024))
-    pipe = Pipeline(models, device="cpu")
+    return SourceImage(make_photo(side)), Pipeline(models, device="cpu")
+
+
+def bench_photo(cache: Path, paths: dict[str, Path], reps: int) -> None:
+    from patchcolor.options import make_options
+
+    src, pipe = photo_and_pipeline(cache, paths, 1024)
     rows = {"eccv16": make_options("default", max_instances=4),
             "ddcolor-tiny": make_options("default", max_instances=4, colorizer="ddcolor-tiny")}
     if "large" in paths:
@@ -326,20 +331,10 @@ def bench_bf16(paths: dict[str, Path], reps: int) -> None:
 def bench_preview(cache: Path, paths: dict[str, Path], reps: int) -> None:
     """The preview's first draft of a 6000×4000 layer (a fresh session each time, warm models, 4 objects) with each
     colorizer: the dialog's first look (goal: <= 1.5 s)."""
-    import shutil
-
-    from bench_batch import fake_models, make_photo
     from patchcolor.options import make_options
-    from patchcolor.pipeline import Pipeline
-    from patchcolor.prepare import SourceImage
     from patchcolor.preview import PreviewSession
 
-    models = fake_models(cache / "models")
-    for path in paths.values():
-        if not (models / path.name).exists():
-            shutil.copyfile(path, models / path.name)
-    src = SourceImage(make_photo(6000))
-    pipe = Pipeline(models, device="cpu")
+    src, pipe = photo_and_pipeline(cache, paths, 6000)
     names = {"eccv16": "eccv16", "tiny": "ddcolor-tiny", "large": "ddcolor"}
     for key in ["eccv16", *paths]:
         opts = make_options("default", max_instances=4, colorizer=names[key])
