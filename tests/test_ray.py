@@ -102,6 +102,31 @@ def test_same_bytes_and_messages_as_local(ray_session, photos, local_out, tmp_pa
     assert not list(out.rglob(".tmp-*")) and not list(out.rglob(".probe-*"))
 
 
+@pytest.mark.ray
+def test_ddcolor_batch_on_ray_equals_local(ray_session, ddcolor_models, photos, local_out, tmp_path, capsys):
+    """``--colorizer ddcolor-tiny`` (random DDColor-T weights in the model zoo's format, in the models folder the
+    workers read): the Ray batch writes the local batch's files byte for byte, and they are DDColor's colours, not
+    the default ECCV16's (a worker silently falling back would write those)."""
+    pytest.importorskip("spandrel_extra_arches")
+    inputs = [photos / "a.jpg", photos / "b16.png"]          # 8- and 16-bit
+    dd = OPTS + ["--colorizer", "ddcolor-tiny"]
+    local = tmp_path / "local"
+    assert cli.main(["colorize", *map(str, inputs), "-o", str(local)] + dd) == 0
+    capsys.readouterr()
+    out = tmp_path / "ray"
+    code, lines = _colorize([*inputs, "-o", out, "--ray"] + dd, capsys)
+    assert code == 0 and lines[-1].startswith("2 colorized, 0 skipped (already done), 0 failed"), lines
+    want, got = _files(local), _files(out)
+    assert sorted(got) == sorted(want) and len(want) == 4      # 2 images + 2 instances.json
+    assert [k for k in want if want[k] != got[k]] == []        # byte for byte
+    for name in ("a.png", "b16.png"):
+        ours = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED).astype(np.float64)
+        eccv = cv2.imread(str(local_out / name), cv2.IMREAD_UNCHANGED).astype(np.float64)
+        top = 65535.0 if name == "b16.png" else 255.0
+        off = float(np.abs(ours - eccv).mean() / top * 255)
+        assert off > 5, f"{name}: ECCV16's colours (mean difference {off:.2f} of 255)"
+
+
 def _worker_pids() -> list[int]:
     """Our colorizing actors' processes (children of this session's raylet)."""
     import ray
