@@ -42,6 +42,11 @@ OPTIONS = {"preset": "default", "colorizer": "siggraph17", "detector": "r101", "
            "max_instances": 3, "saturation": 4.0, "feather": 0.02}
 DIALOG_ARGS = {"preset": "default", "colorizer": "siggraph17", "detector": "r101", "score-threshold": 0.3,
                "max-instances": 3, "saturation": 4.0, "feather": 2.0}
+# DDColor-T (random weights in the model zoo's format, conftest ``ddcolor_models``) chosen in the dialog; saturation 1:
+# its colours are strong already.
+DD_DIALOG = {"colorizer": "ddcolor-tiny", "saturation": 1.0}
+DD_OPTIONS = {**OPTIONS, **DD_DIALOG}
+DD_PREVIEW_SIDE = 64
 # The plug-in is installed from a catalogue with one more colorizer and Options with another feathering range: the
 # registered dialog must offer exactly those (the backend itself runs with the real catalogue).
 EXTRA_COLORIZER = ("test-colorizer", "Test colorizer (from a changed catalogue)")
@@ -502,6 +507,30 @@ def selection():
     img.delete()
 step("selection", selection)
 
+# ---- F: DDColor chosen in the dialog: its preview (draft, then exact), Colorize, recompose with mask 0 cleared
+def ddcolor():
+    if not P["ddcolor_args"]:
+        return
+    img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["inputs"]["gray8_png"]))
+    src = img.get_selected_layers()[0]
+    pv = R["cases"]["ddcolor_preview"] = {}
+    args = dict(P["dialog_args"]); args.update(endpoint=P["endpoint"], **P["ddcolor_args"])
+    for key, draft in (("draft", True), ("exact", False)):
+        s, v, e = call("plug-in-colorize-patch-preview", img, [src], **args,
+                       **{"long-side": P["ddcolor_preview_side"], "draft": draft})
+        pv[key] = {"status": s, "error": e}
+        if s == "success":
+            pl = v[0].get_layers()[0]
+            pv[key].update(name=pl.get_name(), size=[pl.get_width(), pl.get_height()])
+            dump(pl, "R'G'B' u8", "ddcolor_preview_%s.raw" % key)
+            v[0].delete()
+        save()
+    group = colorize_case("ddcolor", img, src, **P["ddcolor_args"])
+    if group is not None and R["cases"]["ddcolor"]["n"] >= 1:
+        recompose_case("ddcolor", img, group, 0)
+    img.delete()
+step("ddcolor", ddcolor)
+
 # ---- E: a float image is sent as 16-bit
 def float_gray():
     img, (src,) = new_image(40, 32, Gimp.ImageBaseType.GRAY, Gimp.Precision.FLOAT_LINEAR,
@@ -564,9 +593,17 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _has_ddcolor() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("spandrel_extra_arches") is not None
+
+
 @pytest.fixture(scope="module")
-def backend(models_dir, tmp_path_factory):
-    """The real backend (`patchcolor serve`) on a free loopback port, killed by PID afterwards."""
+def backend(models_dir, tmp_path_factory, request):
+    """The real backend (`patchcolor serve`) on a free loopback port, killed by PID afterwards. Its models folder
+    holds the DDColor-T test weights too (conftest ``ddcolor_models``) where spandrel-extra-arches is installed."""
+    if _has_ddcolor():
+        request.getfixturevalue("ddcolor_models")
     if os.environ.get("PATCHCOLOR_GIMP_TEST_ENDPOINT"):      # use a backend that is already running
         yield os.environ["PATCHCOLOR_GIMP_TEST_ENDPOINT"]
         return
@@ -665,6 +702,7 @@ def gimp_run(backend, models_dir):
         "dead_endpoint": f"tcp://127.0.0.1:{free_port()}", "remote_endpoint": "tcp://192.0.2.1:5555",
         "autostart_endpoint": f"tcp://127.0.0.1:{free_port()}", "dialog_args": DIALOG_ARGS,
         "selection": [34, 26, 24, 18], "recompose_k": 0,
+        "ddcolor_args": DD_DIALOG if _has_ddcolor() else None, "ddcolor_preview_side": DD_PREVIEW_SIDE,
     }
     restarter = Restarter(models_dir, work.host / "restart-serve.log", out)
     params["restart_endpoint"] = restarter.endpoint
@@ -753,15 +791,16 @@ def expected(gimp_run, backend):
       instance exactly when its mask is unchanged, so this equals the Colorized layer only if every mask layer is
       the backend's mask, in the right order (and is cheap: no network runs again).
     * ``recomposed`` / ``full_colour``: that job recomposed with mask k cleared / with every mask cleared.
-    * gray8 only (the detector is slow on 2 CPUs): an independent colorize of the same pixels -> pixels, masks,
-      class names and scores to compare with directly.
+    * gray8 and ddcolor only (the detector is slow on 2 CPUs): an independent colorize of the same pixels ->
+      pixels, masks, class names and scores to compare with directly.
+    * ddcolor: the same objects colorized by ECCV16, the exact preview with ``ddcolor-tiny`` and with ECCV16.
     """
     result, out, params = gimp_run
     Client = _client()
     exp = {}
     c = Client(backend, timeout_s=120)
     try:
-        for key in ("gray8", "rgb16", "rgba_group", "selection"):
+        for key in ("gray8", "rgb16", "rgba_group", "selection", "ddcolor"):
             cs = result["cases"].get(key)
             if not cs or cs.get("status") != "success":
                 continue
@@ -775,10 +814,19 @@ def expected(gimp_run, backend):
                 cleared[cs["recompose_k"]] = bytes(w * h)
                 e["recomposed"] = bytes(c.recompose(job, cleared, **tok).pixels)
                 e["full_colour"] = bytes(c.recompose(job, [bytes(w * h)] * len(masks), **tok).pixels)
-            if key == "gray8":
-                r = c.colorize(w, h, cs["wire_format"], (out / f"{key}_src.raw").read_bytes(), OPTIONS)
+            if key in ("gray8", "ddcolor"):
+                src = (out / f"{key}_src.raw").read_bytes()
+                opts = OPTIONS if key == "gray8" else DD_OPTIONS
+                r = c.colorize(w, h, cs["wire_format"], src, opts)
                 e.update(pixels=bytes(r.pixels), masks=[bytes(i.full_mask(w, h)) for i in r.instances],
                          names=[(i.class_name, i.score) for i in r.instances])
+            if key == "ddcolor":    # the exact preview; both on ECCV16 (what a silent fallback would give)
+                on_eccv = {**DD_OPTIONS, "colorizer": "eccv16"}
+                fmt, side = cs["wire_format"], DD_PREVIEW_SIDE
+                e["eccv16"] = bytes(c.colorize(w, h, fmt, src, on_eccv, instances=r.instances).pixels)
+                p = c.preview(w, h, fmt, src, DD_OPTIONS, long_side=side)
+                e["preview"] = (bytes(p.pixels), p.width, p.height)
+                e["preview_eccv16"] = bytes(c.preview(w, h, fmt, src, on_eccv, long_side=side).pixels)
             exp[key] = e
     finally:
         c.close()
@@ -1174,6 +1222,57 @@ def test_recompose_after_clearing_one_mask(gimp_run, expected):
     after = cs["tree_after_recompose"][0]["children"]
     assert [c["name"] for c in after] == [c["name"] for c in cs["group"]["children"]]
     assert after[0]["name"] == "Masks" and not any(m["visible"] for m in after[0]["children"])
+
+
+@needs_gimp
+def test_ddcolor_from_the_dialog_previews_colorizes_and_recomposes(gimp_run, expected, pipeline):
+    """DDColor-T chosen in the dialog (a choice dialog.json took from the registry): the dialog's draft and exact
+    previews, Colorize and recompose with mask 0 cleared give what the backend gives for ``ddcolor-tiny`` (the
+    draft: what this process's pipeline drafts; the backend has the exact preview by then) and not ECCV16's colours
+    (a silent fallback to the default)."""
+    from patchcolor.options import make_options
+    from patchcolor.preview import PreviewSession
+    from patchcolor.prepare import SourceImage
+
+    result, out, params = gimp_run
+    if not params["ddcolor_args"]:
+        pytest.skip("spandrel-extra-arches is not installed: no DDColor")
+    colorizers = dict(case(gimp_run, "registration")["choices"]["colorizer"])
+    assert "DDColor-T" in colorizers.get("ddcolor-tiny", ""), colorizers
+    cs = case(gimp_run, "ddcolor", colorized=True)
+    exp = expected["ddcolor"]
+    _check_structure(cs, None, _names(exp["names"]))
+    assert cs["n"] >= 2, "the biased detector should find objects"
+    _check_pixels(out, "ddcolor", cs, exp, l_tol=1.0)
+    w, h = cs["src_size"]
+    col = raw(out, "ddcolor_colorized.raw", (h, w, 3)).astype(int)
+    off = float(np.abs(col - np.frombuffer(exp["eccv16"], np.uint8).reshape(h, w, 3)).mean())
+    assert off > 5, f"the Colorized layer is ECCV16's colours (mean difference {off:.2f})"
+    assert cs["meta"]["options"]["colorizer"] == "ddcolor-tiny"
+    _check_recompose(out, "ddcolor", cs, exp)
+    assert cs["recompose_n"] == cs["n"] - 1
+
+    pv = case(gimp_run, "ddcolor_preview")
+    for key, name in (("draft", "Preview (draft)"), ("exact", "Preview")):
+        assert pv[key]["status"] == "success", pv[key]["error"]
+        assert pv[key]["name"] == name
+    pixels, pw, ph = exp["preview"]
+    assert pv["exact"]["size"] == pv["draft"]["size"] == [pw, ph]
+    exact = raw(out, "ddcolor_preview_exact.raw", (ph, pw, 3)).astype(int)
+    worst = int(np.abs(exact - np.frombuffer(pixels, np.uint8).reshape(ph, pw, 3)).max())
+    assert worst <= 1, f"the exact preview differs from the backend's by up to {worst}"
+    off = float(np.abs(exact - np.frombuffer(exp["preview_eccv16"], np.uint8).reshape(ph, pw, 3)).mean())
+    assert off > 5, f"the exact preview is ECCV16's colours ({off:.2f})"
+    session = PreviewSession(pipeline, SourceImage.from_buffer((out / "ddcolor_src.raw").read_bytes(), w, h,
+                                                               cs["wire_format"]), long_side=DD_PREVIEW_SIDE)
+    draft = raw(out, "ddcolor_preview_draft.raw", (ph, pw, 3)).astype(int)
+    want = session.render(make_options(**DD_OPTIONS), draft=True)
+    assert want.draft and want.image.shape == draft.shape
+    worst = int(np.abs(draft - want.image).max())
+    assert worst <= 1, f"the draft preview differs from the pipeline's draft by up to {worst}"
+    eccv = session.render(make_options(**{**DD_OPTIONS, "colorizer": "eccv16"}), draft=True).image
+    off = float(np.abs(draft - eccv).mean())
+    assert off > 5, f"the draft preview is ECCV16's colours ({off:.2f})"
 
 
 @needs_gimp
