@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 from PIL import Image
@@ -179,7 +178,13 @@ def test_service_gives_memory_back_when_idle(monkeypatch):
     from patchcolor.service import server as S
 
     keep, kept = _counter(True)
-    release, released = _counter(True)
+    released: list[int] = []
+    gave_back = threading.Semaphore(0)
+
+    def release() -> bool:
+        released.append(1)
+        gave_back.release()
+        return True
     monkeypatch.setattr(S, "keep_freed_memory", keep)
     monkeypatch.setattr(S, "release_memory", release)
     srv = S.Server(S.ServerConfig(endpoint=f"tcp://127.0.0.1:{free_port()}", heartbeat_ms=0),
@@ -193,10 +198,8 @@ def test_service_gives_memory_back_when_idle(monkeypatch):
             for n in (1, 2):
                 res = c.colorize(8, 8, "gray8", bytes(range(64)), {"detector": "none", "max_side": 64})
                 assert (res.width, res.height) == (8, 8)
-                deadline = time.monotonic() + 10
-                while len(released) < n and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                assert len(released) == n, "each job that leaves the server idle gives its memory back"
+                assert gave_back.acquire(timeout=10), "each job that leaves the server idle gives its memory back"
+                assert len(released) == n
                 assert len(memoryview(res.pixels).cast("B")) == 8 * 8 * 3   # rgb8
     finally:
         srv.stop()

@@ -146,9 +146,11 @@ def _worker_pids() -> list[int]:
 
 
 def _wait_for(cond, timeout: float = 300.0) -> None:
-    t0 = time.time()
+    """Wait until ``cond()`` holds, at most ``timeout`` seconds. Ray's worker processes and the files they write
+    send no event this test process could wait on, so this looks again every 50 ms up to the deadline."""
+    deadline = time.monotonic() + timeout
     while not cond():
-        assert time.time() - t0 < timeout, "timed out"
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s"
         time.sleep(0.05)
 
 

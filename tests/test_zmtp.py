@@ -132,6 +132,19 @@ def test_server_death_during_a_job(tmp_path):
         srv.stop(signal.SIGKILL)
 
 
+class _ErrorSignallingDealer(zmtp.ZmtpDealer):
+    """A ZmtpDealer whose ``failed`` event is set the moment its I/O thread records a connection problem."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.failed = threading.Event()
+        super().__init__(endpoint)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "last_error" and value is not None:
+            self.failed.set()
+
+
 def test_nothing_listening_and_a_malformed_greeting():
     port = free_port()
     with _client(f"tcp://127.0.0.1:{port}", timeout_s=0.5) as c:
@@ -154,10 +167,8 @@ def test_nothing_listening_and_a_malformed_greeting():
             conn.close()
     threading.Thread(target=serve, daemon=True).start()
     try:
-        d = zmtp.ZmtpDealer(f"tcp://127.0.0.1:{srv.getsockname()[1]}")
-        deadline = time.monotonic() + 5
-        while d.last_error is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        d = _ErrorSignallingDealer(f"tcp://127.0.0.1:{srv.getsockname()[1]}")
+        assert d.failed.wait(5), "the dealer reports the failed handshake"
         assert d.last_error and "does not speak ZeroMQ" in d.last_error
         assert d.recv(0.2) is None
         d.close()
