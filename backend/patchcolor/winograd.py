@@ -37,7 +37,9 @@ keeps that size (``torch.set_num_threads`` later does not resize it); set the th
 as the Ray workers do. Its results do not depend on the thread count (checked: 1 vs 2 threads, bit-equal).
 
 Policy, ``PATCHCOLOR_WINOGRAD``: ``auto`` (default) = on where it was measured: an x86-64 CPU whose best ISA is
-AVX2 (on AVX-512 CPUs oneDNN's kernels are twice as wide; not measured, so off), with NNPACK in this torch build;
+AVX2, with NNPACK in this torch build. Off on AVX-512 CPUs: on a 2-core Intel Xeon (AVX-512, AMX) the detector took
+3.77 s with Winograd and 3.73 s without (the same 3.45 s of CPU per thread), and Winograd's NCHW layout cost bf16 most
+of its gain (1.18× instead of 1.77× with channels_last), so there is nothing to win (``bench/bench_detector.py``);
 ``on`` = wherever NNPACK is available; ``off`` = never.
 """
 from __future__ import annotations
