@@ -150,6 +150,27 @@ def wait_ready(srv: ServerProcess, timeout_s: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------ pipeline factories
+def colorize_beside(endpoint: str, pipeline: Any, w: int, h: int, fmt: str, px: np.ndarray,
+                    opts: dict[str, Any], timeout_s: float = 300.0) -> tuple[Any, Any]:
+    """Send one colorize job to the server at ``endpoint`` and run the same job in-process meanwhile (the CPU's
+    two cores share the work). Returns ``(remote ColorizeResult, local Result)``; a remote error is raised here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from patchcolor_client import Client
+
+    from patchcolor.options import make_options
+    from patchcolor.prepare import SourceImage
+
+    def remote() -> Any:
+        with Client(endpoint, timeout_s=timeout_s) as c:
+            return c.colorize(w, h, fmt, px, opts)
+
+    with ThreadPoolExecutor(1) as ex:
+        sent = ex.submit(remote)
+        local = pipeline.run(SourceImage.from_buffer(px.tobytes(), w, h, fmt), make_options(**opts))
+        return sent.result(timeout=timeout_s), local
+
+
 def _stage_delay() -> float:
     return float(os.environ.get("PATCHCOLOR_TEST_STAGE_DELAY", "0.3"))
 

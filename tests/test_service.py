@@ -24,7 +24,7 @@ from PIL import Image
 
 from patchcolor_client import BackendError, BackendUnavailable, Client, JobCancelled
 from patchcolor_client import protocol as CP
-from service_support import TESTS_DIR, echo_expected, free_port, start_server
+from service_support import TESTS_DIR, colorize_beside, echo_expected, free_port, start_server
 
 from patchcolor.options import make_options
 from patchcolor.prepare import PIXEL_FORMATS, SourceImage
@@ -112,21 +112,8 @@ def detected_job(real_server, pipeline, models_dir, photo_gray):
     assert (models_dir / R101_FILE).exists(), "conftest should have written the random R101 weights"
     w, h = 80, 60
     px = make_pixels("gray16", w, h, photo_gray, seed=11)
-    box: dict[str, object] = {}
-
-    def remote() -> None:
-        try:
-            with Client(real_server.endpoint, timeout_s=60) as c:
-                box["res"] = c.colorize(w, h, "gray16", px, DETECT)
-        except BaseException as e:
-            box["res"] = e
-
-    t = threading.Thread(target=remote, daemon=True)
-    t.start()
-    local = pipeline.run(SourceImage.from_buffer(px.tobytes(), w, h, "gray16"), make_options(**DETECT))
-    t.join(300)
-    assert not isinstance(box.get("res"), BaseException) and "res" in box, box.get("res")
-    return SimpleNamespace(w=w, h=h, px=px, remote=box["res"], local=local)
+    remote, local = colorize_beside(real_server.endpoint, pipeline, w, h, "gray16", px, DETECT, timeout_s=60)
+    return SimpleNamespace(w=w, h=h, px=px, remote=remote, local=local)
 
 
 def _same_instances(got: list, exp: list) -> None:

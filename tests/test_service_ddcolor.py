@@ -9,7 +9,6 @@ silently falling back to the default would give those colours instead.
 """
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 pytest.importorskip("spandrel_extra_arches")
 
 from patchcolor_client import Client  # noqa: E402
-from service_support import start_server  # noqa: E402
+from service_support import colorize_beside, start_server  # noqa: E402
 from test_service import _same_instances, make_pixels  # noqa: E402
 
 from patchcolor.options import make_options  # noqa: E402
@@ -43,24 +42,11 @@ def server(tmp_path_factory, ddcolor_models):
 def job(server, pipeline, ddcolor_models, photo_gray):
     """One gray8 96x128 job with ``colorizer: ddcolor-tiny`` on the server and, at the same time, in-process."""
     px = make_pixels("gray8", W, H, photo_gray, seed=21)
-    box: dict[str, object] = {}
-
-    def remote() -> None:
-        try:
-            with Client(server.endpoint, timeout_s=120) as c:
-                box["res"] = c.colorize(W, H, "gray8", px, DD)
-        except BaseException as e:  # reported below
-            box["res"] = e
-
-    t = threading.Thread(target=remote, daemon=True)
-    t.start()
+    remote, local = colorize_beside(server.endpoint, pipeline, W, H, "gray8", px, DD)
     src = SourceImage.from_buffer(px.tobytes(), W, H, "gray8")
-    local = pipeline.run(src, make_options(**DD))
-    t.join(300)
-    assert "res" in box and not isinstance(box["res"], BaseException), box.get("res")
     # the same objects on ECCV16 (instances given: no second detector run)
     eccv = pipeline.run(src, make_options(**ECCV), instances=local.instances)
-    return SimpleNamespace(px=px, src=src, remote=box["res"], local=local, eccv=eccv)
+    return SimpleNamespace(px=px, src=src, remote=remote, local=local, eccv=eccv)
 
 
 def _image(res) -> np.ndarray:
