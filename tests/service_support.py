@@ -149,7 +149,6 @@ def wait_ready(srv: ServerProcess, timeout_s: float) -> None:
                     raise RuntimeError(f"server did not answer within {timeout_s} s:\n{srv.log()}") from None
 
 
-# ------------------------------------------------------------------------------------------ pipeline factories
 def colorize_beside(endpoint: str, pipeline: Any, w: int, h: int, fmt: str, px: np.ndarray,
                     opts: dict[str, Any], timeout_s: float = 300.0) -> tuple[Any, Any]:
     """Send one colorize job to the server at ``endpoint`` and run the same job in-process meanwhile (the CPU's
@@ -171,6 +170,7 @@ def colorize_beside(endpoint: str, pipeline: Any, w: int, h: int, fmt: str, px: 
         return sent.result(timeout=timeout_s), local
 
 
+# ------------------------------------------------------------------------------------------ pipeline factories
 def _stage_delay() -> float:
     return float(os.environ.get("PATCHCOLOR_TEST_STAGE_DELAY", "0.3"))
 
